@@ -1,0 +1,23 @@
+# Masters: Masking Teacher and Reinforcing Student, as a reproducible workflow.
+#
+#   snakemake --cores 2                                   # embedded tiny world (CPU, no downloads)
+#   snakemake --cores 2 --configfile configs/smoke.yaml   # the CI smoke scale
+#
+# Rules are thin: each calls the `masters` command (masters/cli.py); the logic lives in masters/.
+
+
+from pathlib import Path
+
+
+configfile: Path(workflow.basedir) / "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/world.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        world_outputs(),
+    default_target: True

@@ -1,0 +1,108 @@
+"""Benchmark evaluation with lm-eval (METHOD.md §8: greedy decoding, accuracy in %).
+
+A benchmark is a config entry naming an lm-eval task: either a task YAML of this repo
+(``benchmarks/*.yaml``, whose local parquet path is replaced by the entry's ``data``) or a
+task lm-eval ships (``task: chartqa``). One checkpoint is scored on all its benchmarks in a
+single ``lm_eval.simple_evaluate`` call with ``hf-multimodal`` and the chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: ``name`` (the table column), the lm-eval task (a YAML path or a
+    registered task name), the local data file that replaces the YAML's ``data_files``
+    (optional), and the lm-eval metric read as accuracy."""
+
+    name: str
+    task: str
+    data: str | None = None
+    metric: str = "exact_match,none"
+
+
+def task_spec(bench: Benchmark) -> str | dict[str, Any]:
+    """What ``simple_evaluate(tasks=[...])`` takes for ``bench``.
+
+    A YAML is loaded with lm-eval's own loader (``include:`` resolved), renamed to
+    ``bench.name`` and, when ``bench.data`` is set, pointed at that parquet file.
+    """
+    if not bench.task.endswith((".yaml", ".yml")):
+        return bench.task
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    path = Path(bench.task)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark {bench.name!r}: task YAML {path} does not exist")
+    spec = load_yaml(path)
+    spec["task"] = bench.name
+    if bench.data is not None:
+        data = Path(bench.data)
+        if not data.is_file():
+            raise FileNotFoundError(f"benchmark {bench.name!r}: data file {data} does not exist")
+        split = spec.get("test_split", "test")
+        spec.setdefault("dataset_kwargs", {})["data_files"] = {split: str(data.resolve())}
+    return spec
+
+
+def evaluate(
+    model_dir: str | Path,
+    benchmarks: list[Benchmark],
+    batch_size: int = 32,
+    limit: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    samples_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Score ``model_dir`` on ``benchmarks``; returns ``{"accuracy": {name: %}, "n": {...}, ...}``."""
+    os.environ.update(OFFLINE_ENV)
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model checkpoint (no config.json)")
+    results = lm_eval.simple_evaluate(
+        model="hf-multimodal",
+        model_args={
+            "pretrained": str(model_dir),
+            "dtype": dtype,
+            "max_images": 1,
+            "trust_remote_code": trust_remote_code,
+        },
+        tasks=[task_spec(b) for b in benchmarks],
+        task_manager=TaskManager(include_defaults=any(isinstance(task_spec(b), str) for b in benchmarks)),
+        batch_size=batch_size,
+        device=device,
+        limit=limit,
+        apply_chat_template=True,
+        log_samples=samples_path is not None,
+        bootstrap_iters=0,
+    )
+    summary: dict[str, Any] = {"model": str(model_dir), "accuracy": {}, "n": {}}
+    for bench in benchmarks:
+        task_result = results["results"].get(bench.name)
+        if task_result is None or bench.metric not in task_result:
+            raise KeyError(f"lm-eval gave no {bench.metric!r} for benchmark {bench.name!r}: {task_result}")
+        summary["accuracy"][bench.name] = 100.0 * float(task_result[bench.metric])
+        summary["n"][bench.name] = int(results["n-samples"][bench.name]["effective"])
+    summary["mean_accuracy"] = sum(summary["accuracy"].values()) / len(benchmarks)
+    if samples_path is not None:
+        metric_of = {b.name: b.metric.split(",")[0] for b in benchmarks}
+        with open(samples_path, "w") as f:
+            for name, rows in results["samples"].items():
+                for row in rows:
+                    record = {"benchmark": name, "doc_id": row["doc_id"], "prompt": row["arguments"][0][0],
+                              "target": row["target"],
+                              "response": row["filtered_resps"], "score": row.get(metric_of.get(name))}
+                    f.write(json.dumps(record, default=str) + "\n")
+    return summary

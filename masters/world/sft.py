@@ -1,0 +1,144 @@
+"""Supervised fine-tuning of the tiny VLMs on the procedural VQA train split.
+
+Cross-entropy on the assistant tokens only (answer + ``<|im_end|>``); prompts are built by
+the processor's chat template exactly as lm-eval's ``--apply_chat_template`` builds them.
+AdamW, linear warm-up then cosine decay, grad-norm clip. Deterministic for a seed and a
+thread count.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from masters.world.tokenizer import EOS
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    log_every: int = 25
+    seed: int = 0
+
+
+def load_items(paths: list[str | Path]) -> pd.DataFrame:
+    """Concatenate VQA parquet files (schema of :mod:`masters.world.vqa`)."""
+    frames = [pd.read_parquet(p) for p in paths]
+    return pd.concat(frames, ignore_index=True)
+
+
+def decode_image(cell) -> Image.Image:
+    """A parquet ``image`` cell (``{"bytes": ..., "path": ...}``) as an RGB PIL image."""
+    return Image.open(io.BytesIO(cell["bytes"])).convert("RGB")
+
+
+def prompt_messages(question: str) -> list[dict]:
+    """The chat turn lm-eval builds from ``doc_to_text: "<image>{{question}}"``."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
+
+def encode_batch(processor, images, questions, answers) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+answer batch with labels on the answer tokens and ``<|im_end|>``."""
+    tokenizer = processor.tokenizer
+    prompts = [processor.apply_chat_template(prompt_messages(q), add_generation_prompt=True) for q in questions]
+    targets = [a + EOS for a in answers]
+    enc = processor(
+        images=list(images),
+        text=[p + t for p, t in zip(prompts, targets)],
+        padding=True,
+        padding_side="right",
+        return_tensors="pt",
+    )
+    labels = torch.full_like(enc["input_ids"], -100)
+    lengths = enc["attention_mask"].sum(dim=1)
+    for row, target in enumerate(targets):
+        n = len(tokenizer(target, add_special_tokens=False)["input_ids"])
+        end = int(lengths[row])
+        labels[row, end - n : end] = enc["input_ids"][row, end - n : end]
+    enc["labels"] = labels
+    return dict(enc)
+
+
+def lr_at(step: int, cfg: SFTConfig) -> float:
+    """Linear warm-up to ``cfg.lr`` then cosine decay to 10 % of it."""
+    warm = max(1, int(cfg.warmup_frac * cfg.steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(model, processor, items: pd.DataFrame, cfg: SFTConfig, log_path: str | Path | None = None) -> list[dict]:
+    """Train ``model`` in place; returns (and writes as CSV) the loss log."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    images = [decode_image(c) for c in items["image"]]
+    questions = items["question"].tolist()
+    answers = items["answer"].tolist()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    log: list[dict] = []
+    order = rng.permutation(len(items))
+    cursor = 0
+    running = 0.0
+    for step in (bar := tqdm(range(cfg.steps), desc="sft", mininterval=2.0)):
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = rng.permutation(len(items)), 0
+        idx = order[cursor : cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        batch = encode_batch(processor, [images[i] for i in idx], [questions[i] for i in idx], [answers[i] for i in idx])
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        running += loss.item()
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            n = (step % cfg.log_every) + 1
+            log.append({"step": step + 1, "loss": running / n, "lr": lr_at(step, cfg)})
+            bar.set_postfix(loss=f"{running / n:.3f}")
+            running = 0.0
+    model.eval()
+    if log_path is not None:
+        with open(log_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr"])
+            writer.writeheader()
+            writer.writerows(log)
+    return log
+
+
+@torch.no_grad()
+def greedy_answers(model, processor, items: pd.DataFrame, batch_size: int = 32, max_new_tokens: int = 8) -> list[str]:
+    """Greedy answers for a quick accuracy check (the tables use lm-eval)."""
+    out = []
+    tokenizer = processor.tokenizer
+    for start in range(0, len(items), batch_size):
+        chunk = items.iloc[start : start + batch_size]
+        prompts = [processor.apply_chat_template(prompt_messages(q), add_generation_prompt=True) for q in chunk["question"]]
+        enc = processor(
+            images=[decode_image(c) for c in chunk["image"]],
+            text=prompts,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        )
+        gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens)
+        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        out += [t.strip() for t in texts]
+    return out

@@ -1,0 +1,59 @@
+# The embedded tiny world: procedural VQA data, a local tokenizer, three tiny VLMs (L, M, S).
+
+
+rule world_data:
+    output:
+        data_path("{task}", "{split}"),
+    params:
+        n=lambda w: W["train_per_task"] if w.split == "train" else W["test_per_task"],
+        seed=config["seed"],
+        size=W["image_size"],
+    log:
+        f"{WORLD}/logs/data_{{task}}_{{split}}.log",
+    shell:
+        "masters data --task {wildcards.task} --split {wildcards.split} --n {params.n}"
+        " --seed {params.seed} --image-size {params.size} --out {output} > {log} 2>&1"
+
+
+rule world_tokenizer:
+    input:
+        train_data(),
+    output:
+        directory(f"{WORLD}/processor"),
+    params:
+        vocab=W["tokenizer_vocab_size"],
+        arch=W["architecture"],
+        size=W["image_size"],
+    log:
+        f"{WORLD}/logs/tokenizer.log",
+    shell:
+        "masters tokenizer --train {input} --vocab-size {params.vocab} --architecture {params.arch}"
+        " --image-size {params.size} --out {output} > {log} 2>&1"
+
+
+rule world_sft:
+    input:
+        processor=rules.world_tokenizer.output,
+        train=train_data(),
+    output:
+        model=directory(f"{WORLD}/models/{{model}}"),
+        loss=f"{WORLD}/sft/{{model}}_loss.csv",
+    params:
+        arch=W["architecture"],
+        s=lambda w: W["models"][w.model],
+        seed=config["seed"],
+    threads: config["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    log:
+        f"{WORLD}/logs/sft_{{model}}.log",
+    benchmark:
+        f"{WORLD}/benchmarks/sft_{{model}}.tsv"
+    shell:
+        "masters sft --processor {input.processor} --train {input.train} --architecture {params.arch}"
+        " --hidden-size {params.s[hidden_size]} --num-layers {params.s[num_layers]}"
+        " --intermediate-size {params.s[intermediate_size]} --vision-hidden-size {params.s[vision_hidden_size]}"
+        " --vision-depth {params.s[vision_depth]} --vocab-multiple {params.s[vocab_multiple]}"
+        " --steps {params.s[sft][steps]} --batch-size {params.s[sft][batch_size]} --lr {params.s[sft][lr]}"
+        " --seed {params.seed} --threads {threads} --loss-log {output.loss} --out {output.model} > {log} 2>&1"

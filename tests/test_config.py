@@ -1,0 +1,50 @@
+"""Config validation: `snakemake -n` plans the default and smoke configs; bad values stop
+the run before any job, with an error naming the key."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+
+def snakemake(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("extra", [[], ["--configfile", str(REPO / "configs/smoke.yaml")]], ids=["default", "smoke"])
+def test_dry_run_plans_the_world(extra, tmp_path):
+    run = snakemake("-n", "--cores", "2", "--directory", str(tmp_path), *extra)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    for rule, count in [("world_data", 12), ("world_sft", 3), ("evaluate_world_model", 3), ("world_tokenizer", 1)]:
+        assert f"{rule} " in out and any(line.split() == [rule, str(count)] for line in out.splitlines()), rule
+
+
+BAD_VALUES = [
+    ({"world": {"train_per_task": "many"}}, "train_per_task"),
+    ({"world": {"test_per_task": -5}}, "test_per_task"),
+    ({"world": {"architecture": "llava"}}, "architecture"),
+    ({"world": {"image_size": 60}}, "image_size"),
+    ({"world": {"architecture": "qwen3_vl", "image_size": 56}}, "image_size"),
+    ({"world": {"models": {"L": {"hidden_size": 100}}}}, "hidden_size"),
+    ({"seed": -1}, "seed"),
+    ({"evaluation": {"batch_size": 0}}, "batch_size"),
+    ({"benchmarks": {"tiny_x": {"task": "benchmarks/missing.yaml"}}}, "benchmarks.tiny_x.task"),
+    ({"unknown_key": 1}, "unknown_key"),
+]
+
+
+@pytest.mark.parametrize("override,key", BAD_VALUES, ids=[k for _, k in BAD_VALUES])
+def test_bad_config_value_names_the_key_before_any_job(override, key, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(override))
+    run = snakemake("-n", "--cores", "1", "--directory", str(tmp_path / "wd"), "--configfile", str(config))
+    assert run.returncode != 0
+    out = run.stdout + run.stderr
+    assert "invalid config" in out and key.split(".")[-1] in out, out[-2000:]
+    assert "Job stats" not in run.stdout
+    assert not (tmp_path / "wd" / "results").exists()

@@ -1,0 +1,39 @@
+"""Packaging: pins agree across pyproject and envs/, GPU backends stay optional, CLI help."""
+
+import re
+import subprocess
+import sys
+import tomllib
+
+import yaml
+
+from tests.conftest import REPO
+
+
+def _pins(lines):
+    return dict(re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)$", l).groups() for l in lines if "==" in l)
+
+
+def test_conda_env_pins_match_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((REPO / "envs/masters.yaml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert _pins(project["dependencies"]) == _pins(pip_section)
+    assert all("==" in d for d in project["dependencies"]), "runtime dependencies are pinned"
+
+
+def test_gpu_backends_are_not_imported():
+    code = "import sys, masters.cli, masters.evaluation, masters.world.sft; print(sorted(m for m in ('vllm', 'deepspeed') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_cli_flag_has_help():
+    from masters.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, subparser in sub.choices.items():
+        for action in subparser._actions:
+            if action.dest != "help":
+                assert action.help, f"masters {name} {action.option_strings} has no help"

@@ -1,0 +1,37 @@
+"""The locally trained tokenizer: Qwen special tokens, chat template, save/load."""
+
+from transformers import AutoTokenizer
+
+from masters.world.tokenizer import SPECIAL_TOKENS, special_token_ids
+
+
+def test_special_tokens_are_single_ids_and_round_trip(tokenizer):
+    ids = special_token_ids(tokenizer)
+    assert len(set(ids.values())) == len(SPECIAL_TOKENS)
+    for token, token_id in ids.items():
+        assert tokenizer(token, add_special_tokens=False)["input_ids"] == [token_id]
+        assert tokenizer.decode([token_id]) == token
+
+
+def test_text_round_trips_including_unseen_characters(tokenizer):
+    for text in ["What colour is the shape?", "Ünïcode ✓ 123", "<answer>1</answer>"]:
+        assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+def test_chat_template_renders_qwen_markup(processor):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_save_and_reload_keeps_ids_and_template(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "<|im_start|>user\nHow many squares are there?<|im_end|>"
+    assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert loaded.chat_template == tokenizer.chat_template
+    assert loaded.eos_token == "<|im_end|>" and loaded.pad_token == "<|endoftext|>"
