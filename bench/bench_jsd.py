@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Benchmark: chunked token JSD (masters.rewards.token_jsd) vs a naive full-tensor JSD.
+
+The reference computes the generalized JSD the way TRL's GKD trainer does
+(``generalized_jsd_loss``): a full ``log_softmax`` over the whole ``[T, V]`` logits of
+both models, the mixture via ``logsumexp`` of the stacked, β-shifted log-probs (β = 0.5),
+``F.kl_div(..., log_target=True)`` for both terms, no chunking — then summed over the
+vocabulary to give one JSD per position, the quantity ``token_jsd`` returns.
+
+Inputs: random float32 logits, teacher width ``--teacher-vocab`` (152,064) and student
+width ``--vocab`` (151,936), both cut to ``--vocab`` before the softmax (the padding cut).
+
+Each variant runs in a fresh subprocess: inputs are created, ``ru_maxrss`` is read as the
+baseline, then the variant runs ``--repeats`` times; its peak extra memory is the
+``ru_maxrss`` increase and its time the median wall time. The parent checks the max
+absolute difference (≤ ``--tol``) and the targets: ≤ 0.2× the reference's peak memory at
+≤ 1.0× its time. Exit status 1 when the values disagree.
+
+    python bench/bench_jsd.py                  # full size: T = 2,048, V = 151,936 (~10 GB RAM)
+    python bench/bench_jsd.py --positions 256  # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MEM_TARGET = 0.2
+TIME_TARGET = 1.0
+
+
+def reference_jsd(teacher_logits, student_logits, vocab_size: int, beta: float = 0.5):
+    """Naive generalized JSD over full tensors, as TRL's GKD computes it (per position)."""
+    import torch
+    import torch.nn.functional as F
+
+    student_log_probs = F.log_softmax(student_logits[..., :vocab_size].float(), dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits[..., :vocab_size].float(), dim=-1)
+    b = torch.tensor(beta, dtype=student_log_probs.dtype)
+    mixture_log_probs = torch.logsumexp(
+        torch.stack([student_log_probs + torch.log(1 - b), teacher_log_probs + torch.log(b)]), dim=0
+    )
+    kl_teacher = F.kl_div(mixture_log_probs, teacher_log_probs, reduction="none", log_target=True)
+    kl_student = F.kl_div(mixture_log_probs, student_log_probs, reduction="none", log_target=True)
+    jsd = b * kl_teacher + (1 - b) * kl_student
+    return jsd.sum(-1)
+
+
+def _maxrss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Run one variant in this (fresh) process; print a JSON line, save the values."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from masters.rewards import token_jsd
+
+    g = torch.Generator().manual_seed(args.seed)
+    teacher = torch.randn(args.positions, args.teacher_vocab, generator=g)
+    student = torch.randn(args.positions, args.vocab, generator=g)
+    teacher.mul_(args.scale)
+    student.mul_(args.scale)
+    if args.variant == "chunked":
+        def fn():
+            return token_jsd(teacher, student, vocab_size=args.vocab, chunk_size=args.chunk_size)
+    else:
+        def fn():
+            return reference_jsd(teacher, student, args.vocab)
+
+    baseline = _maxrss_bytes()
+    times = []
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+    peak = _maxrss_bytes()
+    torch.save(out, args.out)
+    print(json.dumps({"variant": args.variant, "times_s": times, "time_s": statistics.median(times),
+                      "baseline_bytes": baseline, "peak_extra_bytes": peak - baseline}))
+
+
+def run_variant(variant: str, args: argparse.Namespace, out_path: Path) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--out", str(out_path),
+           "--positions", str(args.positions), "--vocab", str(args.vocab),
+           "--teacher-vocab", str(args.teacher_vocab), "--chunk-size", str(args.chunk_size),
+           "--seed", str(args.seed), "--scale", str(args.scale), "--repeats", str(args.repeats),
+           "--threads", str(args.threads)]
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant} worker failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--positions", type=int, default=2048, help="positions T (batch×sequence flattened); default 2048")
+    p.add_argument("--vocab", type=int, default=151_936,
+                   help="student logit width = tokenizer length both are cut to; default 151936")
+    p.add_argument("--teacher-vocab", type=int, default=152_064,
+                   help="teacher logit width (padded; exercises the cut); default 152064")
+    p.add_argument("--chunk-size", type=int, default=256, help="positions per chunk of token_jsd; default 256")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random logits; default 0")
+    p.add_argument("--scale", type=float, default=4.0, help="the logits are N(0, 1)·scale; default 4")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported); default 3")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads in each worker; default 1")
+    p.add_argument("--tol", type=float, default=1e-5, help="max allowed |chunked − reference|; default 1e-5")
+    p.add_argument("--json", type=Path, default=None, help="also write the report to this JSON file")
+    p.add_argument("--worker", choices=["chunked", "reference"], default=None,
+                   help="internal: run one variant in this process")
+    p.add_argument("--out", type=Path, default=None, help="internal: where a worker saves its values")
+    args = p.parse_args(argv)
+    if args.teacher_vocab < args.vocab:
+        p.error("--teacher-vocab must be >= --vocab")
+
+    if args.worker:
+        args.variant = args.worker
+        worker(args)
+        return 0
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = {v: run_variant(v, args, Path(tmp) / f"{v}.pt") for v in ("reference", "chunked")}
+        a = torch.load(Path(tmp) / "chunked.pt")
+        b = torch.load(Path(tmp) / "reference.pt")
+    max_diff = (a.double() - b.double()).abs().max().item()
+    ref, ours = res["reference"], res["chunked"]
+    mem_ratio = ours["peak_extra_bytes"] / max(ref["peak_extra_bytes"], 1)
+    time_ratio = ours["time_s"] / ref["time_s"]
+    report = {
+        "positions": args.positions, "vocab": args.vocab, "teacher_vocab": args.teacher_vocab,
+        "chunk_size": args.chunk_size, "threads": args.threads, "repeats": args.repeats,
+        "max_abs_diff": max_diff, "tol": args.tol, "values_match": max_diff <= args.tol,
+        "reference": ref, "chunked": ours, "memory_ratio": mem_ratio, "time_ratio": time_ratio,
+        "memory_target": MEM_TARGET, "time_target": TIME_TARGET,
+        "meets_targets": mem_ratio <= MEM_TARGET and time_ratio <= TIME_TARGET,
+    }
+    mib = 1024 ** 2
+    print(f"T={args.positions} V={args.vocab} (teacher {args.teacher_vocab}) chunk={args.chunk_size} "
+          f"threads={args.threads}")
+    print(f"{'variant':<10} {'time (s)':>10} {'peak extra (MiB)':>17}")
+    for name, r in (("reference", ref), ("chunked", ours)):
+        print(f"{name:<10} {r['time_s']:>10.3f} {r['peak_extra_bytes'] / mib:>17.1f}")
+    print(f"max |diff| = {max_diff:.3e} (tol {args.tol:g}): {'OK' if report['values_match'] else 'FAIL'}")
+    print(f"memory ratio {mem_ratio:.3f} (target <= {MEM_TARGET}), time ratio {time_ratio:.3f} "
+          f"(target <= {TIME_TARGET}): {'met' if report['meets_targets'] else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if report["values_match"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Distillation reward and advantages (METHOD.md §5, §6; Eq. 4, 7)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from masters.rewards import (
+    check_same_tokenizer,
+    distill_reward,
+    group_advantages,
+    sequence_divergence,
+    token_jsd,
+    total_reward,
+)
+
+torch.set_num_threads(1)
+LN2 = math.log(2)
+
+
+def direct_jsd(t: torch.Tensor, s: torch.Tensor, vocab: int) -> torch.Tensor:
+    """JSD per position, float64, straight from the definition."""
+    p = torch.softmax(t[..., :vocab].double(), -1)
+    q = torch.softmax(s[..., :vocab].double(), -1)
+    m = 0.5 * (p + q)
+    return 0.5 * torch.xlogy(p, p / m).sum(-1) + 0.5 * torch.xlogy(q, q / m).sum(-1)
+
+
+def test_jsd_matches_float64_with_padding_cut():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 5, 160, generator=g) * 3
+    s = torch.randn(2, 5, 128, generator=g) * 3
+    t[..., 120:] = 1e4  # padding logits: must be cut before the softmax
+    s[..., 120:] = -1e4
+    out = token_jsd(t, s, vocab_size=120)
+    assert out.shape == (2, 5) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), direct_jsd(t, s, 120), atol=1e-5, rtol=0)
+    # default vocab_size is min(V_t, V_s)
+    torch.testing.assert_close(token_jsd(t, s).double(), direct_jsd(t, s, 128), atol=1e-5, rtol=0)
+
+
+def test_jsd_identical_is_zero_and_bounded():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 64, generator=g) * 5
+    assert token_jsd(x, x.clone()).abs().max().item() < 1e-6
+    # disjoint near-one-hot distributions approach ln 2
+    a = torch.full((3, 64), -1e3)
+    b = torch.full((3, 64), -1e3)
+    a[:, 0] = 0
+    b[:, 1] = 0
+    far = token_jsd(a, b)
+    assert torch.allclose(far, torch.full_like(far, LN2), atol=1e-5)
+    rnd = token_jsd(torch.randn(50, 64, generator=g) * 10, torch.randn(50, 64, generator=g) * 10)
+    assert (rnd <= LN2 + 1e-6).all() and (rnd >= -1e-6).all()
+
+
+def test_jsd_bf16_and_minus_inf_logits():
+    g = torch.Generator().manual_seed(2)
+    t = torch.randn(4, 32, generator=g)
+    s = torch.randn(4, 32, generator=g)
+    t[:, 5] = float("-inf")
+    out = token_jsd(t, s)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), direct_jsd(t.clamp_min(-1e9), s, 32), atol=1e-5, rtol=0)
+    assert token_jsd(t.bfloat16(), s.bfloat16()).dtype == torch.float32
+    s.requires_grad_(True)  # the autograd path handles -inf too
+    out_grad = token_jsd(t, s)
+    out_grad.sum().backward()
+    assert torch.equal(out_grad.detach(), out) and torch.isfinite(s.grad).all()
+
+
+def test_jsd_chunking_identical():
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(3, 37, 90, generator=g) * 2
+    s = torch.randn(3, 37, 80, generator=g) * 2
+    ref = token_jsd(t, s, chunk_size=10_000)
+    for cs in (1, 5, 16, 37, 111, 256):
+        assert torch.equal(token_jsd(t, s, chunk_size=cs), ref)
+
+
+def test_jsd_gradient_flows_to_student():
+    g = torch.Generator().manual_seed(4)
+    t = torch.randn(2, 6, 40, generator=g)
+    s = torch.randn(2, 6, 40, generator=g, requires_grad=True)
+    out = token_jsd(t, s, chunk_size=4)
+    with torch.no_grad():  # the in-place no-grad path computes the same values
+        assert torch.equal(token_jsd(t, s, chunk_size=4), out.detach())
+    out.sum().backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+    # matches autograd through the float64 direct formula
+    s64 = s.detach().double().requires_grad_(True)
+    direct_jsd(t, s64, 40).sum().backward()
+    torch.testing.assert_close(s.grad.double(), s64.grad, atol=1e-5, rtol=0)
+
+
+def test_jsd_errors():
+    with pytest.raises(ValueError):
+        token_jsd(torch.zeros(2, 3, 10), torch.zeros(2, 4, 10))
+    with pytest.raises(ValueError):
+        token_jsd(torch.zeros(3, 10), torch.zeros(3, 8), vocab_size=9)
+
+
+def test_sequence_divergence_masked_mean():
+    vals = torch.tensor([[0.1, 0.3, 0.5, 9.0], [0.2, 9.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    torch.testing.assert_close(sequence_divergence(vals, mask), torch.tensor([0.3, 0.2]))
+    with pytest.raises(ValueError):
+        sequence_divergence(vals, torch.zeros_like(mask))
+
+
+def test_distill_reward_normalized():
+    r = distill_reward([0.3, 0.1, 0.5, 0.2])
+    assert r[2] == 0.0 and r[1] == 1.0
+    assert r == pytest.approx([0.5, 1.0, 0.0, 0.75])
+    assert distill_reward([0.2, 0.2, 0.2]) == [1.0, 1.0, 1.0]
+    assert distill_reward([0.2, 0.2 + 1e-14]) == [1.0, 1.0]
+    assert distill_reward([0.4]) == [1.0]
+    assert distill_reward(torch.tensor([0.5, 0.1])) == pytest.approx([0.0, 1.0])
+    assert distill_reward([]) == []
+
+
+def test_distill_reward_raw():
+    r = distill_reward([0.0, LN2, LN2 / 2], normalize=False)
+    assert r == pytest.approx([1.0, 0.0, 0.5])
+    assert distill_reward([0.4], normalize=False) == pytest.approx([1 - 0.4 / LN2])
+
+
+def test_total_reward():
+    assert total_reward(1, 0.5) == 1.5
+    assert total_reward(1.0, 0.5, alpha=0.5) == 1.25
+    assert total_reward([1, 0], [0.5, 1.0], alpha=2.0) == [2.0, 2.0]
+    with pytest.raises(ValueError):
+        total_reward([1, 0], [0.5])
+
+
+def test_group_advantages():
+    a = group_advantages([1.0, 2.0, 3.0])  # mean 2, Bessel std 1
+    assert a == pytest.approx([-1 / (1 + 1e-6), 0.0, 1 / (1 + 1e-6)])
+    b = group_advantages([0.0, 1.0])  # std = sqrt(0.5)
+    s = math.sqrt(0.5)
+    assert b == pytest.approx([-0.5 / (s + 1e-6), 0.5 / (s + 1e-6)])
+    assert group_advantages([3.0]) == [0.0]
+    assert group_advantages([2.0, 2.0, 2.0]) == [0.0, 0.0, 0.0]
+    assert sum(group_advantages([0.1, 0.7, 1.9, 1.2])) == pytest.approx(0.0, abs=1e-12)
+
+
+class _Tok:
+    def __init__(self, name, vocab):
+        self.name_or_path = name
+        self._vocab = vocab
+
+    def get_vocab(self):
+        return dict(self._vocab)
+
+
+def test_check_same_tokenizer():
+    v = {"<pad>": 0, "a": 1, "b": 2, "c": 3}
+    check_same_tokenizer(_Tok("teacher", v), _Tok("student", dict(v)))
+    with pytest.raises(ValueError, match=r"teacher.*student.*'b'"):
+        check_same_tokenizer(_Tok("teacher", v), _Tok("student", {"<pad>": 0, "a": 1, "b": 3, "c": 2}))
+    with pytest.raises(ValueError, match=r"'d'"):
+        check_same_tokenizer(_Tok("teacher", v), _Tok("student", {**v, "d": 4}))
