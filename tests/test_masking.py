@@ -1,0 +1,369 @@
+"""Magnitude masking (METHOD.md section 1, Eq. 1-2): per-tensor thresholds, exact zero counts,
+nesting, untouched tensors byte-identical, complete checkpoints (single file and sharded)."""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import math
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from masters import masking
+from masters.masking import is_maskable, mask_checkpoint, mask_tensor, ratio_dirname, thresholds
+
+RATIOS = [0.2, 0.15, 0.1, 0.05, 0.0]
+
+
+def _distinct(shape, dtype=torch.float32, seed=0):
+    """Random signs and a random permutation of distinct magnitudes, exactly representable in dtype."""
+    g = torch.Generator().manual_seed(seed)
+    n = math.prod(shape)
+    if dtype == torch.float32:
+        mags = (torch.randperm(n, generator=g) + 1).to(torch.float32) / n
+    else:  # consecutive positive bit patterns of a 16-bit float: distinct, increasing magnitudes
+        bits = torch.arange(0x3000, 0x3000 + n, dtype=torch.int16)
+        mags = bits.view(dtype)[torch.randperm(n, generator=g)]
+    signs = torch.randint(0, 2, (n,), generator=g).to(mags.dtype) * 2 - 1
+    return (mags * signs).reshape(shape)
+
+
+def _raw_tensors(path):
+    """name -> (dtype, shape, raw data bytes) straight from a safetensors file."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]])
+            for k, v in header.items() if k != "__metadata__"}
+
+
+def _metadata(path):
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+# ------------------------------------------------------------------ names
+
+
+def test_default_selection_on_real_tiny_qwen25vl_names(tiny_model, tmp_path):
+    def expected(name):
+        linear = any(s in name for s in ("_proj.weight", "attn.qkv.weight", "attn.proj.weight", "merger.mlp.0.weight", "merger.mlp.2.weight"))
+        return linear and "patch_embed" not in name
+
+    state = tiny_model.state_dict()
+    tiny_model.save_pretrained(tmp_path)  # on-disk (hub) names differ from in-memory names
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        disk = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    for names in ({k: list(v.shape) for k, v in state.items()}, disk):
+        chosen = {k for k, s in names.items() if is_maskable(k, s, None, None)}
+        assert chosen == {k for k in names if expected(k)}
+        assert len(chosen) == 14  # 7 LM linears + 5 vision-block linears + 2 merger linears
+    for name in ("model.language_model.embed_tokens.weight", "lm_head.weight", "model.visual.patch_embed.proj.weight",
+                 "model.language_model.norm.weight", "model.visual.blocks.0.attn.qkv.bias"):
+        assert name in state and not is_maskable(name, state[name].shape, None, None)
+
+
+def test_selection_other_layouts_and_custom_patterns():
+    two_d = (8, 8)
+    assert is_maskable("model.layers.3.self_attn.q_proj.weight", two_d, None, None)
+    assert is_maskable("visual.blocks.0.mlp.fc1.weight", two_d, None, None)  # Qwen2-VL
+    assert is_maskable("model.visual.merger.linear_fc1.weight", two_d, None, None)  # Qwen3-VL
+    assert is_maskable("model.visual.deepstack_merger_list.0.linear_fc2.weight", two_d, None, None)
+    assert not is_maskable("model.visual.pos_embed.weight", two_d, None, None)
+    assert not is_maskable("model.language_model.layers.0.self_attn.q_norm.weight", two_d, None, None)
+    assert not is_maskable("model.layers.0.mlp.down_proj.weight", (8,), None, None)  # ndim >= 2 always
+    assert is_maskable("model.embed_tokens.weight", two_d, ["embed_tokens"], [])
+    assert not is_maskable("model.layers.0.mlp.up_proj.weight", two_d, None, [r"mlp\."])
+    with pytest.raises(ValueError, match="include regex"):
+        is_maskable("x", two_d, ["("], None)
+
+
+def test_ratio_dirname():
+    assert ratio_dirname(0.2) == "masked_r0.20"
+    assert ratio_dirname(0.05) == "masked_r0.05"
+    assert ratio_dirname(0.0) == ratio_dirname(-0.0) == ratio_dirname(-1e-9) == "masked_r0.00"
+    assert ratio_dirname(0.2 - 4 * 0.05) == "masked_r0.00"
+
+
+def test_cli_ratio_list_is_the_schedule_and_errors_name_the_flags():
+    from masters import schedule
+
+    assert masking.schedule_ratios is schedule.ratios
+    assert masking._stage_ratios(0.2, 0.05) == [0.2, 0.15, 0.1, 0.05, 0.0]
+    assert masking._stage_ratios(0.0, None) == [0.0]
+    for bad in ((-0.1, 0.05), (0.2, 0.0), (0.2, -0.05), (0.1, 0.2), (0.2, None), (0.2, 0.15)):
+        with pytest.raises(ValueError, match="--r-max .* / --step"):
+            masking._stage_ratios(*bad)
+
+
+# ------------------------------------------------------------------ one tensor
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_exact_zero_count_for_distinct_magnitudes(dtype):
+    w = _distinct((48, 40), dtype)
+    n = w.numel()
+    flat_abs = w.float().abs().reshape(-1)
+    order = torch.argsort(flat_abs)
+    thr = thresholds(w, RATIOS)
+    assert set(thr) == set(RATIOS)
+    for r in RATIOS:
+        k = math.floor(r * n + 1e-9)
+        out = mask_tensor(w, thr[r])
+        assert out.dtype == dtype and out.shape == w.shape
+        if k == 0:
+            assert thr[r] is None and out is w
+            continue
+        assert thr[r] == float(flat_abs[order[k - 1]])
+        zeros = out.reshape(-1) == 0
+        assert int(zeros.sum()) == k
+        assert bool(zeros[order[:k]].all())  # exactly the k smallest magnitudes
+        kept = ~zeros
+        assert torch.equal(out.reshape(-1)[kept].view(torch.uint8 if dtype == torch.float32 else torch.int16),
+                           w.reshape(-1)[kept].view(torch.uint8 if dtype == torch.float32 else torch.int16))
+
+
+def test_ties_and_existing_zeros():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randint(-3, 4, (50, 40), generator=g).to(torch.float32) * 0.25  # many ties, ~1/7 zeros
+    absw = w.abs()
+    for r in (0.1, 0.3, 0.5, 0.77):
+        k = math.floor(r * w.numel())
+        lam = thresholds(w, [r])[r]
+        out = mask_tensor(w, lam)
+        assert int((out == 0).sum()) >= k
+        assert bool((out[absw <= lam] == 0).all())
+        assert torch.equal(out[absw > lam], w[absw > lam])
+    # zeros already present are the smallest: a ratio below their share adds no new zeros
+    v = _distinct((40, 50))
+    v.view(-1)[torch.randperm(v.numel(), generator=g)[:600]] = 0.0  # 30 % zeros
+    assert thresholds(v, [0.2])[0.2] == 0.0
+    assert int((mask_tensor(v, 0.0) == 0).sum()) == 600
+    assert int((mask_tensor(v, thresholds(v, [0.4])[0.4]) == 0).sum()) == 800
+
+
+def test_masks_are_nested_across_ratios():
+    w = torch.randn(64, 96, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    thr = thresholds(w, RATIOS)
+    masks = [mask_tensor(w, thr[r]) == 0 for r in sorted(RATIOS)]
+    for small, large in zip(masks, masks[1:]):
+        assert bool((large | ~small).all()), "an entry zeroed at a smaller ratio survived a larger one"
+
+
+def test_thresholds_above_2_pow_24_elements_match_sorted_reference():
+    n = 17_000_000
+    assert n > 2**24
+    w = torch.randn(n, generator=torch.Generator().manual_seed(3))
+    ratios = [0.2, 0.05, 1e-7, 0.0]
+    thr = thresholds(w, ratios)
+    ref = np.sort(np.abs(w.numpy()))
+    for r in ratios:
+        k = math.floor(r * n + 1e-9)
+        assert thr[r] == (None if k == 0 else float(ref[k - 1]))
+
+
+def test_thresholds_reject_bad_ratios_and_non_float():
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        thresholds(torch.ones(4, 4), [1.0])
+    with pytest.raises(TypeError, match="floating"):
+        thresholds(torch.ones(4, 4, dtype=torch.int32), [0.1])
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def _check_masked_dir(teacher, out, ratios, weight_files):
+    """Layout, metadata, untouched tensors and masked tensors of every masked_r* directory."""
+    teacher_files = {p.name for p in teacher.iterdir()}
+    tensors = {f: _raw_tensors(teacher / f) for f in weight_files}
+    zeroed = {}
+    for r in sorted(ratios):
+        d = out / ratio_dirname(r)
+        assert {p.name for p in d.iterdir()} == teacher_files | {masking.STATS_FILE}
+        for name in teacher_files - set(weight_files):
+            assert filecmp.cmp(teacher / name, d / name, shallow=False), name
+        for f in weight_files:
+            assert _metadata(d / f) == _metadata(teacher / f) == {"format": "pt"}
+            got = _raw_tensors(d / f)
+            assert list(got) == list(tensors[f])
+            for name, (dtype, shape, raw) in tensors[f].items():
+                gdtype, gshape, graw = got[name]
+                assert (gdtype, gshape) == (dtype, shape)
+                if r == 0 or not is_maskable(name, shape, None, None):
+                    assert graw == raw, f"{name} changed at r={r}"
+                    continue
+                with safe_open(str(d / f), "pt") as sf, safe_open(str(teacher / f), "pt") as tf:
+                    m, w = sf.get_tensor(name), tf.get_tensor(name)
+                k = math.floor(r * w.numel() + 1e-9)
+                z = m == 0
+                assert int(z.sum()) >= k and bool((m[~z] == w[~z]).all())
+                if name in zeroed:
+                    assert bool((z | ~zeroed[name]).all()), f"{name}: masks not nested"
+                zeroed[name] = z
+        if r == 0:
+            for f in weight_files:
+                assert filecmp.cmp(teacher / f, d / f, shallow=False)
+
+
+def test_single_file_checkpoint_and_stats(tiny_model, processor, tmp_path):
+    from masters.world.models import save_checkpoint
+
+    teacher = tmp_path / "teacher"
+    save_checkpoint(tiny_model, processor, teacher)
+    out = tmp_path / "masked"
+    stats = mask_checkpoint(teacher, out, [0.2, 0.1, 0.0], progress=False)
+    _check_masked_dir(teacher, out, [0.2, 0.1, 0.0], ["model.safetensors"])
+
+    assert list(stats.columns[:6]) == ["name", "numel", "ratio", "threshold", "zeros", "masked"]
+    n_tensors = len(_raw_tensors(teacher / "model.safetensors"))
+    assert len(stats) == 3 * n_tensors and stats["masked"].dtype == bool
+    sel = stats[stats.masked]
+    assert sel["name"].nunique() == 14
+    assert sel[sel.ratio == 0.0].threshold.isna().all() and sel[sel.ratio > 0].threshold.notna().all()
+    assert stats[~stats.masked].threshold.isna().all()
+    # random init: distinct magnitudes, so exactly k zeros where masked
+    for row in sel[sel.ratio > 0].itertuples():
+        assert row.zeros == math.floor(row.ratio * row.numel + 1e-9) == row.k
+    with safe_open(str(out / "masked_r0.20" / "model.safetensors"), "pt") as f:
+        for row in stats[stats.ratio == 0.2].itertuples():
+            assert int((f.get_tensor(row.name) == 0).sum()) == row.zeros
+    for r in (0.2, 0.1, 0.0):
+        csv = pd.read_csv(out / ratio_dirname(r) / masking.STATS_FILE)
+        assert len(csv) == n_tensors and (csv.ratio == r).all()
+        assert csv.zeros.tolist() == stats[stats.ratio == r].zeros.tolist()
+
+
+def test_sharded_bf16_checkpoint_loads_and_runs(tiny_model, processor, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    teacher = tmp_path / "teacher"
+    bf16 = AutoModelForImageTextToText.from_config(tiny_model.config, dtype=torch.bfloat16)
+    bf16.load_state_dict({k: v.to(torch.bfloat16) for k, v in tiny_model.state_dict().items()})
+    bf16.save_pretrained(teacher, max_shard_size="200KB")
+    processor.save_pretrained(teacher)
+    shards = sorted(p.name for p in teacher.glob("*.safetensors"))
+    assert len(shards) > 1 and (teacher / masking.INDEX_FILE).is_file()
+
+    out = tmp_path / "masked"
+    stats = mask_checkpoint(teacher, out, [0.2, 0.05, 0.0], progress=False)
+    _check_masked_dir(teacher, out, [0.2, 0.05, 0.0], shards)
+    d = out / "masked_r0.20"
+    assert sorted(p.name for p in d.glob("*.safetensors")) == shards
+    assert (d / masking.INDEX_FILE).read_bytes() == (teacher / masking.INDEX_FILE).read_bytes()
+    weight_map = json.loads((teacher / masking.INDEX_FILE).read_text())["weight_map"]
+    assert all(weight_map[row.name] == row.shard for row in stats.itertuples())
+    assert set(stats.dtype) == {"BF16"}
+
+    model = AutoModelForImageTextToText.from_pretrained(d, dtype=torch.float32)
+    params = dict(model.named_parameters())
+    q = params["model.language_model.layers.0.self_attn.q_proj.weight"]
+    assert int((q == 0).sum()) >= math.floor(0.2 * q.numel())
+    assert int((params["lm_head.weight"] == 0).sum()) == 0
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape[:2] == (1, 4) and torch.isfinite(logits).all()
+
+
+def _synthetic(dirpath, tensors):
+    dirpath.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dirpath / "model.safetensors"), metadata={"format": "pt"})
+    (dirpath / "config.json").write_text("{}")
+    return dirpath
+
+
+def test_streaming_bit_path_matches_reference_for_every_float_dtype(tmp_path, monkeypatch):
+    # small blocks, copy chunks and writer budget: many blocks per tensor, many queued writes
+    monkeypatch.setattr(masking, "_BLOCK", 1000)
+    monkeypatch.setattr(masking, "_CHUNK", 4096)
+    monkeypatch.setattr(masking, "_WRITE_BUFFER", 8192)
+    g = torch.Generator().manual_seed(4)
+    tensors = {f"model.layers.0.mlp.{d}_proj.weight": (torch.randn(70, 90, generator=g) * 0.02).to(dt)
+               for d, dt in (("up", torch.bfloat16), ("down", torch.float16), ("gate", torch.float32))}
+    tensors["model.layers.0.self_attn.q_proj.weight"] = torch.randn(30, 40, generator=g, dtype=torch.float64)
+    with_nan = torch.randn(50, 60, generator=g).to(torch.bfloat16)
+    with_nan.view(-1)[:7] = float("nan")
+    tensors["model.layers.0.self_attn.k_proj.weight"] = with_nan
+    tensors["model.embed_tokens.weight"] = torch.randn(3000, 8, generator=g).to(torch.bfloat16)  # 12 copy chunks
+    teacher = _synthetic(tmp_path / "t", tensors)
+    stats = mask_checkpoint(teacher, tmp_path / "o", [0.3, 0.1, 0.0], progress=False).set_index(["name", "ratio"])
+    for r in (0.3, 0.1, 0.0):
+        with safe_open(str(tmp_path / "o" / ratio_dirname(r) / "model.safetensors"), "pt") as f:
+            for name, w in tensors.items():
+                got = f.get_tensor(name)
+                if "embed" in name:
+                    assert torch.equal(got.view(torch.int16), w.view(torch.int16))
+                    continue
+                lam = thresholds(w, [r])[r]
+                want = mask_tensor(w, lam)
+                assert got.dtype == w.dtype
+                assert torch.equal(got.view(torch.uint8), want.contiguous().view(torch.uint8)), (name, r)
+                row = stats.loc[(name, r)]
+                assert (math.isnan(row.threshold) and lam is None) or row.threshold == lam
+                assert row.zeros == int((got == 0).sum())
+    with safe_open(str(tmp_path / "o" / "masked_r0.30" / "model.safetensors"), "pt") as f:
+        assert bool(f.get_tensor("model.layers.0.self_attn.k_proj.weight").view(-1)[:7].isnan().all())  # NaN kept
+    row = stats.loc[("model.layers.0.self_attn.k_proj.weight", 0.3)]
+    assert row.zeros >= row.k == math.floor(0.3 * 3000)
+
+
+def test_custom_include_exclude(tmp_path):
+    emb = _distinct((32, 16), seed=5)
+    lin = _distinct((16, 16), seed=6)
+    teacher = _synthetic(tmp_path / "t", {"model.embed_tokens.weight": emb, "model.layers.0.mlp.up_proj.weight": lin})
+    stats = mask_checkpoint(teacher, tmp_path / "o", [0.25], include=["embed_tokens"], exclude=[], progress=False)
+    assert stats.set_index("name").masked.to_dict() == {"model.embed_tokens.weight": True,
+                                                        "model.layers.0.mlp.up_proj.weight": False}
+    with safe_open(str(tmp_path / "o" / "masked_r0.25" / "model.safetensors"), "pt") as f:
+        assert int((f.get_tensor("model.embed_tokens.weight") == 0).sum()) == 128
+        assert torch.equal(f.get_tensor("model.layers.0.mlp.up_proj.weight"), lin)
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        mask_checkpoint(tmp_path / "nowhere", tmp_path / "o", [0.1])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no .safetensors"):
+        mask_checkpoint(tmp_path / "empty", tmp_path / "o", [0.1])
+
+    teacher = _synthetic(tmp_path / "t", {"model.layers.0.mlp.up_proj.weight": torch.randn(64, 64)})
+    for bad in ([1.0], [-0.1], [0.2, 0.201], []):
+        with pytest.raises(ValueError):
+            mask_checkpoint(teacher, tmp_path / "o", bad, progress=False)
+
+    data = (teacher / "model.safetensors").read_bytes()
+    for cut, label in ((len(data) - 100, "data"), (20, "header")):
+        broken = tmp_path / f"broken_{label}"
+        broken.mkdir()
+        (broken / "model.safetensors").write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=r"model\.safetensors"):
+            mask_checkpoint(broken, tmp_path / "o", [0.1], progress=False)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())  # validated before writing
+
+
+def test_cli_subcommand(tmp_path):
+    teacher = _synthetic(tmp_path / "t", {"model.layers.0.mlp.up_proj.weight": _distinct((20, 20), seed=7),
+                                          "model.norm.weight": torch.ones(20)})
+    parser = argparse.ArgumentParser(prog="masters")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = masking.register(sub)
+    assert all(a.help for a in p._actions)
+    args = parser.parse_args(["mask", "--teacher", str(teacher), "--r-max", "0.2", "--step", "0.1",
+                              "--out", str(tmp_path / "o"), "--stats", str(tmp_path / "s" / "stats.csv"), "--quiet"])
+    args.func(args)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["masked_r0.00", "masked_r0.10", "masked_r0.20"]
+    stats = pd.read_csv(tmp_path / "s" / "stats.csv")
+    assert len(stats) == 6
+    assert stats.query("name == 'model.layers.0.mlp.up_proj.weight'").zeros.tolist() == [80, 40, 0]
+    with pytest.raises(ValueError, match="step"):
+        args = parser.parse_args(["mask", "--teacher", str(teacher), "--r-max", "0.2", "--out", str(tmp_path / "o")])
+        args.func(args)
