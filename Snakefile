@@ -18,6 +18,6 @@ include: "rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         world_outputs(),
-    default_target: True

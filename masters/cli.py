@@ -93,6 +93,114 @@ def cmd_accuracy_table(args: argparse.Namespace) -> None:
     print(table.to_string())
 
 
+def _questions(paths: list[str]):
+    import pandas as pd
+
+    from masters.generation import QUESTION_COLUMNS, check_columns
+
+    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    check_columns(frame, QUESTION_COLUMNS, f"questions {paths}")
+    return frame
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from masters.generation import SamplingParams, generate_responses, make_backend
+
+    _threads(args.threads)
+    questions = _questions(args.questions)
+    if args.num_shards > 1:  # stage data `partition`: the k-th of M disjoint question shards
+        questions = questions.iloc[args.shard :: args.num_shards].reset_index(drop=True)
+    if args.limit:
+        questions = questions.iloc[: args.limit]
+    params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                            seed=args.seed)
+    backend = make_backend(args.backend, args.model, trust_remote_code=args.trust_remote_code)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    frame = generate_responses(backend, questions, params, args.out, source=args.source,
+                               model_name=args.label or Path(args.model).name, ratio=args.ratio,
+                               batch_size=args.batch_size)
+    print(f"{len(frame)} responses ({frame.finish_reason.eq('stop').mean():.0%} stopped) -> {args.out}")
+
+
+def cmd_judge(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from masters import judge
+    from masters.generation import HFChatBackend, check_columns
+
+    _threads(args.threads)
+    responses = pd.read_parquet(args.responses)
+    check_columns(responses, ["question_id", "text"], args.responses)
+    questions = _questions(args.questions).set_index("id")
+    missing = sorted(set(responses.question_id) - set(questions.index))
+    if missing:
+        raise KeyError(f"{args.responses}: question ids not in the questions files: {missing[:5]}")
+    q = questions.loc[responses.question_id]
+    if args.kind == "rule":
+        options = [list(o) if o is not None and len(o) else None for o in q["options"]] if "options" in q else [None] * len(q)
+        responses["r_acc"] = [float(judge.rule_score(t, a, o)) for t, a, o in zip(responses.text, q["answer"], options)]
+        responses["judge_raw"], responses["judge_parse_failed"] = "", False
+    else:
+        if not args.judge_model:
+            raise ValueError("--judge-model is required with --kind llm")
+        backend = HFChatBackend(args.judge_model, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+        items = list(zip(q["question"], q["answer"], responses.text))
+        results = judge.llm_judge(items, backend, max_new_tokens=args.max_new_tokens)
+        responses["r_acc"] = [float(r.score) for r in results]
+        responses["judge_raw"] = ["\n---\n".join(r.raw_outputs) for r in results]
+        responses["judge_parse_failed"] = [r.parse_failed for r in results]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    responses.to_parquet(args.out, index=False)
+    print(f"r_acc mean {responses.r_acc.mean():.3f}; parse failures {int(responses.judge_parse_failed.sum())}"
+          f" of {len(responses)} -> {args.out}")
+
+
+def cmd_reward(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from masters import rewards
+    from masters.generation import check_columns
+    from masters.world.models import load_checkpoint
+
+    _threads(args.threads)
+    frames = []
+    for path in args.responses:
+        frame = pd.read_parquet(path)
+        check_columns(frame, ["question_id", "token_ids", "r_acc"], path)
+        frames.append(frame)
+    rows = pd.concat(frames, ignore_index=True)
+    questions = _questions(args.questions).set_index("id")[["image", "question"]]
+    joined = rows.join(questions, on="question_id")
+    teacher, t_proc = load_checkpoint(args.teacher, trust_remote_code=args.trust_remote_code)
+    student, s_proc = load_checkpoint(args.student, trust_remote_code=args.trust_remote_code)
+    divergences, ref_logprobs = rewards.score_responses(teacher, student, t_proc, s_proc, joined,
+                                                        batch_size=args.batch_size, chunk_size=args.chunk_size,
+                                                        progress=True)
+    rows["divergence"], rows["ref_logprobs"] = divergences, ref_logprobs
+    rows["group"] = rows["question_id"]
+    rows = rewards.group_rewards(rows, normalize=args.distill == "normalized", alpha=args.alpha,
+                                 use_acc=args.reward in ("both", "acc"), use_distill=args.reward in ("both", "distill"))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    rows.to_parquet(args.out, index=False)
+    print(f"{len(rows)} responses; mean D {rows.divergence.mean():.4f}; mean R {rows.r_total.mean():.3f} -> {args.out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from masters import training
+    from masters.losses import LossWeights
+
+    _threads(args.threads)
+    stages = [training.Stage(teacher=t, responses=r, steps=int(n), ratio=float(ratio), name=f"{Path(t).name}")
+              for t, r, n, ratio in args.stage]
+    cfg = training.TrainConfig(lr=args.lr, batch_size=args.batch_size, grad_clip=args.grad_clip,
+                               chunk_size=args.chunk_size, save_every=args.save_every, seed=args.seed,
+                               weights=LossWeights(beta=args.beta, lam=args.lam, kind=args.loss),
+                               sources=tuple(args.sources))
+    log = training.train(args.student, stages, _questions(args.questions), cfg, args.out)
+    print(f"trained {len(log)} steps over {len(stages)} stages -> {args.out}/final")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="masters", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +257,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", nargs="+", required=True, help="JSON files written by `masters evaluate`")
     p.add_argument("--out", required=True, help="output path stem: writes STEM.csv, STEM.md, STEM.tex")
     p.set_defaults(func=cmd_accuracy_table)
+
+    from masters import masking
+
+    masking.register(sub)
+
+    p = sub.add_parser("generate", help="pre-generate sampled responses per question (METHOD.md §3)")
+    p.add_argument("--model", required=True, help="checkpoint directory (a masked teacher or the student)")
+    p.add_argument("--label", default=None, help="model name written in the `model` column (default: dir name)")
+    p.add_argument("--questions", nargs="+", required=True, help="question parquet files (id, image, question)")
+    p.add_argument("--source", required=True, choices=["teacher", "student"], help="who generates")
+    p.add_argument("--ratio", type=float, default=0.0, help="mask ratio of the model (0 for the student)")
+    p.add_argument("--n", type=int, default=4, help="responses per question")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass")
+    p.add_argument("--top-k", type=int, default=50, help="top-k sampling")
+    p.add_argument("--repetition-penalty", type=float, default=1.05, help="repetition penalty")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="response length limit")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--batch-size", type=int, default=8, help="questions per generate call")
+    p.add_argument("--shard", type=int, default=0, help="with --num-shards: which question shard to use")
+    p.add_argument("--num-shards", type=int, default=1, help="split questions into this many disjoint shards")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation backend")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code")
+    p.add_argument("--out", required=True, help="responses parquet")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("judge", help="accuracy reward r_acc of each response (METHOD.md §4)")
+    p.add_argument("--responses", required=True, help="responses parquet from `masters generate`")
+    p.add_argument("--questions", nargs="+", required=True, help="question parquet files (id, question, answer)")
+    p.add_argument("--kind", choices=["rule", "llm"], default="llm", help="rule-based or LLM-as-a-judge")
+    p.add_argument("--judge-model", default=None, help="judge checkpoint (the paper uses the student)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="judge output length limit")
+    p.add_argument("--batch-size", type=int, default=8, help="judge prompts per generate call")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the judge checkpoint's own code")
+    p.add_argument("--out", required=True, help="judged responses parquet (adds r_acc, judge_raw, judge_parse_failed)")
+    p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("reward", help="distillation reward and total reward (METHOD.md §5)")
+    p.add_argument("--responses", nargs="+", required=True, help="judged responses of one stage (teacher + student)")
+    p.add_argument("--questions", nargs="+", required=True, help="question parquet files")
+    p.add_argument("--teacher", required=True, help="the stage's masked teacher checkpoint")
+    p.add_argument("--student", required=True, help="the reference student checkpoint (pi_ref)")
+    p.add_argument("--distill", choices=["normalized", "raw"], default="normalized", help="Eq. 7 or 1 - D/ln 2")
+    p.add_argument("--reward", choices=["both", "acc", "distill"], default="both", help="which parts make R")
+    p.add_argument("--alpha", type=float, default=1.0, help="weight of R_distill in R")
+    p.add_argument("--batch-size", type=int, default=8, help="responses per forward pass")
+    p.add_argument("--chunk-size", type=int, default=256, help="positions per logits chunk")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoints' own code")
+    p.add_argument("--out", required=True, help="rewarded responses parquet")
+    p.set_defaults(func=cmd_reward)
+
+    p = sub.add_parser("train", help="offline stage-by-stage training of the student (METHOD.md §6)")
+    p.add_argument("--student", required=True, help="initial student checkpoint (pi_ref)")
+    p.add_argument("--questions", nargs="+", required=True, help="question parquet files")
+    p.add_argument("--stage", nargs=4, action="append", required=True, metavar=("TEACHER", "RESPONSES", "STEPS", "RATIO"),
+                   help="one stage, in order: teacher dir, rewarded responses parquet, steps, mask ratio")
+    p.add_argument("--loss", choices=["masters", "jsd"], default="masters", help="GRPO + KL + JSD, or JSD only")
+    p.add_argument("--sources", nargs="+", default=["teacher", "student"], help="response sources to train on")
+    p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (fixed)")
+    p.add_argument("--batch-size", type=int, default=8, help="responses per step")
+    p.add_argument("--beta", type=float, default=0.1, help="KL weight")
+    p.add_argument("--lam", type=float, default=1.0, help="JSD weight")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip")
+    p.add_argument("--chunk-size", type=int, default=256, help="positions per logits chunk")
+    p.add_argument("--save-every", type=int, default=50, help="steps between resumable checkpoints")
+    p.add_argument("--seed", type=int, default=0, help="data-order seed")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", required=True, help="output directory (stage checkpoints, final/, train_log.csv)")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -9,11 +9,15 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-# The rules call `masters`; put the interpreter's bin directory (the venv running snakemake)
-# first on PATH so that it is found without activating anything. Conda envs (--sdm conda)
-# still take precedence inside their jobs.
-os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+# The rules call `masters`: when snakemake runs from a venv that is not activated, that venv's
+# bin directory is appended to PATH so the command is found. Appended, not prepended: an
+# activated environment, or a rule's conda env (--sdm conda), still comes first.
+envvars:
+    "PATH",
 
+
+_path = os.environ["PATH"]
+os.environ["PATH"] = os.pathsep.join([_path, str(Path(sys.executable).parent)])
 
 
 def validate_config(cfg):
@@ -23,7 +27,9 @@ def validate_config(cfg):
 
     try:
         validate(cfg, schema="../schemas/config.schema.yaml", set_default=True)
-    except Exception as error:  # snakemake raises its WorkflowError wrapping the ValidationError
+    except (
+        Exception
+    ) as error:  # snakemake raises its WorkflowError wrapping the ValidationError
         cause = error.__cause__ or error.__context__
         if not isinstance(cause, ValidationError):
             raise
@@ -45,10 +51,14 @@ def check_config(cfg):
     for name, bench in cfg["benchmarks"].items():
         task = bench["task"]
         if task.endswith((".yaml", ".yml")) and not (REPO / task).is_file():
-            errors.append(f"benchmarks.{name}.task: task YAML {task!r} not found in {REPO}")
+            errors.append(
+                f"benchmarks.{name}.task: task YAML {task!r} not found in {REPO}"
+            )
     for name, size in cfg["world"]["models"].items():
         if size["intermediate_size"] < size["hidden_size"] // 4:
-            errors.append(f"world.models.{name}.intermediate_size: {size['intermediate_size']} is tiny for hidden_size {size['hidden_size']}")
+            errors.append(
+                f"world.models.{name}.intermediate_size: {size['intermediate_size']} is tiny for hidden_size {size['hidden_size']}"
+            )
     if errors:
         raise ValueError("invalid config:\n  " + "\n  ".join(errors))
 
@@ -77,7 +87,11 @@ def benchmarks_json():
         task = bench["task"]
         if task.endswith((".yaml", ".yml")):
             task = str(REPO / task)
-        entry = {"name": name, "task": task, "metric": bench.get("metric", "exact_match,none")}
+        entry = {
+            "name": name,
+            "task": task,
+            "metric": bench.get("metric", "exact_match,none"),
+        }
         if "data" in bench:
             entry["data"] = bench["data"].format(results=RESULTS)
         out.append(entry)
@@ -86,7 +100,11 @@ def benchmarks_json():
 
 def benchmark_data():
     """Local data files the benchmarks read (so evaluation waits for them)."""
-    return [b["data"].format(results=RESULTS) for b in config["benchmarks"].values() if "data" in b]
+    return [
+        b["data"].format(results=RESULTS)
+        for b in config["benchmarks"].values()
+        if "data" in b
+    ]
 
 
 def model_sizes():

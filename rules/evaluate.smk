@@ -8,19 +8,27 @@ rule evaluate_world_model:
     output:
         summary=f"{RESULTS}/eval/world_{{model}}.json",
         samples=f"{RESULTS}/eval/world_{{model}}_samples.jsonl",
-    params:
-        benchmarks=benchmarks_json(),
-        batch=config["evaluation"]["batch_size"],
-        limit=lambda w: f"--limit {config['evaluation']['limit']}" if config["evaluation"]["limit"] else "",
-        remote="--trust-remote-code" if config["evaluation"]["trust_remote_code"] else "",
-    threads: config["threads"]
-    resources:
-        mem_mb=4000,
-        runtime=30,
     log:
         f"{RESULTS}/logs/evaluate_world_{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate_world_{{model}}.tsv"
+    conda:
+        "../envs/masters.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        benchmarks=benchmarks_json(),
+        batch=config["evaluation"]["batch_size"],
+        limit=lambda w: (
+            f"--limit {config['evaluation']['limit']}"
+            if config["evaluation"]["limit"]
+            else ""
+        ),
+        remote=(
+            "--trust-remote-code" if config["evaluation"]["trust_remote_code"] else ""
+        ),
     shell:
         "masters evaluate --model {input.model} --label {wildcards.model} --benchmarks '{params.benchmarks}'"
         " --batch-size {params.batch} {params.limit} {params.remote} --threads {threads}"
@@ -37,5 +45,9 @@ rule world_accuracy_table:
     log:
         f"{WORLD}/logs/accuracy_table.log",
     localrule: True
+    conda:
+        "../envs/masters.yaml"
+    params:
+        stem=lambda w, output: os.path.splitext(output[0])[0],
     shell:
-        "masters accuracy-table --results {input} --out {WORLD}/accuracy > {log} 2>&1"
+        "masters accuracy-table --results {input} --out {params.stem} > {log} 2>&1"

@@ -4,12 +4,14 @@
 rule world_data:
     output:
         data_path("{task}", "{split}"),
+    log:
+        f"{WORLD}/logs/data_{{task}}_{{split}}.log",
+    conda:
+        "../envs/masters.yaml"
     params:
         n=lambda w: W["train_per_task"] if w.split == "train" else W["test_per_task"],
         seed=config["seed"],
         size=W["image_size"],
-    log:
-        f"{WORLD}/logs/data_{{task}}_{{split}}.log",
     shell:
         "masters data --task {wildcards.task} --split {wildcards.split} --n {params.n}"
         " --seed {params.seed} --image-size {params.size} --out {output} > {log} 2>&1"
@@ -20,12 +22,14 @@ rule world_tokenizer:
         train_data(),
     output:
         directory(f"{WORLD}/processor"),
+    log:
+        f"{WORLD}/logs/tokenizer.log",
+    conda:
+        "../envs/masters.yaml"
     params:
         vocab=W["tokenizer_vocab_size"],
         arch=W["architecture"],
         size=W["image_size"],
-    log:
-        f"{WORLD}/logs/tokenizer.log",
     shell:
         "masters tokenizer --train {input} --vocab-size {params.vocab} --architecture {params.arch}"
         " --image-size {params.size} --out {output} > {log} 2>&1"
@@ -38,18 +42,20 @@ rule world_sft:
     output:
         model=directory(f"{WORLD}/models/{{model}}"),
         loss=f"{WORLD}/sft/{{model}}_loss.csv",
-    params:
-        arch=W["architecture"],
-        s=lambda w: W["models"][w.model],
-        seed=config["seed"],
-    threads: config["threads"]
-    resources:
-        mem_mb=4000,
-        runtime=60,
     log:
         f"{WORLD}/logs/sft_{{model}}.log",
     benchmark:
         f"{WORLD}/benchmarks/sft_{{model}}.tsv"
+    conda:
+        "../envs/masters.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        arch=W["architecture"],
+        s=lambda w: W["models"][w.model],
+        seed=config["seed"],
     shell:
         "masters sft --processor {input.processor} --train {input.train} --architecture {params.arch}"
         " --hidden-size {params.s[hidden_size]} --num-layers {params.s[num_layers]}"

@@ -37,3 +37,12 @@ def test_every_cli_flag_has_help():
         for action in subparser._actions:
             if action.dest != "help":
                 assert action.help, f"masters {name} {action.option_strings} has no help"
+
+
+def test_snakemake_lint_is_clean_and_rules_are_snakefmt_formatted():
+    lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert "Congratulations" in lint.stdout + lint.stderr, (lint.stdout + lint.stderr)[-3000:]
+    files = [str(REPO / "Snakefile"), *map(str, sorted((REPO / "rules").glob("*.smk")))]
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files], capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stderr

@@ -26,6 +26,7 @@ ARCHITECTURES = {
 SPATIAL_MERGE = 2
 HEAD_DIM = 32
 MROPE_SECTION = [4, 6, 6]  # sums to HEAD_DIM / 2
+ROPE_THETA = 10000.0
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def build_config(architecture: str, size: ModelSize, tokenizer, max_positions: i
         num_key_value_heads=size.num_heads,
         head_dim=HEAD_DIM,
         max_position_embeddings=max_positions,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": MROPE_SECTION},
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA, "mrope_section": MROPE_SECTION},
         tie_word_embeddings=False,
         bos_token_id=ids[PAD],
         eos_token_id=ids[EOS],

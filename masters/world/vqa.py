@@ -133,22 +133,18 @@ def make_count(rng: np.random.Generator, size: int) -> Item:
     return Item(image, "How many squares are there?", str(count))
 
 
-def make_position(rng: np.random.Generator, size: int) -> Item:
-    """Spatial relation of a red and a blue shape (asked either way round): left, right, above or below."""
+def make_size(rng: np.random.Generator, size: int) -> Item:
+    """Relation between two objects: is the red shape bigger or smaller than the blue one?"""
     image, draw = _canvas(size)
-    first, second = ("red", "blue") if rng.integers(2) == 0 else ("blue", "red")
-    relation = ("left", "right", "above", "below")[rng.integers(4)]
-    lane = int(rng.integers(2))
-    cells = {  # (row, col) of the first and the second shape
-        "left": ((lane, 0), (lane, 1)),
-        "right": ((lane, 1), (lane, 0)),
-        "above": ((0, lane), (1, lane)),
-        "below": ((1, lane), (0, lane)),
-    }[relation]
-    for name, (row, col) in zip((first, second), cells):
-        _draw_shape(draw, SHAPES[rng.integers(len(SHAPES))], _cell_box(rng, size, row, col), COLOURS[name])
-    question = f"Where is the {first} shape relative to the {second} shape? Answer left, right, above or below."
-    return Item(image, question, relation)
+    cells = [(int(c) // 2, int(c) % 2) for c in rng.permutation(4)[:2]]
+    cell = size / 2
+    big, small = cell * rng.uniform(0.8, 0.95), cell * rng.uniform(0.3, 0.5)
+    red_bigger = bool(rng.integers(2))
+    for name, side, (row, col) in (("red", big if red_bigger else small, cells[0]),
+                                   ("blue", small if red_bigger else big, cells[1])):
+        x0, y0 = col * cell + (cell - side) / 2, row * cell + (cell - side) / 2
+        _draw_shape(draw, SHAPES[rng.integers(len(SHAPES))], (x0, y0, x0 + side, y0 + side), COLOURS[name])
+    return Item(image, "Is the red shape bigger or smaller than the blue shape?", "bigger" if red_bigger else "smaller")
 
 
 def make_chart(rng: np.random.Generator, size: int) -> Item:
@@ -191,7 +187,7 @@ TASKS: dict[str, Callable[[np.random.Generator, int], Item]] = {
     "colour": make_colour,
     "shape": make_shape,
     "count": make_count,
-    "position": make_position,
+    "size": make_size,
     "chart": make_chart,
     "digits": make_digits,
 }

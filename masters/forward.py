@@ -1,0 +1,89 @@
+"""Teacher-forced forward passes over pre-generated responses, without ever building a full
+batch × sequence × vocabulary logits tensor (METHOD.md §5).
+
+A batch is (image, question) prompts, built with the processor's chat template exactly as
+generation built them, followed by the response tokens. The decoder's hidden states are
+taken only at the positions that predict a response token, and the output head is applied
+to them in chunks of positions: peak logits memory is ``chunk × V``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from masters.world.sft import decode_image, prompt_messages
+
+
+@dataclass
+class ResponseBatch:
+    """Model inputs for prompt+response rows, and where the response tokens are."""
+
+    inputs: dict[str, torch.Tensor]
+    predicts_response: torch.Tensor  # [B, T] bool: position t predicts a response token (t+1)
+    targets: torch.Tensor  # [N] the response tokens, row by row
+    lengths: list[int]  # response lengths per row (sum = N)
+
+
+def build_batch(processor, images, questions, responses: list[list[int]]) -> ResponseBatch:
+    """Right-padded ``prompt + response`` inputs for a list of rows."""
+    if any(len(r) == 0 for r in responses):
+        raise ValueError("empty response: every response needs at least one token")
+    vocab = len(processor.tokenizer)
+    bad = [t for r in responses for t in r if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"token_ids outside the tokenizer's {vocab} ids (e.g. {bad[0]}): wrong tokenizer or padding ids")
+    prompts = [processor.apply_chat_template(prompt_messages(q), add_generation_prompt=True) for q in questions]
+    enc = processor(images=list(images), text=prompts, padding=True, padding_side="right", return_tensors="pt")
+    prompt_len = enc["attention_mask"].sum(dim=1).tolist()
+    total = max(p + len(r) for p, r in zip(prompt_len, responses))
+    rows = len(responses)
+    pad = processor.tokenizer.pad_token_id
+    input_ids = torch.full((rows, total), pad, dtype=enc["input_ids"].dtype)
+    attention = torch.zeros((rows, total), dtype=enc["attention_mask"].dtype)
+    predicts = torch.zeros((rows, total), dtype=torch.bool)
+    mm_types = torch.zeros((rows, total), dtype=enc["mm_token_type_ids"].dtype) if "mm_token_type_ids" in enc else None
+    for i, (p, response) in enumerate(zip(prompt_len, responses)):
+        input_ids[i, :p] = enc["input_ids"][i, :p]
+        input_ids[i, p : p + len(response)] = torch.tensor(response, dtype=input_ids.dtype)
+        attention[i, : p + len(response)] = 1
+        predicts[i, p - 1 : p - 1 + len(response)] = True
+        if mm_types is not None:
+            mm_types[i, :p] = enc["mm_token_type_ids"][i, :p]
+    inputs = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    inputs.update(input_ids=input_ids, attention_mask=attention)
+    if mm_types is not None:
+        inputs["mm_token_type_ids"] = mm_types
+    targets = torch.cat([torch.tensor(r, dtype=torch.long) for r in responses])
+    return ResponseBatch(inputs, predicts, targets, [len(r) for r in responses])
+
+
+def build_batch_from_rows(processor, rows) -> ResponseBatch:
+    """``rows``: a DataFrame with ``image``, ``question`` and ``token_ids`` columns."""
+    return build_batch(
+        processor,
+        [decode_image(c) for c in rows["image"]],
+        rows["question"].tolist(),
+        [list(map(int, t)) for t in rows["token_ids"]],
+    )
+
+
+def response_hidden_states(model, batch: ResponseBatch) -> torch.Tensor:
+    """Final hidden states at the positions that predict response tokens: ``[N, H]``."""
+    hidden = model.model(**batch.inputs, use_cache=False)[0]
+    return hidden[batch.predicts_response]
+
+
+def chunked_logits(model, hidden: torch.Tensor, chunk_size: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(slice, logits[chunk, V])`` over the rows of ``hidden``, ``chunk_size`` rows at a time."""
+    head = model.get_output_embeddings()
+    for start in range(0, hidden.shape[0], chunk_size):
+        part = slice(start, min(start + chunk_size, hidden.shape[0]))
+        yield part, head(hidden[part]).float()
+
+
+def split_rows(values: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]:
+    """Split a flat ``[N]`` per-token tensor back into one tensor per response."""
+    return list(torch.split(values, lengths))

@@ -1,0 +1,218 @@
+"""Pre-generation of responses (METHOD.md §3, paper Sec. 3.2 "Multiple Responses").
+
+Every stage teacher T_{r_k} and the student π_ref sample ``n`` responses per training
+question with the paper's sampling (temperature 1.0, top_p 0.9, top_k 50,
+repetition_penalty 1.05), seeded. Backends sit behind :class:`GenerationBackend`:
+``hf`` (batched transformers ``generate``, left padding) runs anywhere; ``vllm`` is the
+paper-scale backend, imported lazily.
+
+Output parquet, one row per response:
+question_id, source (teacher|student), model, ratio, sample_idx, text, token_ids,
+num_tokens, finish_reason (stop|length).
+Work is written in parts (one per batch) next to the output, so a killed job resumes
+where it stopped; the seed of a batch depends only on (seed, batch index), so a resumed
+run writes the same responses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from masters.world.sft import decode_image, prompt_messages
+
+RESPONSE_COLUMNS = [
+    "question_id", "source", "model", "ratio", "sample_idx",
+    "text", "token_ids", "num_tokens", "finish_reason",
+]
+QUESTION_COLUMNS = ["id", "image", "question"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling of METHOD.md §3 (defaults are the paper's)."""
+
+    n: int = 4
+    temperature: float = 1.0
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.05
+    max_new_tokens: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n (responses per question) must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+
+
+class GenerationBackend(Protocol):
+    """Generates ``params.n`` completions for each (image, question) prompt."""
+
+    def generate(self, questions: pd.DataFrame, params: SamplingParams, seed: int) -> list[list[Completion]]: ...
+
+
+def check_columns(frame: pd.DataFrame, required: list[str], what: str) -> None:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise KeyError(f"{what}: missing column(s) {missing}; has {list(frame.columns)}")
+
+
+class HFBackend:
+    """Batched ``generate`` of a transformers checkpoint (left padding, one batch at a time)."""
+
+    def __init__(self, model_dir: str | Path, dtype: str = "float32", device: str = "cpu",
+                 trust_remote_code: bool = False):
+        from masters.world.models import load_checkpoint
+
+        self.model, self.processor = load_checkpoint(model_dir, trust_remote_code=trust_remote_code,
+                                                     dtype=getattr(torch, dtype))
+        self.model.to(device).eval()
+        self.device = device
+        tok = self.processor.tokenizer
+        self.eos_ids = set(_as_list(self.model.generation_config.eos_token_id) or [tok.eos_token_id])
+        self.pad_id = tok.pad_token_id
+        # Never sample the embedding's padding rows (ids >= len(tokenizer)): METHOD.md §5.
+        width = self.model.get_output_embeddings().weight.shape[0]
+        self.suppress = list(range(len(tok), width)) or None
+
+    @torch.no_grad()
+    def generate(self, questions: pd.DataFrame, params: SamplingParams, seed: int) -> list[list[Completion]]:
+        prompts = [self.processor.apply_chat_template(prompt_messages(q), add_generation_prompt=True)
+                   for q in questions["question"]]
+        enc = self.processor(images=[decode_image(c) for c in questions["image"]], text=prompts,
+                             padding=True, padding_side="left", return_tensors="pt").to(self.device)
+        torch.manual_seed(seed)
+        sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        if params.temperature == 0:
+            sampling = dict(do_sample=False)
+        out = self.model.generate(
+            **enc, **sampling, repetition_penalty=params.repetition_penalty,
+            num_return_sequences=params.n, max_new_tokens=params.max_new_tokens,
+            pad_token_id=self.pad_id, suppress_tokens=self.suppress,
+        )
+        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        completions = [self._completion(ids) for ids in new]
+        return [completions[i * params.n:(i + 1) * params.n] for i in range(len(questions))]
+
+    def _completion(self, ids: list[int]) -> Completion:
+        end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+        if end is None:
+            kept, reason = ids, "length"
+        else:
+            kept, reason = ids[: end + 1], "stop"
+        text = self.processor.tokenizer.decode(kept, skip_special_tokens=True)
+        return Completion(token_ids=kept, text=text, finish_reason=reason)
+
+
+class HFChatBackend(HFBackend):
+    """Greedy text-only chat completion (the LLM judge of METHOD.md §4), batched."""
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 8, **kwargs):
+        super().__init__(model_dir, **kwargs)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
+        texts = []
+        for start in range(0, len(prompts), self.batch_size):
+            chats = [self.processor.apply_chat_template(m, add_generation_prompt=True)
+                     for m in prompts[start:start + self.batch_size]]
+            enc = self.processor(text=chats, padding=True, padding_side="left", return_tensors="pt").to(self.device)
+            out = self.model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                      pad_token_id=self.pad_id, suppress_tokens=self.suppress)
+            texts += [self._completion(ids).text for ids in out[:, enc["input_ids"].shape[1]:].tolist()]
+        return texts
+
+
+class VLLMBackend:
+    """Paper-scale generation with vLLM (GPU). Imported lazily: CPU installs never need it."""
+
+    def __init__(self, model_dir: str | Path, **kwargs):
+        try:
+            import vllm  # noqa: F401
+        except ImportError as error:
+            raise ImportError(
+                "generation backend 'vllm' needs the vllm package (GPU only): pip install -e .[gpu], "
+                "or set generation.backend: hf"
+            ) from error
+        raise NotImplementedError("the vLLM generation backend is specified here and implemented in a later issue")
+
+    def generate(self, questions, params, seed):  # pragma: no cover - see __init__
+        raise NotImplementedError
+
+
+BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
+
+
+def make_backend(name: str, model_dir: str | Path, **kwargs) -> GenerationBackend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown generation backend {name!r}; choose one of {sorted(BACKENDS)}")
+    return BACKENDS[name](model_dir, **kwargs)
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The sampling seed of one batch: independent of how many batches ran before a resume."""
+    return (seed * 1_000_003 + batch_index) % (2**63 - 1)
+
+
+def generate_responses(
+    backend: GenerationBackend,
+    questions: pd.DataFrame,
+    params: SamplingParams,
+    out_path: str | Path,
+    source: str,
+    model_name: str,
+    ratio: float,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Sample ``params.n`` responses per question into ``out_path`` (resumable, see module doc)."""
+    check_columns(questions, QUESTION_COLUMNS, "questions")
+    if source not in ("teacher", "student"):
+        raise ValueError(f"source must be 'teacher' or 'student', got {source!r}")
+    out_path = Path(out_path)
+    parts = out_path.with_name(out_path.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    starts = range(0, len(questions), batch_size)
+    for batch_index, start in enumerate(tqdm(starts, desc=f"generate {model_name}", disable=not progress)):
+        part = parts / f"part-{batch_index:06d}.parquet"
+        if part.exists():
+            continue  # done before an interruption
+        chunk = questions.iloc[start:start + batch_size]
+        completions = backend.generate(chunk, params, batch_seed(params.seed, batch_index))
+        rows = [
+            {"question_id": qid, "source": source, "model": model_name, "ratio": float(ratio),
+             "sample_idx": j, "text": c.text, "token_ids": c.token_ids, "num_tokens": len(c.token_ids),
+             "finish_reason": c.finish_reason}
+            for qid, group in zip(chunk["id"], completions) for j, c in enumerate(group)
+        ]
+        tmp = part.with_suffix(".tmp")
+        pd.DataFrame(rows, columns=RESPONSE_COLUMNS).to_parquet(tmp, index=False)
+        tmp.rename(part)  # atomic: a part is either complete or absent
+    frame = pd.concat([pd.read_parquet(p) for p in sorted(parts.glob("part-*.parquet"))], ignore_index=True)
+    frame.to_parquet(out_path, index=False)
+    shutil.rmtree(parts)
+    return frame
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

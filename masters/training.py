@@ -1,0 +1,196 @@
+"""Offline, stage-by-stage training of the student (METHOD.md §2, §6, §7; paper Eq. 5, 8).
+
+Stages run in plan order; stage k trains on its rewarded responses with its masked teacher
+T_{r_k} loaded for the JSD term. Every step: a batch of responses (advantages precomputed
+per group), the student's hidden states at the response positions, and the loss of
+:mod:`masters.losses` computed ``chunk_size`` positions at a time — each chunk's loss is
+back-propagated into the detached hidden states before the next chunk's logits exist, then
+the hidden states are back-propagated once through the model. So no batch × sequence ×
+vocabulary tensor is ever alive, in the forward pass or in the graph.
+
+Resumable: every ``save_every`` steps the student weights (safetensors), the optimizer state
+(``torch.save``, read back with ``weights_only=True``) and the position (stage, step) are
+written atomically; data order is a pure function of (seed, stage, epoch), so a killed run
+resumes and ends with the same weights as an uninterrupted one on CPU. A stock HF
+checkpoint is written at the end of every stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from masters.forward import build_batch_from_rows, chunked_logits, response_hidden_states
+from masters.generation import check_columns
+from masters.losses import LossWeights, token_losses
+from masters.rewards import check_same_tokenizer, group_advantages, token_jsd
+
+TRAIN_COLUMNS = ["question_id", "source", "token_ids", "r_total", "ref_logprobs"]
+LOG_COLUMNS = ["step", "stage", "teacher", "ratio", "loss", "pg", "kl", "jsd", "r_acc", "r_distill", "r_total", "lr"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its masked teacher checkpoint, its rewarded responses, and its steps."""
+
+    teacher: str  # checkpoint directory of T_{r_k}
+    responses: str  # parquet: TRAIN_COLUMNS (+ r_acc, r_distill, group)
+    steps: int
+    ratio: float = 0.0
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-6
+    batch_size: int = 8
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    chunk_size: int = 256
+    save_every: int = 50
+    seed: int = 0
+    weights: LossWeights = field(default_factory=LossWeights)
+    sources: tuple[str, ...] = ("teacher", "student")
+
+
+def load_stage_rows(stage: Stage, questions: pd.DataFrame, sources: tuple[str, ...]) -> pd.DataFrame:
+    """A stage's responses joined to their questions, with per-group advantages."""
+    rows = pd.read_parquet(stage.responses)
+    check_columns(rows, TRAIN_COLUMNS, stage.responses)
+    rows = rows[rows["source"].isin(sources)].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"{stage.responses}: no responses from sources {sources}")
+    group = rows["group"] if "group" in rows.columns else rows["question_id"]
+    rows["advantage"] = 0.0
+    for _, index in rows.groupby(group).groups.items():
+        rows.loc[index, "advantage"] = group_advantages(rows.loc[index, "r_total"].tolist())
+    missing = set(rows["question_id"]) - set(questions["id"])
+    if missing:
+        raise KeyError(f"{stage.responses}: question ids not in the questions file: {sorted(missing)[:5]}")
+    q = questions.set_index("id")[["image", "question"]]
+    return rows.join(q, on="question_id")
+
+
+def batch_order(n_rows: int, batch_size: int, seed: int, stage: int, step: int) -> np.ndarray:
+    """Row indices of one step: epochs of seeded permutations (a pure function, for resume)."""
+    per_epoch = max(1, n_rows // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, stage, epoch]).permutation(n_rows)
+    return perm[k * batch_size : (k + 1) * batch_size] if n_rows >= batch_size else perm
+
+
+def step_loss(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainConfig, vocab: int) -> dict[str, float]:
+    """Forward + chunked backward of one batch; returns the detached means for the log."""
+    s_batch = build_batch_from_rows(s_proc, rows)
+    hidden = response_hidden_states(student, s_batch)
+    leaf = hidden.detach().requires_grad_(True)
+    n = leaf.shape[0]
+    with torch.no_grad():
+        t_hidden = None
+        if cfg.weights.lam > 0:
+            t_hidden = response_hidden_states(teacher, build_batch_from_rows(t_proc, rows))
+    ref = torch.cat([torch.tensor(np.asarray(r, dtype=np.float32)) for r in rows["ref_logprobs"]])
+    adv = torch.cat([torch.full((length,), float(a)) for a, length in zip(rows["advantage"], s_batch.lengths)])
+    if ref.shape[0] != n:
+        raise ValueError(f"ref_logprobs hold {ref.shape[0]} values for {n} response tokens")
+    sums = dict.fromkeys(("loss", "pg", "kl", "jsd"), 0.0)
+    t_chunks = chunked_logits(teacher, t_hidden, cfg.chunk_size) if t_hidden is not None else None
+    for part, s_logits in chunked_logits(student, leaf, cfg.chunk_size):
+        logp = torch.log_softmax(s_logits[:, :vocab], dim=-1)
+        logp_tok = logp.gather(1, s_batch.targets[part, None]).squeeze(1)
+        if t_chunks is not None:
+            _, t_logits = next(t_chunks)
+            jsd = token_jsd(t_logits, s_logits, vocab_size=vocab, chunk_size=cfg.chunk_size)
+        else:
+            jsd = torch.zeros_like(logp_tok)
+        parts = token_losses(logp_tok, ref[part], adv[part], jsd, cfg.weights)
+        (parts["loss"].sum() / n).backward()
+        for name in sums:
+            sums[name] += float(parts[name].detach().sum())
+    hidden.backward(leaf.grad)
+    return {name: value / n for name, value in sums.items()}
+
+
+def save_state(model, optimizer, state: dict, out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(state))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def load_state(model, optimizer, out: Path) -> dict | None:
+    if not (out / "trainer_state.json").is_file():
+        return None
+    model.load_state_dict(load_file(out / "model.safetensors"))
+    optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
+    return json.loads((out / "trainer_state.json").read_text())
+
+
+def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: TrainConfig, out_dir: str,
+          max_steps: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train π_θ (initialised from ``student_dir`` = π_ref) through ``stages``; see module doc.
+
+    ``max_steps`` stops after that many steps in this call (to test resuming)."""
+    from masters.world.models import load_checkpoint, save_checkpoint
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    student, s_proc = load_checkpoint(student_dir)
+    vocab = len(s_proc.tokenizer)
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = load_state(student, optimizer, out / "resume") or {"stage": 0, "step": 0}
+    log_path = out / "train_log.csv"
+    log = pd.read_csv(log_path) if log_path.is_file() and state["step"] > 0 else pd.DataFrame(columns=LOG_COLUMNS)
+    log = log[log["step"] <= state["step"]] if len(log) else log
+    global_step, done = state["step"], 0
+    first_step = sum(s.steps for s in stages[: state["stage"]])
+    student.train()
+    for k in range(state["stage"], len(stages)):
+        stage = stages[k]
+        teacher, t_proc = load_checkpoint(stage.teacher)
+        teacher.eval()
+        check_same_tokenizer(s_proc, t_proc)
+        rows = load_stage_rows(stage, questions, cfg.sources)
+        for local in tqdm(range(global_step - first_step, stage.steps), desc=f"stage {k} ({stage.name})",
+                          disable=not progress):
+            if max_steps is not None and done >= max_steps:
+                return log
+            batch = rows.iloc[batch_order(len(rows), cfg.batch_size, cfg.seed, k, local)]
+            optimizer.zero_grad(set_to_none=True)
+            terms = step_loss(student, teacher, s_proc, t_proc, batch, cfg, vocab)
+            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+            optimizer.step()
+            global_step += 1
+            done += 1
+            record = {"step": global_step, "stage": k, "teacher": stage.name, "ratio": stage.ratio, **terms,
+                      "r_acc": float(batch["r_acc"].mean()) if "r_acc" in batch else math.nan,
+                      "r_distill": float(batch["r_distill"].mean()) if "r_distill" in batch else math.nan,
+                      "r_total": float(batch["r_total"].mean()), "lr": cfg.lr}
+            log = pd.concat([log, pd.DataFrame([record])], ignore_index=True) if len(log) else pd.DataFrame([record])
+            if global_step % cfg.save_every == 0:
+                log.to_csv(log_path, index=False)
+                save_state(student, optimizer, {"stage": k, "step": global_step}, out / "resume")
+        first_step += stage.steps
+        student.eval()
+        save_checkpoint(student, s_proc, out / f"stage{k}")
+        student.train()
+        log.to_csv(log_path, index=False)
+        save_state(student, optimizer, {"stage": k + 1, "step": global_step}, out / "resume")
+        del teacher
+    student.eval()
+    save_checkpoint(student, s_proc, out / "final")
+    return log

@@ -1,0 +1,181 @@
+"""Generation → distillation reward → offline training on tiny checkpoints, incl. resume."""
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from masters import generation, rewards, training
+from masters.losses import LossWeights
+from masters.world import models
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tokenizer, processor, items):
+    root = tmp_path_factory.mktemp("pipe")
+    for name, multiple, seed in (("teacher", 64, 1), ("student", 128, 2)):
+        model = models.build_model("qwen2_5_vl", models.ModelSize(**TINY, vocab_multiple=multiple), tokenizer, seed=seed)
+        models.save_checkpoint(model, processor, root / name)
+    questions = items.groupby("task").head(2).reset_index(drop=True)
+    return root, questions
+
+
+def _generate(root, questions, out, source):
+    backend = generation.HFBackend(root / source)
+    params = generation.SamplingParams(n=3, max_new_tokens=6, seed=5)
+    return generation.generate_responses(backend, questions, params, out, source=source, model_name=source,
+                                         ratio=0.0, batch_size=4, progress=False)
+
+
+def test_generation_writes_schema_and_resumes_identically(world, tmp_path):
+    root, questions = world
+    full = _generate(root, questions, tmp_path / "a.parquet", "teacher")
+    assert list(full.columns) == generation.RESPONSE_COLUMNS
+    assert len(full) == 3 * len(questions)
+    assert (full.num_tokens == full.token_ids.map(len)).all()
+    assert set(full.finish_reason) <= {"stop", "length"}
+    # simulate a kill after the first batch: only its part exists, then rerun
+    parts = tmp_path / "b.parquet.parts"
+    parts.mkdir()
+    full.iloc[:12].to_parquet(parts / "part-000000.parquet", index=False)
+    resumed = _generate(root, questions, tmp_path / "b.parquet", "teacher")
+    pd.testing.assert_frame_equal(full, resumed)
+
+
+def test_missing_question_column_is_named(world, tmp_path):
+    root, questions = world
+    with pytest.raises(KeyError, match="image"):
+        _generate(root, questions.drop(columns=["image"]), tmp_path / "x.parquet", "student")
+
+
+@pytest.fixture(scope="module")
+def rewarded(world, tmp_path_factory):
+    root, questions = world
+    out = tmp_path_factory.mktemp("rewarded")
+    frames = [_generate(root, questions, out / f"{s}.parquet", s) for s in ("teacher", "student")]
+    rows = pd.concat(frames, ignore_index=True).merge(questions[["id", "image", "question"]], left_on="question_id", right_on="id")
+    teacher, t_proc = models.load_checkpoint(root / "teacher")
+    student, s_proc = models.load_checkpoint(root / "student")
+    divergences, ref_logprobs = rewards.score_responses(teacher, student, t_proc, s_proc, rows, batch_size=5, chunk_size=7)
+    rows["divergence"], rows["ref_logprobs"] = divergences, ref_logprobs
+    rows["r_acc"] = (rows.index % 2).astype(float)
+    rows["group"] = rows["question_id"]
+    rows = rewards.group_rewards(rows)
+    path = out / "rewards.parquet"
+    rows.drop(columns=["image", "question", "id"]).to_parquet(path)
+    return rows, path, (teacher, student, t_proc, s_proc)
+
+
+def test_divergences_match_a_direct_full_forward(rewarded):
+    rows, _, (teacher, student, t_proc, s_proc) = rewarded
+    from masters.forward import build_batch_from_rows
+
+    row = rows.iloc[[3]]
+    batch = build_batch_from_rows(s_proc, row)
+    with torch.no_grad():
+        t_logits = teacher(**batch.inputs).logits[batch.predicts_response]
+        s_logits = student(**batch.inputs).logits[batch.predicts_response]
+    vocab = len(s_proc.tokenizer)
+    assert t_logits.shape[-1] != s_logits.shape[-1], "teacher and student pad the vocabulary differently"
+    p = torch.softmax(t_logits[:, :vocab].double(), -1)
+    q = torch.softmax(s_logits[:, :vocab].double(), -1)
+    m = (p + q) / 2
+    direct = (0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)).mean()
+    assert rows.divergence.iloc[3] == pytest.approx(direct.item(), abs=1e-5)
+    logp = torch.log_softmax(s_logits[:, :vocab].double(), -1).gather(1, batch.targets[:, None]).squeeze(1)
+    assert rows.ref_logprobs.iloc[3] == pytest.approx(logp.tolist(), abs=1e-5)
+
+
+def test_rewards_are_normalized_per_group(rewarded):
+    rows, _, _ = rewarded
+    for _, group in rows.groupby("group"):
+        assert group.r_distill.max() == pytest.approx(1.0) and group.r_distill.min() == pytest.approx(0.0)
+        assert group.loc[group.divergence.idxmin(), "r_distill"] == pytest.approx(1.0)
+    assert (rows.r_total == rows.r_acc + rows.r_distill).all()
+
+
+def _train(world, rewarded, out, max_steps=None, kind="masters"):
+    root, questions = world
+    _, path, _ = rewarded
+    stages = [training.Stage(str(root / "teacher"), str(path), steps=3, ratio=0.1, name="r0.10"),
+              training.Stage(str(root / "teacher"), str(path), steps=3, ratio=0.0, name="r0.00")]
+    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=2, seed=3, weights=LossWeights(kind=kind))
+    return training.train(str(root / "student"), stages, questions, cfg, str(out), max_steps=max_steps, progress=False)
+
+
+def test_training_resumes_to_the_same_weights(world, rewarded, tmp_path):
+    log = _train(world, rewarded, tmp_path / "straight")
+    assert list(log.step) == list(range(1, 7)) and set(log.stage) == {0, 1}
+    assert log[["loss", "pg", "kl", "jsd"]].notna().all().all()
+    assert (tmp_path / "straight/stage0/model.safetensors").is_file()
+    _train(world, rewarded, tmp_path / "killed", max_steps=3)  # stops mid-stage 1 (saved at step 2)
+    resumed = _train(world, rewarded, tmp_path / "killed")
+    a = load_file(tmp_path / "straight/final/model.safetensors")
+    b = load_file(tmp_path / "killed/final/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(log.reset_index(drop=True), resumed.reset_index(drop=True), check_dtype=False)
+    student = load_file(world[0] / "student/model.safetensors")
+    assert any(not torch.equal(a[k], student[k]) for k in a), "training changed nothing"
+
+
+def test_tokenizer_mismatch_is_an_error(world, rewarded, tmp_path, items):
+    from masters.world.tokenizer import train_tokenizer
+
+    root, questions = world
+    other = train_tokenizer(["completely different corpus"] * 10, vocab_size=300)
+    proc = models.build_processor(other, "qwen2_5_vl", 56)
+    model = models.build_model("qwen2_5_vl", models.ModelSize(**TINY, vocab_multiple=64), other, seed=0)
+    models.save_checkpoint(model, proc, tmp_path / "alien")
+    _, path, _ = rewarded
+    stages = [training.Stage(str(tmp_path / "alien"), str(path), steps=1)]
+    with pytest.raises(ValueError, match="tokenizers differ"):
+        training.train(str(root / "student"), stages, questions, training.TrainConfig(), str(tmp_path / "o"), progress=False)
+
+
+def test_cli_chain_generate_judge_reward_train(world, tmp_path):
+    """The subcommands the rules call, chained on files: generate -> judge -> reward -> train."""
+    from masters.cli import main
+    from masters.world import vqa
+
+    root, questions = world
+    qfile = tmp_path / "questions.parquet"
+    vqa.write_parquet(questions.to_dict("records"), qfile)
+    common = ["--questions", str(qfile), "--limit", "4"]
+    for source in ("teacher", "student"):
+        main(["generate", "--model", str(root / source), "--source", source, "--n", "2", "--max-new-tokens", "5",
+              "--batch-size", "2", "--out", str(tmp_path / f"{source}.parquet"), *common])
+    main(["judge", "--responses", str(tmp_path / "teacher.parquet"), "--questions", str(qfile), "--kind", "rule",
+          "--out", str(tmp_path / "teacher_j.parquet")])
+    main(["judge", "--responses", str(tmp_path / "student.parquet"), "--questions", str(qfile), "--kind", "llm",
+          "--judge-model", str(root / "student"), "--max-new-tokens", "4", "--out", str(tmp_path / "student_j.parquet")])
+    judged = pd.read_parquet(tmp_path / "student_j.parquet")
+    # an untrained judge never writes the <answer> tag: every item takes the second prompt and fails
+    assert judged.judge_parse_failed.all() and (judged.r_acc == 0).all()
+    assert judged.judge_raw.str.contains("---").all(), "both raw judge outputs are kept"
+    main(["reward", "--responses", str(tmp_path / "teacher_j.parquet"), str(tmp_path / "student_j.parquet"),
+          "--questions", str(qfile), "--teacher", str(root / "teacher"), "--student", str(root / "student"),
+          "--chunk-size", "3", "--out", str(tmp_path / "rewards.parquet")])
+    rewarded = pd.read_parquet(tmp_path / "rewards.parquet")
+    assert len(rewarded) == 16 and rewarded.groupby("group").size().eq(4).all()
+    main(["train", "--student", str(root / "student"), "--questions", str(qfile),
+          "--stage", str(root / "teacher"), str(tmp_path / "rewards.parquet"), "2", "0.0",
+          "--lr", "1e-3", "--batch-size", "4", "--out", str(tmp_path / "run")])
+    log = pd.read_csv(tmp_path / "run/train_log.csv")
+    assert list(log.step) == [1, 2]
+    assert (tmp_path / "run/final/model.safetensors").is_file()
+
+
+def test_bad_cli_inputs_name_the_problem(world, tmp_path):
+    from masters.cli import main
+
+    root, questions = world
+    bad = tmp_path / "responses.parquet"
+    pd.DataFrame({"question_id": ["x"], "text": ["red"]}).to_parquet(bad)
+    qfile = tmp_path / "q.parquet"
+    questions.drop(columns=["answer"]).to_parquet(qfile)
+    with pytest.raises(KeyError, match="token_ids"):
+        main(["reward", "--responses", str(bad), "--questions", str(qfile), "--teacher", str(root / "teacher"),
+              "--student", str(root / "student"), "--out", str(tmp_path / "o.parquet")])
+    with pytest.raises(KeyError, match="question ids not in the questions"):
+        main(["judge", "--responses", str(bad), "--questions", str(qfile), "--kind", "rule", "--out", str(tmp_path / "j.parquet")])
