@@ -112,6 +112,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
         questions = questions.iloc[args.shard :: args.num_shards].reset_index(drop=True)
     if args.limit:
         questions = questions.iloc[: args.limit]
+    if args.source == "label":  # the dataset answers, one per question (data: labels)
+        from transformers import AutoTokenizer
+
+        from masters.generation import label_responses
+
+        frame = label_responses(questions, AutoTokenizer.from_pretrained(args.model), model_name="dataset")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(args.out, index=False)
+        print(f"{len(frame)} label responses -> {args.out}")
+        return
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
                             seed=args.seed)
@@ -201,6 +211,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"trained {len(log)} steps over {len(stages)} stages -> {args.out}/final")
 
 
+def _add_runtime_flags(p: argparse.ArgumentParser, remote: str | None = "the checkpoint's") -> None:
+    """--threads (and --trust-remote-code) shared by the subcommands that run a model."""
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    if remote:
+        p.add_argument("--trust-remote-code", action="store_true", help=f"allow {remote} own code")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="masters", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, required=True, help="items per step")
     p.add_argument("--lr", type=float, required=True, help="peak learning rate")
     p.add_argument("--seed", type=int, default=0, help="init and data-order seed")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    _add_runtime_flags(p, None)
     p.add_argument("--loss-log", required=True, help="CSV of step, loss, lr")
     p.add_argument("--out", required=True, help="output checkpoint directory")
     p.set_defaults(func=cmd_sft)
@@ -247,8 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", required=True, help='JSON list of {"name", "task", "data"?, "metric"?}')
     p.add_argument("--batch-size", type=int, default=32, help="lm-eval batch size")
     p.add_argument("--limit", type=int, default=None, help="score only the first N items per benchmark")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code")
+    _add_runtime_flags(p)
     p.add_argument("--samples", default=None, help="optional JSONL of per-item responses")
     p.add_argument("--out", required=True, help="summary JSON")
     p.set_defaults(func=cmd_evaluate)
@@ -266,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint directory (a masked teacher or the student)")
     p.add_argument("--label", default=None, help="model name written in the `model` column (default: dir name)")
     p.add_argument("--questions", nargs="+", required=True, help="question parquet files (id, image, question)")
-    p.add_argument("--source", required=True, choices=["teacher", "student"], help="who generates")
+    p.add_argument("--source", required=True, choices=["teacher", "student", "label"],
+                   help="who generates; `label` writes the dataset answers (tokenized by --model's tokenizer)")
     p.add_argument("--ratio", type=float, default=0.0, help="mask ratio of the model (0 for the student)")
     p.add_argument("--n", type=int, default=4, help="responses per question")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
@@ -280,8 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-shards", type=int, default=1, help="split questions into this many disjoint shards")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation backend")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code")
+    _add_runtime_flags(p)
     p.add_argument("--out", required=True, help="responses parquet")
     p.set_defaults(func=cmd_generate)
 
@@ -292,8 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-model", default=None, help="judge checkpoint (the paper uses the student)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="judge output length limit")
     p.add_argument("--batch-size", type=int, default=8, help="judge prompts per generate call")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the judge checkpoint's own code")
+    _add_runtime_flags(p, "the judge checkpoint's")
     p.add_argument("--out", required=True, help="judged responses parquet (adds r_acc, judge_raw, judge_parse_failed)")
     p.set_defaults(func=cmd_judge)
 
@@ -307,8 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=1.0, help="weight of R_distill in R")
     p.add_argument("--batch-size", type=int, default=8, help="responses per forward pass")
     p.add_argument("--chunk-size", type=int, default=256, help="positions per logits chunk")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoints' own code")
+    _add_runtime_flags(p, "the checkpoints'")
     p.add_argument("--out", required=True, help="rewarded responses parquet")
     p.set_defaults(func=cmd_reward)
 
@@ -327,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=256, help="positions per logits chunk")
     p.add_argument("--save-every", type=int, default=50, help="steps between resumable checkpoints")
     p.add_argument("--seed", type=int, default=0, help="data-order seed")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    _add_runtime_flags(p, None)
     p.add_argument("--out", required=True, help="output directory (stage checkpoints, final/, train_log.csv)")
     p.set_defaults(func=cmd_train)
     return parser

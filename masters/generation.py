@@ -167,6 +167,18 @@ def make_backend(name: str, model_dir: str | Path, **kwargs) -> GenerationBacken
     return BACKENDS[name](model_dir, **kwargs)
 
 
+def label_responses(questions: pd.DataFrame, tokenizer, model_name: str = "dataset") -> pd.DataFrame:
+    """The dataset answers as one "response" per question (variant ``data: labels``, METHOD.md §7)."""
+    check_columns(questions, ["id", "answer"], "questions")
+    eos = tokenizer.eos_token
+    rows = []
+    for qid, answer in zip(questions["id"], questions["answer"]):
+        ids = tokenizer(answer + eos, add_special_tokens=False)["input_ids"]
+        rows.append({"question_id": qid, "source": "label", "model": model_name, "ratio": 0.0, "sample_idx": 0,
+                     "text": answer, "token_ids": ids, "num_tokens": len(ids), "finish_reason": "stop"})
+    return pd.DataFrame(rows, columns=RESPONSE_COLUMNS)
+
+
 def batch_seed(seed: int, batch_index: int) -> int:
     """The sampling seed of one batch: independent of how many batches ran before a resume."""
     return (seed * 1_000_003 + batch_index) % (2**63 - 1)

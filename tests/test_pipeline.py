@@ -43,6 +43,14 @@ def test_generation_writes_schema_and_resumes_identically(world, tmp_path):
     pd.testing.assert_frame_equal(full, resumed)
 
 
+def test_label_responses_are_the_answers(world, processor):
+    _, questions = world
+    labels = generation.label_responses(questions, processor.tokenizer)
+    assert list(labels.columns) == generation.RESPONSE_COLUMNS and len(labels) == len(questions)
+    decoded = [processor.tokenizer.decode(ids) for ids in labels.token_ids]
+    assert decoded == [a + "<|im_end|>" for a in questions.answer]
+
+
 def test_missing_question_column_is_named(world, tmp_path):
     root, questions = world
     with pytest.raises(KeyError, match="image"):
