@@ -59,6 +59,12 @@ def check_config(cfg):
             errors.append(
                 f"world.models.{name}.intermediate_size: {size['intermediate_size']} is tiny for hidden_size {size['hidden_size']}"
             )
+    models = cfg["world"]["models"]
+    if models["L"]["vocab_multiple"] == models["S"]["vocab_multiple"]:
+        errors.append(
+            "world.models.S.vocab_multiple: must differ from L's, so that teacher and student"
+            " logit widths differ by padding (METHOD.md §5)"
+        )
     if errors:
         raise ValueError("invalid config:\n  " + "\n  ".join(errors))
 

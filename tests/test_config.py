@@ -35,6 +35,7 @@ BAD_VALUES = [
     ({"evaluation": {"batch_size": 0}}, "batch_size"),
     ({"benchmarks": {"tiny_x": {"task": "benchmarks/missing.yaml"}}}, "benchmarks.tiny_x.task"),
     ({"unknown_key": 1}, "unknown_key"),
+    ({"world": {"models": {"S": {"vocab_multiple": 64}}}}, "world.models.S.vocab_multiple"),
 ]
 
 
