@@ -137,7 +137,7 @@ def cmd_judge(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from masters import judge
-    from masters.generation import HFChatBackend, check_columns
+    from masters.generation import HFChatBackend, VLLMBackend, check_columns
 
     _threads(args.threads)
     responses = pd.read_parquet(args.responses)
@@ -154,6 +154,8 @@ def cmd_judge(args: argparse.Namespace) -> None:
     else:
         if not args.judge_model:
             raise ValueError("--judge-model is required with --kind llm")
+        if args.backend == "vllm":
+            VLLMBackend(args.judge_model)  # clear error until the vLLM backend lands
         backend = HFChatBackend(args.judge_model, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
         items = list(zip(q["question"], q["answer"], responses.text))
         results = judge.llm_judge(items, backend, max_new_tokens=args.max_new_tokens)
@@ -308,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-model", default=None, help="judge checkpoint (the paper uses the student)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="judge output length limit")
     p.add_argument("--batch-size", type=int, default=8, help="judge prompts per generate call")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="judge generation backend")
     _add_runtime_flags(p, "the judge checkpoint's")
     p.add_argument("--out", required=True, help="judged responses parquet (adds r_acc, judge_raw, judge_parse_failed)")
     p.set_defaults(func=cmd_judge)

@@ -9,7 +9,8 @@ the hidden states are back-propagated once through the model. So no batch × seq
 vocabulary tensor is ever alive, in the forward pass or in the graph.
 
 Resumable: every ``save_every`` steps the student weights (safetensors), the optimizer state
-(``torch.save``, read back with ``weights_only=True``) and the position (stage, step) are
+and the torch RNG state (``torch.save``, read back with ``weights_only=True``) and the
+position (stage, step) are
 written atomically; data order is a pure function of (seed, stage, epoch), so a killed run
 resumes and ends with the same weights as an uninterrupted one on CPU. A stock HF
 checkpoint is written at the end of every stage.
@@ -126,6 +127,7 @@ def save_state(model, optimizer, state: dict, out: Path) -> None:
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(torch.get_rng_state(), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(state))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -136,6 +138,7 @@ def load_state(model, optimizer, out: Path) -> dict | None:
         return None
     model.load_state_dict(load_file(out / "model.safetensors"))
     optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
+    torch.set_rng_state(torch.load(out / "rng.pt", weights_only=True))
     return json.loads((out / "trainer_state.json").read_text())
 
 

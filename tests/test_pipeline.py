@@ -150,9 +150,16 @@ def test_cli_chain_generate_judge_reward_train(world, tmp_path):
     qfile = tmp_path / "questions.parquet"
     vqa.write_parquet(questions.to_dict("records"), qfile)
     common = ["--questions", str(qfile), "--limit", "4"]
-    for source in ("teacher", "student"):
-        main(["generate", "--model", str(root / source), "--source", source, "--n", "2", "--max-new-tokens", "5",
-              "--batch-size", "2", "--out", str(tmp_path / f"{source}.parquet"), *common])
+    main(["mask", "--teacher", str(root / "teacher"), "--r-max", "0.1", "--step", "0.05", "--out", str(tmp_path / "masked"),
+          "--quiet"])
+    assert sorted(p.name for p in (tmp_path / "masked").iterdir() if p.is_dir()) == [
+        "masked_r0.00", "masked_r0.05", "masked_r0.10"]
+    teacher = tmp_path / "masked/masked_r0.10"
+    for source, model in (("teacher", teacher), ("student", root / "student")):
+        main(["generate", "--model", str(model), "--source", source, "--ratio", "0.1" if source == "teacher" else "0",
+              "--n", "2", "--max-new-tokens", "5", "--batch-size", "2", "--out", str(tmp_path / f"{source}.parquet"),
+              *common])
+    assert set(pd.read_parquet(tmp_path / "teacher.parquet").ratio) == {0.1}
     main(["judge", "--responses", str(tmp_path / "teacher.parquet"), "--questions", str(qfile), "--kind", "rule",
           "--out", str(tmp_path / "teacher_j.parquet")])
     main(["judge", "--responses", str(tmp_path / "student.parquet"), "--questions", str(qfile), "--kind", "llm",
@@ -162,12 +169,12 @@ def test_cli_chain_generate_judge_reward_train(world, tmp_path):
     assert judged.judge_parse_failed.all() and (judged.r_acc == 0).all()
     assert judged.judge_raw.str.contains("---").all(), "both raw judge outputs are kept"
     main(["reward", "--responses", str(tmp_path / "teacher_j.parquet"), str(tmp_path / "student_j.parquet"),
-          "--questions", str(qfile), "--teacher", str(root / "teacher"), "--student", str(root / "student"),
+          "--questions", str(qfile), "--teacher", str(teacher), "--student", str(root / "student"),
           "--chunk-size", "3", "--out", str(tmp_path / "rewards.parquet")])
     rewarded = pd.read_parquet(tmp_path / "rewards.parquet")
     assert len(rewarded) == 16 and rewarded.groupby("group").size().eq(4).all()
     main(["train", "--student", str(root / "student"), "--questions", str(qfile),
-          "--stage", str(root / "teacher"), str(tmp_path / "rewards.parquet"), "2", "0.0",
+          "--stage", str(teacher), str(tmp_path / "rewards.parquet"), "2", "0.1",
           "--lr", "1e-3", "--batch-size", "4", "--out", str(tmp_path / "run")])
     log = pd.read_csv(tmp_path / "run/train_log.csv")
     assert list(log.step) == [1, 2]
