@@ -194,3 +194,41 @@ def test_bad_cli_inputs_name_the_problem(world, tmp_path):
               "--student", str(root / "student"), "--out", str(tmp_path / "o.parquet")])
     with pytest.raises(KeyError, match="question ids not in the questions"):
         main(["judge", "--responses", str(bad), "--questions", str(qfile), "--kind", "rule", "--out", str(tmp_path / "j.parquet")])
+
+
+def test_sigkilled_training_resumes_to_the_same_weights(world, rewarded, tmp_path):
+    """A real `masters train` process killed mid-run (SIGKILL) resumes to the uninterrupted weights."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from masters.world import vqa
+
+    root, questions = world
+    _, path, _ = rewarded
+    qfile = tmp_path / "q.parquet"
+    vqa.write_parquet(questions.to_dict("records"), qfile)
+
+    def command(out):
+        return [sys.executable, "-m", "masters.cli", "train", "--student", str(root / "student"), "--questions", str(qfile),
+                "--stage", str(root / "teacher"), str(path), "24", "0.0", "--lr", "1e-3", "--batch-size", "4",
+                "--save-every", "1", "--seed", "3", "--out", str(out)]
+
+    subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True)
+    proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed/resume/trainer_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["step"] >= 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    assert 5 <= killed_at < 24, "the kill must land mid-run"
+    subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
+    a = load_file(tmp_path / "straight/final/model.safetensors")
+    b = load_file(tmp_path / "killed/final/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = pd.read_csv(tmp_path / "killed/train_log.csv")
+    assert list(log.step) == list(range(1, 25))
