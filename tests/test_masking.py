@@ -367,3 +367,223 @@ def test_cli_subcommand(tmp_path):
     with pytest.raises(ValueError, match="step"):
         args = parser.parse_args(["mask", "--teacher", str(teacher), "--r-max", "0.2", "--out", str(tmp_path / "o")])
         args.func(args)
+
+
+# ------------------------------------------------------------------ exact bit-pattern selection
+
+
+def _sorted_reference(w, ratios):
+    """Thresholds by the definition: the k-th smallest float32 |w| of a full sort (NaN sorts last)."""
+    ref = np.sort(np.abs(w.detach().reshape(-1).to(torch.float32).numpy()))
+    out = {}
+    for r in ratios:
+        k = masking._num_masked(r, ref.size)
+        out[r] = None if k == 0 else float(ref[k - 1])
+    return out, ref
+
+
+def _special_16bit(n, dtype, seed):
+    """16-bit floats with heavy ties, +0/-0, denormals, random normals and a few infinities."""
+    g = torch.Generator().manual_seed(seed)
+    denormal_top = 0x007F if dtype == torch.bfloat16 else 0x03FF
+    few = torch.randint(0x3000, 0x3008, (n,), generator=g, dtype=torch.int32)  # 8 magnitudes: long tie runs
+    any_ = torch.randint(0, 0x7C00, (n,), generator=g, dtype=torch.int32)  # finite in both formats
+    den = torch.randint(1, denormal_top + 1, (n,), generator=g, dtype=torch.int32)
+    kind = torch.randint(0, 100, (n,), generator=g)
+    mag = torch.where(kind < 40, few, torch.where(kind < 55, den, any_))
+    mag = torch.where(kind >= 95, torch.zeros_like(mag), mag)  # 5 % zeros ...
+    mag[torch.randperm(n, generator=g)[:3]] = 0x7F80 if dtype == torch.bfloat16 else 0x7C00  # +-inf
+    sign = torch.randint(0, 2, (n,), generator=g, dtype=torch.int32) << 15  # ... of both signs (-0 too)
+    return (mag | sign).to(torch.int16).view(dtype)
+
+
+def _tie_ratios(ref):
+    """Ratios whose k lands strictly inside a run of equal magnitudes (and one on a zero run)."""
+    n = ref.size
+    out = []
+    for target in (0.02, 0.3, 0.45, 0.61, 0.8):
+        k = int(target * n)
+        if ref[k - 1] == ref[k]:
+            r = float(f"{k / n:.6f}")
+            k2 = masking._num_masked(r, n)
+            if 0 < k2 < n and ref[k2 - 1] == ref[k2] and (k2 < 2 or ref[k2 - 2] == ref[k2 - 1]):
+                out.append(r)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16bit_histogram_selection_matches_sorted_reference(dtype):
+    w = _special_16bit(200_003, dtype, seed=11).reshape(-1, 1)
+    ref_thr, ref = _sorted_reference(w, [0.5])
+    ties = _tie_ratios(ref)
+    assert len(ties) >= 3, "the data must put some k inside a run of ties"
+    ratios = [0.0, 1e-6, 0.01, 0.04, 0.05, 0.2, 0.5, 0.9, 0.99997] + ties
+    ref_thr, ref = _sorted_reference(w, ratios)
+    got = thresholds(w, ratios)
+    assert got == ref_thr
+    # counts from the histogram: entries <= threshold (the zeros masking leaves) and exact zeros
+    bits = w.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    name = "BF16" if dtype == torch.bfloat16 else "F16"
+    ks = [masking._num_masked(r, bits.size) for r in ratios]
+    pattern, at_most, zeros = masking._select_bits(bits, name, ks, count_zeros=True)
+    assert zeros == int((ref == 0).sum())
+    for r, k in zip(ratios, ks):
+        if k:
+            assert masking._pattern_value(pattern[k], name) == ref_thr[r]
+            assert at_most[k] == int((ref <= ref_thr[r]).sum()) >= k
+    # the bit-pattern thresholds are the values the float path (numpy.partition) selects
+    absw = np.abs(w.reshape(-1).to(torch.float32).numpy())
+    assert masking._thresholds_from_abs(absw, ratios) == ref_thr
+
+
+def test_f32_radix_selection_matches_sorted_reference():
+    g = torch.Generator().manual_seed(12)
+    n = 300_000
+    w = torch.randint(-40, 41, (n,), generator=g).to(torch.float32) * 0.01  # ties and zeros
+    w[torch.randperm(n, generator=g)[:20_000]] = -0.0
+    den = torch.randint(1, 1 << 23, (30_000,), generator=g, dtype=torch.int32).view(torch.float32)
+    w[torch.randperm(n, generator=g)[:30_000]] = den * torch.where(torch.rand(30_000, generator=g) < 0.5, -1.0, 1.0)
+    w[torch.randperm(n, generator=g)[:50_000]] = torch.randn(50_000, generator=g)  # distinct normals
+    w[:2] = torch.tensor([float("inf"), -float("inf")])
+    ref_thr, ref = _sorted_reference(w, [0.5])
+    ratios = [0.0, 1e-6, 0.05, 0.06, 0.1, 0.15, 0.2, 0.5, 0.77, 0.99999] + _tie_ratios(ref)
+    assert len(ratios) >= 13
+    ref_thr, ref = _sorted_reference(w, ratios)
+    assert thresholds(w.reshape(500, 600), ratios) == ref_thr
+    ks = [masking._num_masked(r, n) for r in ratios]
+    pattern, at_most, zeros = masking._select_bits(w.view(torch.int32).numpy().view(np.uint32), "F32", ks, True)
+    assert zeros == int((ref == 0).sum())
+    for r, k in zip(ratios, ks):
+        if k:
+            assert at_most[k] == int((ref <= ref_thr[r]).sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_selection_above_2_pow_24_elements_with_ties(dtype, monkeypatch):
+    monkeypatch.setattr(masking, "_THREADS", 2)  # the histogram split over two worker threads
+    n = 4099 * 4097  # > 2**24
+    g = torch.Generator().manual_seed(13)
+    w = (torch.randn(n, generator=g) * 0.02).to(dtype)  # 16-bit: every magnitude repeats many times
+    if dtype == torch.float32:
+        w = torch.round(w * 4096) / 4096  # ties in f32 too
+    w[torch.randperm(n, generator=g)[:500_000]] = 0.0
+    ratios = [0.2, 0.15, 0.1, 0.05, 1e-7, 0.0, 0.5]
+    ref_thr, ref = _sorted_reference(w, ratios)
+    assert thresholds(w, ratios) == ref_thr
+    assert thresholds(w.reshape(4099, 4097).t(), ratios) == ref_thr  # non-contiguous input
+
+
+def test_nan_threshold_is_an_error_on_the_bit_path(tmp_path):
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        w = torch.randn(40, 50, generator=torch.Generator().manual_seed(14)).to(dtype)
+        w.view(-1)[:1500] = float("nan")  # 75 % NaN: the 0.5-threshold would be NaN
+        assert thresholds(w, [0.2])[0.2] is not None  # NaN sorts last: small ratios are fine
+        with pytest.raises(ValueError, match="NaN"):
+            thresholds(w, [0.5])
+    teacher = _synthetic(tmp_path / "t", {"model.layers.0.mlp.up_proj.weight": w})
+    with pytest.raises(ValueError, match="NaN"):
+        mask_checkpoint(teacher, tmp_path / "o", [0.5], progress=False)
+    assert not list((tmp_path / "o").iterdir())
+
+
+def test_streaming_threads_and_writeback_match_reference_with_special_values(tmp_path, monkeypatch):
+    # tiny blocks and chunks, two worker threads, two writer threads, writeback advice every 4 KiB
+    monkeypatch.setattr(masking, "_BLOCK", 777)
+    monkeypatch.setattr(masking, "_MASK_CHUNK_BLOCKS", 3)
+    monkeypatch.setattr(masking, "_THREADS", 2)
+    monkeypatch.setattr(masking, "_WRITERS", 2)
+    monkeypatch.setattr(masking, "_WRITEBACK", 4096)
+    monkeypatch.setattr(masking, "_CHUNK", 8192)
+    monkeypatch.setattr(masking, "_WRITE_BUFFER", 32768)
+    g = torch.Generator().manual_seed(15)
+    f32 = torch.randint(-30, 31, (90, 110), generator=g).to(torch.float32) * 0.01
+    f32.view(-1)[:500] = -0.0
+    f32.view(-1)[500:700] = torch.randint(1, 1 << 23, (200,), generator=g, dtype=torch.int32).view(torch.float32)
+    tensors = {
+        "model.layers.0.mlp.up_proj.weight": _special_16bit(90 * 110, torch.bfloat16, 16).reshape(90, 110),
+        "model.layers.0.mlp.down_proj.weight": _special_16bit(90 * 110, torch.float16, 17).reshape(110, 90),
+        "model.layers.0.mlp.gate_proj.weight": f32,
+        "model.layers.0.self_attn.q_proj.weight": torch.randint(-5, 6, (70, 30), generator=g).to(torch.float64) / 7,
+        "model.layers.0.self_attn.k_proj.weight": torch.zeros(0, 5, dtype=torch.bfloat16),  # empty
+        "model.embed_tokens.weight": torch.randn(500, 40, generator=g).to(torch.bfloat16),
+        "model.norm.weight": torch.ones(40),
+    }
+    teacher = _synthetic(tmp_path / "t", tensors)
+    ratios = [0.45, 0.3, 0.2, 0.05, 0.0]
+    stats = mask_checkpoint(teacher, tmp_path / "o", ratios, progress=False).set_index(["name", "ratio"])
+    _check_masked_dir(teacher, tmp_path / "o", ratios, ["model.safetensors"])
+    for r in ratios:
+        with safe_open(str(tmp_path / "o" / ratio_dirname(r) / "model.safetensors"), "pt") as f:
+            for name, w in tensors.items():
+                got = f.get_tensor(name)
+                if not is_maskable(name, w.shape, None, None):
+                    assert torch.equal(got.view(torch.uint8), w.contiguous().view(torch.uint8))
+                    continue
+                lam = thresholds(w, [r])[r]
+                assert lam == _sorted_reference(w, [r])[0][r]
+                want = mask_tensor(w, lam)
+                assert torch.equal(got.contiguous().view(torch.uint8), want.contiguous().view(torch.uint8)), (name, r)
+                row = stats.loc[(name, r)]
+                assert (math.isnan(row.threshold) and lam is None) or row.threshold == lam
+                assert row.zeros == int((got == 0).sum())
+
+
+def test_writer_threads_keep_each_file_in_order_and_run_callbacks(tmp_path):
+    rng = np.random.default_rng(18)
+    files = [open(tmp_path / f"f{i}", "wb") for i in range(5)]
+    expected = [bytearray() for _ in files]
+    done = []
+    writer = masking._Writer(max_bytes=10_000, threads=2)
+    for step in range(400):
+        targets = sorted(set(rng.integers(0, 5, size=rng.integers(1, 4)).tolist()))
+        buf = rng.integers(0, 256, size=int(rng.integers(1, 3000)), dtype=np.uint8)
+        writer.write([files[i] for i in targets], buf, done=lambda step=step: done.append(step))
+        for i in targets:
+            expected[i] += buf.tobytes()
+        if step % 97 == 0:  # a marker runs after everything queued before it
+            queued = step + 1
+            writer.write([], b"", done=lambda queued=queued: done.append(("marker", queued, len(done))))
+    writer.close()
+    for f, want in zip(files, expected):
+        f.close()
+        assert (tmp_path / f.name.split("/")[-1]).read_bytes() == bytes(want)
+    steps = [d for d in done if not isinstance(d, tuple)]
+    assert sorted(steps) == list(range(400))
+    for _, queued, seen in (d for d in done if isinstance(d, tuple)):
+        assert seen >= queued + sum(1 for d in done[:seen] if isinstance(d, tuple))
+
+
+def test_write_error_in_a_later_shard_propagates_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(masking, "_WRITE_BUFFER", 4096)
+    g = torch.Generator().manual_seed(19)
+    teacher = tmp_path / "t"
+    teacher.mkdir()
+    weight_map = {}
+    for i in range(3):  # three shards; writing the second one fails
+        name = f"model.layers.{i}.mlp.up_proj.weight"
+        save_file({name: torch.randn(64, 64, generator=g).to(torch.bfloat16)}, str(teacher / f"s{i}.safetensors"))
+        weight_map[name] = f"s{i}.safetensors"
+    (teacher / masking.INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            self.n += memoryview(b).nbytes
+            if self.n > 5000:
+                raise OSError(28, "No space left on device")
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def fake_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return Full(f) if "w" in mode and str(path).endswith("s1.safetensors") and "r0.10" in str(path) else f
+
+    monkeypatch.setattr(masking, "open", fake_open, raising=False)
+    with pytest.raises(OSError, match="No space"):
+        mask_checkpoint(teacher, tmp_path / "o", [0.2, 0.1, 0.0], progress=False)
+    assert not list((tmp_path / "o").iterdir())
