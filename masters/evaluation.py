@@ -71,6 +71,7 @@ def evaluate(
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model checkpoint (no config.json)")
+    specs = [task_spec(b) for b in benchmarks]
     results = lm_eval.simple_evaluate(
         model="hf-multimodal",
         model_args={
@@ -79,8 +80,8 @@ def evaluate(
             "max_images": 1,
             "trust_remote_code": trust_remote_code,
         },
-        tasks=[task_spec(b) for b in benchmarks],
-        task_manager=TaskManager(include_defaults=any(isinstance(task_spec(b), str) for b in benchmarks)),
+        tasks=specs,
+        task_manager=TaskManager(include_defaults=any(isinstance(spec, str) for spec in specs)),
         batch_size=batch_size,
         device=device,
         limit=limit,

@@ -157,8 +157,13 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = load_state(student, optimizer, out / "resume") or {"stage": 0, "step": 0}
     log_path = out / "train_log.csv"
-    log = pd.read_csv(log_path) if log_path.is_file() and state["step"] > 0 else pd.DataFrame(columns=LOG_COLUMNS)
-    log = log[log["step"] <= state["step"]] if len(log) else log
+    records: list[dict] = []
+    if log_path.is_file() and state["step"] > 0:
+        previous = pd.read_csv(log_path)
+        records = previous[previous["step"] <= state["step"]].to_dict("records")
+
+    def log_frame() -> pd.DataFrame:
+        return pd.DataFrame(records, columns=LOG_COLUMNS)
     global_step, done = state["step"], 0
     first_step = sum(s.steps for s in stages[: state["stage"]])
     student.train()
@@ -171,7 +176,7 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
         for local in tqdm(range(global_step - first_step, stage.steps), desc=f"stage {k} ({stage.name})",
                           disable=not progress):
             if max_steps is not None and done >= max_steps:
-                return log
+                return log_frame()
             batch = rows.iloc[batch_order(len(rows), cfg.batch_size, cfg.seed, k, local)]
             optimizer.zero_grad(set_to_none=True)
             terms = step_loss(student, teacher, s_proc, t_proc, batch, cfg, vocab)
@@ -183,17 +188,17 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
                       "r_acc": float(batch["r_acc"].mean()) if "r_acc" in batch else math.nan,
                       "r_distill": float(batch["r_distill"].mean()) if "r_distill" in batch else math.nan,
                       "r_total": float(batch["r_total"].mean()), "lr": cfg.lr}
-            log = pd.concat([log, pd.DataFrame([record])], ignore_index=True) if len(log) else pd.DataFrame([record])
+            records.append(record)
             if global_step % cfg.save_every == 0:
-                log.to_csv(log_path, index=False)
+                log_frame().to_csv(log_path, index=False)
                 save_state(student, optimizer, {"stage": k, "step": global_step}, out / "resume")
         first_step += stage.steps
         student.eval()
         save_checkpoint(student, s_proc, out / f"stage{k}")
         student.train()
-        log.to_csv(log_path, index=False)
+        log_frame().to_csv(log_path, index=False)
         save_state(student, optimizer, {"stage": k + 1, "step": global_step}, out / "resume")
         del teacher
     student.eval()
     save_checkpoint(student, s_proc, out / "final")
-    return log
+    return log_frame()
