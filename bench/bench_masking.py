@@ -5,16 +5,17 @@ LLaMA/Qwen-7B-like decoder: embedding, per layer q/k/v/o (hidden x hidden), gate
 (intermediate x hidden), down (hidden x intermediate), q/k/v biases and two norms, then the
 final norm and lm_head), then on the same disk:
 
-* copy: the checkpoint copied once per ratio (``shutil.copy`` per file), each copy deleted
-  (untimed) before the next - the target's baseline;
-* copy kept: the same copies, all kept until the end - the same output volume as masking, so
-  the same page-cache / disk-writeback load (a deleted copy never reaches the disk and its
-  page-cache pages are reused by the next one; five kept copies cannot do that);
+* copy kept: the checkpoint copied once per ratio (``shutil.copy`` per file), all copies kept
+  until the end - "copying that checkpoint 5 times on the same disk", the target's baseline:
+  the same output volume as masking, so the same page-cache / disk-writeback load;
+* copy deleted (for information): the same copies, each deleted (untimed) before the next - a
+  deleted copy never reaches the disk and its page-cache pages are reused by the next one, so
+  this measures memory bandwidth rather than writing five checkpoints;
 * mask: ``mask_checkpoint`` at the ratios ``r_max, r_max - step, ..., 0`` (default 5 ratios),
   run in a fresh child process so that its peak RSS (``ru_maxrss``) is its own.
 
 Every timed phase starts after an untimed ``sync`` (no writeback left from the phase before).
-It prints the wall times, mask / copy (target <= 1.3x), mask / copy kept, and the peak RSS of
+It prints the wall times, mask / copy kept (target <= 1.3x), mask / copy deleted, and the peak RSS of
 masking (target <= 2 x largest tensor + 1 GiB).  Disk use peaks at about (1 + number of ratios)
 x ``--gb``.
 If ``--gb`` is too small for the embedding, lm_head and two layers at the given widths, all
@@ -68,7 +69,7 @@ def _nbytes(shapes) -> int:
 
 
 def plan(gb: float, hidden: int, inter: int, vocab: int) -> tuple[list[tuple[str, tuple[int, ...]]], dict]:
-    """Tensor names and shapes of a ~gb GB checkpoint (widths halved until 2 layers fit)."""
+    """Tensor names and shapes of a checkpoint of at least gb GB (widths halved until 2 layers fit)."""
     budget = int(gb * 1e9)
     while True:
         fixed = [("model.embed_tokens.weight", (vocab, hidden)), ("model.norm.weight", (hidden,)),
@@ -77,7 +78,7 @@ def plan(gb: float, hidden: int, inter: int, vocab: int) -> tuple[list[tuple[str
         if _nbytes(fixed) + 2 * layer <= budget or hidden <= 64:
             break
         hidden, inter, vocab = hidden // 2, inter // 2, vocab // 2
-    n_layers = max(2, (budget - _nbytes(fixed)) // layer)
+    n_layers = max(2, -(-(budget - _nbytes(fixed)) // layer))  # ceil: at least gb GB
     shapes = [fixed[0]]
     for i in range(n_layers):
         shapes += _layer_shapes(i, hidden, inter)
@@ -238,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         mask_s = child["wall_s"]
         peak = child["ru_maxrss"]
         target_rss = 2 * largest + 2**30
-        print(f"copy x{len(ratios)} (shutil.copy per file):        {copy_s:8.2f} s")
-        print(f"copy x{len(ratios)} kept (same output volume as mask): {kept_s:8.2f} s")
-        print(f"mask_checkpoint at {len(ratios)} ratios:         {mask_s:8.2f} s")
-        print(f"mask / copy: {mask_s / copy_s:.2f}x (target <= 1.3x) -> {'OK' if mask_s <= 1.3 * copy_s else 'MISSED'}; "
-              f"mask / copy kept: {mask_s / kept_s:.2f}x")
+        print(f"copy x{len(ratios)} kept (shutil.copy per file, same volume as mask): {kept_s:8.2f} s")
+        print(f"copy x{len(ratios)} each deleted before the next (page cache reused): {copy_s:8.2f} s")
+        print(f"mask_checkpoint at {len(ratios)} ratios: {mask_s:8.2f} s")
+        print(f"mask / copy kept: {mask_s / kept_s:.2f}x (target <= 1.3x) -> "
+              f"{'OK' if mask_s <= 1.3 * kept_s else 'MISSED'}; mask / copy deleted: {mask_s / copy_s:.2f}x")
         print(f"peak RSS of masking (ru_maxrss): {peak / 2**30:.3f} GiB (VmHWM {child['vm_hwm'] / 2**30:.3f} GiB, "
               f"after imports {child['ru_maxrss_after_imports'] / 2**30:.3f} GiB); "
               f"target <= 2 x largest tensor + 1 GiB = {target_rss / 2**30:.3f} GiB -> "
