@@ -14,10 +14,22 @@ configfile: Path(workflow.basedir) / "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/world.smk"
+include: "rules/mask.smk"
+include: "rules/generate.smk"
+include: "rules/judge.smk"
+include: "rules/reward.smk"
+include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/tables.smk"
+include: "rules/figures.smk"
+
+
+report: "report/workflow.rst"
 
 
 rule all:
     default_target: True
     input:
         world_outputs(),
+        table_outputs(),
+        figure_outputs(),

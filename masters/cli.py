@@ -69,6 +69,8 @@ def cmd_sft(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from masters.evaluation import Benchmark, evaluate
 
+    if not (args.out or args.out_dir):
+        raise SystemExit("masters evaluate: give --out and/or --out-dir")
     _threads(args.threads)
     benchmarks = [Benchmark(**b) for b in json.loads(args.benchmarks)]
     summary = evaluate(
@@ -80,8 +82,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         samples_path=args.samples,
     )
     summary["label"] = args.label
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    if args.out_dir:  # one summary per benchmark: what the workflow's tables read
+        for bench in benchmarks:
+            one = {"model": summary["model"], "label": args.label, "benchmark": bench.name,
+                   "accuracy": {bench.name: summary["accuracy"][bench.name]}, "n": {bench.name: summary["n"][bench.name]},
+                   "mean_accuracy": summary["accuracy"][bench.name]}
+            Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(args.out_dir) / f"{bench.name}.json").write_text(json.dumps(one, indent=2) + "\n")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["accuracy"], indent=2))
 
 
@@ -93,10 +103,46 @@ def cmd_accuracy_table(args: argparse.Namespace) -> None:
     print(table.to_string())
 
 
+def cmd_questions(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from masters.columns import QUESTION_COLUMNS, check_columns
+
+    frames = []
+    for path in args.files:
+        frame = pd.read_parquet(path)
+        check_columns(frame, QUESTION_COLUMNS + ["answer"], path)
+        if args.per_file and args.per_file < len(frame):
+            frame = frame.sample(n=args.per_file, random_state=args.seed).sort_index()
+        frames.append(frame)
+    questions = pd.concat(frames, ignore_index=True)
+    if questions["id"].duplicated().any():
+        raise ValueError(f"question ids repeat across {args.files}: {questions['id'][questions['id'].duplicated()].tolist()[:5]}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    questions.to_parquet(args.out, index=False)
+    print(f"{len(questions)} training questions from {len(frames)} files -> {args.out}")
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from masters.tables import write_paper_table
+
+    spec = json.loads(Path(args.spec).read_text()) if args.spec.endswith(".json") else json.loads(args.spec)
+    paths = write_paper_table(spec, args.out, caption=spec.get("caption", ""))
+    print(paths[1].read_text())
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    from masters import figures
+
+    spec = json.loads(args.spec)
+    paths = figures.fig2(spec, args.out) if args.name == "fig2" else figures.fig_f4(spec["files"], args.out)
+    print("wrote " + ", ".join(map(str, paths)))
+
+
 def _questions(paths: list[str]):
     import pandas as pd
 
-    from masters.generation import QUESTION_COLUMNS, check_columns
+    from masters.columns import QUESTION_COLUMNS, check_columns
 
     frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
     check_columns(frame, QUESTION_COLUMNS, f"questions {paths}")
@@ -137,7 +183,7 @@ def cmd_judge(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from masters import judge
-    from masters.generation import HFChatBackend, VLLMBackend, check_columns
+    from masters.columns import check_columns
 
     _threads(args.threads)
     responses = pd.read_parquet(args.responses)
@@ -152,6 +198,8 @@ def cmd_judge(args: argparse.Namespace) -> None:
         responses["r_acc"] = [float(judge.rule_score(t, a, o)) for t, a, o in zip(responses.text, q["answer"], options)]
         responses["judge_raw"], responses["judge_parse_failed"] = "", False
     else:
+        from masters.generation import HFChatBackend, VLLMBackend
+
         if not args.judge_model:
             raise ValueError("--judge-model is required with --kind llm")
         if args.backend == "vllm":
@@ -268,8 +316,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="score only the first N items per benchmark")
     _add_runtime_flags(p)
     p.add_argument("--samples", default=None, help="optional JSONL of per-item responses")
-    p.add_argument("--out", required=True, help="summary JSON")
+    p.add_argument("--out", default=None, help="summary JSON of all benchmarks")
+    p.add_argument("--out-dir", default=None, help="also (or instead) one summary JSON per benchmark: DIR/<name>.json")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("questions", help="draw the training questions every model pre-generates for")
+    p.add_argument("--files", nargs="+", required=True, help="question parquet files (id, image, question, answer)")
+    p.add_argument("--per-file", type=int, default=None, help="questions drawn from each file (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out", required=True, help="output parquet")
+    p.set_defaults(func=cmd_questions)
+
+    p = sub.add_parser("table", help="one paper table (mean ± std over seeds) from evaluation summaries")
+    p.add_argument("--spec", required=True, help="JSON (or a .json file): benchmarks, average, literature, rows")
+    p.add_argument("--out", required=True, help="output path stem: writes STEM.csv, STEM.md, STEM.tex")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("figure", help="a paper figure (PNG + PDF) from result files")
+    p.add_argument("name", choices=["fig2", "figF4"], help="which figure")
+    p.add_argument("--spec", required=True, help="JSON: the result files the figure reads")
+    p.add_argument("--out", required=True, help="output path stem: writes STEM.png, STEM.pdf")
+    p.set_defaults(func=cmd_figure)
 
     p = sub.add_parser("accuracy-table", help="table of per-benchmark accuracy from evaluate JSONs")
     p.add_argument("--results", nargs="+", required=True, help="JSON files written by `masters evaluate`")

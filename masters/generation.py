@@ -25,13 +25,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from masters.columns import QUESTION_COLUMNS, check_columns  # noqa: F401 (re-exported)
 from masters.world.sft import decode_image, prompt_messages
 
 RESPONSE_COLUMNS = [
     "question_id", "source", "model", "ratio", "sample_idx",
     "text", "token_ids", "num_tokens", "finish_reason",
 ]
-QUESTION_COLUMNS = ["id", "image", "question"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,6 @@ class GenerationBackend(Protocol):
     """Generates ``params.n`` completions for each (image, question) prompt."""
 
     def generate(self, questions: pd.DataFrame, params: SamplingParams, seed: int) -> list[list[Completion]]: ...
-
-
-def check_columns(frame: pd.DataFrame, required: list[str], what: str) -> None:
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise KeyError(f"{what}: missing column(s) {missing}; has {list(frame.columns)}")
 
 
 class HFBackend:

@@ -1074,7 +1074,9 @@ def _stage_ratios(r_max: float, step: float | None) -> list[float]:
 
 
 def cmd_mask(args: argparse.Namespace) -> None:
-    rs = _stage_ratios(args.r_max, args.step)
+    if (args.ratios is None) == (args.r_max is None):
+        raise ValueError("masters mask: give either --r-max (with --step) or --ratios")
+    rs = _validate_ratios(args.ratios) if args.ratios is not None else _stage_ratios(args.r_max, args.step)
     stats = mask_checkpoint(args.teacher, args.out, rs, include=args.include, exclude=args.exclude,
                             progress=not args.quiet)
     if args.stats:
@@ -1091,9 +1093,11 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Write OUT/masked_r<ratio> (a complete HF checkpoint) for every ratio "
                     "r_k = r_max - k*step down to 0, with per-tensor magnitude thresholds.")
     p.add_argument("--teacher", required=True, help="teacher checkpoint directory (safetensors, single file or sharded)")
-    p.add_argument("--r-max", type=float, required=True, help="largest masking ratio, in [0, 1)")
+    p.add_argument("--r-max", type=float, default=None, help="largest masking ratio, in [0, 1)")
     p.add_argument("--step", type=float, default=None,
                    help="ratio decrement s between stages; r_max must be a multiple of it (needed if --r-max > 0)")
+    p.add_argument("--ratios", type=float, nargs="+", default=None,
+                   help="explicit ratios instead of --r-max/--step (the workflow masks one ratio per job)")
     p.add_argument("--out", required=True, help="output root: receives one masked_r<ratio> directory per ratio")
     p.add_argument("--include", nargs="+", default=None, metavar="REGEX",
                    help="regexes of maskable tensor names; replace the defaults (LM and vision linear layers)")

@@ -23,24 +23,25 @@ def load_result(path: str | Path) -> dict:
 
 def accuracy_table(paths: list[str | Path]) -> pd.DataFrame:
     """Rows = models (the summary's label, else its checkpoint path); columns = benchmarks + Avg."""
-    rows = {}
-    for path in paths:
+    rows: dict[str, dict[str, float]] = {}
+    for path in paths:  # a model's benchmarks may come in one summary or one per benchmark
         result = load_result(path)
-        label = result.get("label") or result["model"]
-        rows[label] = {**result["accuracy"], "Avg": result["mean_accuracy"]}
+        rows.setdefault(result.get("label") or result["model"], {}).update(result["accuracy"])
+    for scores in rows.values():
+        scores["Avg"] = sum(scores.values()) / len(scores)
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "model"
     return table
 
 
-def _write(numeric: pd.DataFrame, text: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
+def _write(numeric: pd.DataFrame, text: pd.DataFrame, stem: Path, caption: str, index: bool = True) -> list[Path]:
     """``stem.csv`` from the numbers; ``stem.md`` and ``stem.tex`` from the rendered cells."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex")]
-    numeric.to_csv(paths[0])
-    markdown = text.to_markdown(disable_numparse=True, stralign="right")
+    numeric.to_csv(paths[0], index=index)
+    markdown = text.to_markdown(disable_numparse=True, stralign="right", index=index)
     paths[1].write_text((f"{caption}\n\n" if caption else "") + markdown + "\n")
-    paths[2].write_text(text.to_latex(caption=caption or None) + "\n")
+    paths[2].write_text(text.to_latex(caption=caption or None, index=index) + "\n")
     return paths
 
 
@@ -78,3 +79,88 @@ def write_seed_table(rows: dict[str, list[str | Path]], stem: str | Path, captio
     mean, std = seed_table(rows)
     numeric = mean.join(std.add_suffix("_std")).round(decimals + 2)
     return _write(numeric, _cells(mean, decimals) + _cells(std, decimals, " ± "), Path(stem), caption)
+
+
+def benchmark_results(paths: list[str | Path]) -> dict[str, float]:
+    """Per-benchmark accuracy of one checkpoint from its per-benchmark summaries."""
+    out: dict[str, float] = {}
+    for path in paths:
+        out.update(load_result(path)["accuracy"])
+    return out
+
+
+def paper_table(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Mean, std (over seeds) and descriptive cells of one paper table, from result files only.
+
+    ``spec``: ``{"benchmarks": [...], "average": bool, "literature": csv path or None,
+    "rows": [{"model": ..., "label": ..., "columns": {...}, "results": [[files of seed 0], ...]}]}``.
+    Each row's Avg is the mean over ``benchmarks`` of that seed, then averaged over seeds.
+    Literature rows (model, one column per benchmark) are appended, labelled *reported*;
+    a benchmark they do not report stays empty and their Avg is left empty unless all are given.
+    """
+    benchmarks = list(spec["benchmarks"])
+    index, means, stds, cells = [], [], [], []
+    for row in spec.get("rows", []):
+        seeds = [benchmark_results(files) for files in row["results"]]
+        if not seeds:
+            raise ValueError(f"table row {row['label']!r} has no result files")
+        frame = pd.DataFrame(seeds)
+        missing = [b for b in benchmarks if b not in frame.columns or frame[b].isna().any()]
+        if missing:
+            raise KeyError(f"table row {row['label']!r} ({row['model']}): no result for benchmarks {missing}")
+        frame = frame[benchmarks]
+        frame["Avg"] = frame.mean(axis=1)
+        index.append((row["model"], row["label"]))
+        means.append(frame.mean())
+        stds.append(frame.std(ddof=1) if len(frame) > 1 else frame.iloc[0] * 0.0)
+        cells.append(row.get("columns") or {})
+    if spec.get("literature"):
+        reported = pd.read_csv(spec["literature"])
+        if "model" not in reported.columns:
+            raise KeyError(f"{spec['literature']}: the literature file needs a `model` column")
+        for _, rec in reported.iterrows():
+            values = pd.Series({b: pd.to_numeric(rec.get(b), errors="coerce") for b in benchmarks}, dtype=float)
+            values["Avg"] = values.mean() if values.notna().all() else float("nan")
+            index.append((str(rec["model"]), "reported"))
+            means.append(values)
+            stds.append(values * float("nan"))
+            cells.append({})
+    columns = benchmarks + ["Avg"]
+    keys = pd.DataFrame(index, columns=["model", "row"])  # rows may repeat a label (Table 5d)
+    mean = pd.DataFrame(means, columns=columns).reset_index(drop=True) if index else pd.DataFrame(columns=columns)
+    std = pd.DataFrame(stds, columns=columns).reset_index(drop=True) if index else pd.DataFrame(columns=columns)
+    extra = pd.DataFrame(cells, index=keys.index)
+    mean.index = std.index = keys.index
+    if spec.get("average"):
+        mean, std = mean[["Avg"]], std[["Avg"]]
+    mean, std = mean.astype(float), std.astype(float)
+    mean.index = std.index = pd.MultiIndex.from_frame(keys) if index else pd.MultiIndex.from_tuples([], names=["model", "row"])
+    extra.index = mean.index
+    return mean, std, extra
+
+
+def write_paper_table(spec: dict, stem: str | Path, caption: str = "", decimals: int = 1) -> list[Path]:
+    """``stem.csv`` (means, ``<col>_std``, descriptive cells); ``.md``/``.tex`` as "mean ± std".
+
+    A row of one seed shows its mean only; an empty table (no rows yet) is written with its
+    header, so a slot filled later never breaks the workflow.
+    """
+    mean, std, extra = paper_table(spec)
+    flat = lambda frame: frame.reset_index(drop=True)  # noqa: E731 (labels may repeat)
+    keys = mean.index.to_frame(index=False)
+    numeric = pd.concat([keys, flat(extra), flat(mean.round(decimals + 2)),
+                         flat(std.round(decimals + 2).add_suffix("_std"))], axis=1)
+    numeric.index.name = None
+
+    def cell(m: float, sd: float, n_seeds: int) -> str:
+        if pd.isna(m):
+            return ""
+        return f"{m:.{decimals}f}" + (f" ± {sd:.{decimals}f}" if n_seeds > 1 and not pd.isna(sd) else "")
+
+    seeds = [len(r["results"]) for r in spec.get("rows", [])] + [1] * (len(mean) - len(spec.get("rows", [])))
+    text = pd.DataFrame([[cell(mean.iloc[i, j], std.iloc[i, j], seeds[i]) for j in range(mean.shape[1])]
+                         for i in range(mean.shape[0])], columns=mean.columns)
+    text = pd.concat([keys, flat(extra).fillna("").astype(str), text], axis=1)
+    if text.empty:
+        text = pd.DataFrame(columns=["model", "row", *extra.columns, *mean.columns])
+    return _write(numeric, text, Path(stem), caption, index=False)

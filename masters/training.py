@@ -8,6 +8,11 @@ back-propagated into the detached hidden states before the next chunk's logits e
 the hidden states are back-propagated once through the model. So no batch × sequence ×
 vocabulary tensor is ever alive, in the forward pass or in the graph.
 
+Everything is written into ``OUT.partial/`` and renamed to ``OUT`` when the last stage is done,
+so ``OUT`` is complete or absent (a workflow manager that deletes an incomplete output does not
+delete the resume state). ``OUT.partial/resume/`` carries a fingerprint of the run (student,
+stages, config): a partial run of different settings is discarded, not resumed.
+
 Resumable: every ``save_every`` steps the student weights (safetensors), the optimizer state
 and the torch RNG state (``torch.save``, read back with ``weights_only=True``) and the
 position (stage, step) are
@@ -142,6 +147,21 @@ def load_state(model, optimizer, out: Path) -> dict | None:
     return json.loads((out / "trainer_state.json").read_text())
 
 
+def fingerprint(student_dir: str, stages: list[Stage], cfg: TrainConfig) -> str:
+    """Hash of what a run's result depends on (not the file contents: a workflow reruns on those)."""
+    import hashlib
+    from dataclasses import asdict
+
+    spec = {"student": str(student_dir), "stages": [asdict(s) for s in stages], "config": asdict(cfg)}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def partial_dir(out_dir: str | Path) -> Path:
+    """Where a run writes until it is complete (see the module docstring)."""
+    out = Path(out_dir)
+    return out.with_name(out.name + ".partial")
+
+
 def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: TrainConfig, out_dir: str,
           max_steps: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Train π_θ (initialised from ``student_dir`` = π_ref) through ``stages``; see module doc.
@@ -149,12 +169,20 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     ``max_steps`` stops after that many steps in this call (to test resuming)."""
     from masters.world.models import load_checkpoint, save_checkpoint
 
-    out = Path(out_dir)
+    final_out, out = Path(out_dir), partial_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     student, s_proc = load_checkpoint(student_dir)
     vocab = len(s_proc.tokenizer)
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    key = fingerprint(student_dir, stages, cfg)
+    previous_key = None
+    if (out / "resume/trainer_state.json").is_file():
+        previous_key = json.loads((out / "resume/trainer_state.json").read_text()).get("fingerprint")
+    if previous_key is not None and previous_key != key:
+        print(f"{out}: a partial run of other settings; starting afresh")
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
     state = load_state(student, optimizer, out / "resume") or {"stage": 0, "step": 0}
     log_path = out / "train_log.csv"
     records: list[dict] = []
@@ -191,14 +219,18 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
             records.append(record)
             if global_step % cfg.save_every == 0:
                 log_frame().to_csv(log_path, index=False)
-                save_state(student, optimizer, {"stage": k, "step": global_step}, out / "resume")
+                save_state(student, optimizer, {"stage": k, "step": global_step, "fingerprint": key}, out / "resume")
         first_step += stage.steps
         student.eval()
         save_checkpoint(student, s_proc, out / f"stage{k}")
         student.train()
         log_frame().to_csv(log_path, index=False)
-        save_state(student, optimizer, {"stage": k + 1, "step": global_step}, out / "resume")
+        save_state(student, optimizer, {"stage": k + 1, "step": global_step, "fingerprint": key}, out / "resume")
         del teacher
     student.eval()
     save_checkpoint(student, s_proc, out / "final")
+    shutil.rmtree(out / "resume")
+    if final_out.exists():
+        shutil.rmtree(final_out)
+    out.rename(final_out)
     return log_frame()

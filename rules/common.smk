@@ -1,6 +1,7 @@
 # Validation and input functions shared by every rule.
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def validate_config(cfg):
 validate_config(config)
 
 RESULTS = config["results"].rstrip("/")
+GEN, JUDGE, REWARD = config["generation"], config["judge"], config["reward"]
+EVAL = config["evaluation"]
 WORLD = f"{RESULTS}/world"
 W = config["world"]
 REPO = Path(workflow.basedir)
@@ -71,11 +74,34 @@ def check_config(cfg):
 
 check_config(config)
 
+sys.path.insert(
+    0, str(REPO)
+)  # the masters package of this checkout, also without `pip install -e`
+from masters.experiments import Design, DesignError, part_shard, ratio_str
+
+try:
+    DESIGN = Design(config)
+except DesignError as error:
+    raise ValueError(str(error)) from None
+
 
 wildcard_constraints:
     task="|".join(W["tasks"]),
     split="train|test",
-    model="[A-Za-z0-9_.-]+",
+    model="[A-Za-z0-9_.+-]+",
+    student="[A-Za-z0-9_.+-]+",
+    teacher="[A-Za-z0-9_.+-]+",
+    experiment="[A-Za-z0-9_.+-]+",
+    ratio=r"\d\.\d\d",
+    source="teacher|student|label",
+    n=r"\d+",
+    seed=r"\d+",
+    part=r"all|\d+of\d+",
+    judge=r"rule|llm-[A-Za-z0-9_.+-]+",
+    data=r"labels|t\d+s\d+",
+    reward=r"[A-Za-z0-9_.+-]+_(normalized|raw)_(both|acc|distill)_a[0-9.e+-]+",
+    run=r"models/[A-Za-z0-9_.+-]+|[A-Za-z0-9_.+-]+/[A-Za-z0-9_.+-]+/s\d+/(final|stage\d+)",
+    benchmark="|".join(re.escape(b) for b in config["benchmarks"]),
 
 
 def data_path(task, split):
@@ -122,3 +148,187 @@ def world_outputs():
         f"{WORLD}/accuracy.csv",
         *[f"{WORLD}/models/{m}" for m in model_sizes()],
     ]
+
+
+# ---------------------------------------------------------------- distillation (masters.experiments)
+
+
+def benchmark_entries():
+    """name -> the entry `masters evaluate` takes (repo-relative YAMLs made absolute)."""
+    return {b["name"]: b for b in json.loads(benchmarks_json())}
+
+
+def reward_inputs(w):
+    return DESIGN.parse_reward(
+        w.student, w.teacher, w.ratio, w.data, int(w.seed), w.part, w.reward
+    )
+
+
+def train_inputs(w):
+    stages = DESIGN.stages(w.student, w.experiment)
+    return {
+        "student": DESIGN.model_dir(w.student),
+        "questions": DESIGN.questions(),
+        "teachers": [DESIGN.teacher_dir(st.teacher, st.ratio) for st in stages],
+        "rewards": [
+            DESIGN.reward_file(w.student, w.experiment, st, int(w.seed))
+            for st in stages
+        ],
+    }
+
+
+def train_stage_args(w, input):
+    stages = DESIGN.stages(w.student, w.experiment)
+    return " ".join(
+        f"--stage {t} {r} {st.steps} {st.ratio}"
+        for st, t, r in zip(stages, input.teachers, input.rewards)
+    )
+
+
+def eval_model(w):
+    """The checkpoint an evaluation run reads (a trained run's directory as the input)."""
+    run = DESIGN.parse_run(w.run)
+    return run["train_dir"] or run["model_dir"]
+
+
+def table_spec(name):
+    """The `masters table` spec of one table: rows with their evaluation files per seed."""
+    spec = DESIGN.tables[name]
+    benchmarks = spec.get("benchmarks") or list(config["benchmarks"])
+    rows = []
+    for row in spec.get("rows", []):
+        for student in DESIGN.students:
+            if "model" in row:
+                run = DESIGN.run_of_row(row, student, 0)
+                model, seeds = run.split("/")[1], [0]
+            else:
+                model, seeds = student, DESIGN.table_seeds(name)
+            results = [
+                [
+                    f"{RESULTS}/eval/{DESIGN.run_of_row(row, student, s)}/{b}.json"
+                    for b in benchmarks
+                ]
+                for s in seeds
+            ]
+            if "model" in row or not DESIGN.experiments[row["experiment"]].train:
+                results = results[
+                    :1
+                ]  # an untrained model has one result, not one per seed
+            entry = {"model": model, "label": row["label"], "results": results}
+            if row.get("columns"):
+                entry["columns"] = row["columns"]
+            shared = "model" in row and any(  # a teacher of several students: once
+                r["model"] == model and r["label"] == row["label"] for r in rows
+            )
+            if not shared:
+                rows.append(entry)
+    literature = spec.get("literature")
+    return {
+        "caption": spec.get("caption", ""),
+        "benchmarks": benchmarks,
+        "average": bool(spec.get("average")),
+        "literature": str(REPO / literature) if literature else None,
+        "rows": rows,
+    }
+
+
+def table_inputs(name):
+    spec = table_spec(name)
+    files = [f for row in spec["rows"] for seed in row["results"] for f in seed]
+    return files + ([spec["literature"]] if spec["literature"] else [])
+
+
+def fig2_spec():
+    fig = config["figures"].get("fig2", {})
+    seed = DESIGN.figure_seed()
+    bench = list(config["benchmarks"])
+    files = lambda run: [f"{RESULTS}/eval/{run}/{b}.json" for b in bench]
+    runs = []
+    for exp in fig.get("experiments", []):
+        for student in DESIGN.students:
+            runs.append(
+                {
+                    "label": f"{student} {exp}",
+                    "log": f"{DESIGN.train_dir(student, exp, seed)}/train_log.csv",
+                    "base": files(f"models/{student}"),
+                    "stages": [
+                        files(DESIGN.stage_run(student, exp, st.index))
+                        for st in DESIGN.stages(student, exp)
+                    ],
+                }
+            )
+    compare = {}
+    for label, exp in (fig.get("compare") or {}).items():
+        for student in DESIGN.students:
+            run = DESIGN.run_of_row({"experiment": exp}, student, seed)
+            compare[f"{label} ({student})" if len(DESIGN.students) > 1 else label] = (
+                files(run)
+            )
+    return {"runs": runs, "compare": compare}
+
+
+def fig2_inputs():
+    spec = fig2_spec()
+    out = [
+        os.path.dirname(r["log"]) for r in spec["runs"]
+    ]  # the run directory (a directory output)
+    for r in spec["runs"]:
+        out += r["base"] + [f for stage in r["stages"] for f in stage]
+    return out + [f for files in spec["compare"].values() for f in files]
+
+
+def figf4_inputs():
+    seed = DESIGN.figure_seed()
+    out = []
+    for exp in config["figures"].get("figF4", {}).get("experiments", []):
+        for student in DESIGN.students:
+            out += [
+                DESIGN.reward_file(student, exp, st, seed)
+                for st in DESIGN.stages(student, exp)
+            ]
+    return list(dict.fromkeys(out))
+
+
+def table_outputs():
+    return [
+        f"{RESULTS}/tables/{t}.{ext}"
+        for t in DESIGN.tables
+        for ext in ("csv", "md", "tex")
+    ]
+
+
+def figure_outputs():
+    return [
+        f"{RESULTS}/figures/{f}.{ext}"
+        for f in config["figures"]
+        for ext in ("png", "pdf")
+    ]
+
+
+def generation_model(w):
+    if w.source == "teacher":
+        return DESIGN.teacher_dir(w.model, float(w.ratio))
+    return DESIGN.model_dir(w.model)
+
+
+def train_settings(w):
+    exp = DESIGN.experiments[w.experiment]
+    t = exp.training
+    sources = ["label"] if exp.data == "labels" else list(exp.sources)
+    return (
+        f"--loss {exp.loss} --sources {' '.join(sources)} --lr {t['lr']} --batch-size {t['batch_size']}"
+        f" --beta {t['beta']} --lam {t['lam']} --grad-clip {t['grad_clip']} --chunk-size {t['chunk_size']}"
+        f" --save-every {t['save_every']} --seed {w.seed}"
+    )
+
+
+def evaluate_flags():
+    return (
+        f"--batch-size {EVAL['batch_size']}"
+        + (f" --limit {EVAL['limit']}" if EVAL["limit"] else "")
+        + (" --trust-remote-code" if EVAL["trust_remote_code"] else "")
+    )
+
+
+def run_checkpoint(w, input):
+    return DESIGN.parse_run(w.run)["model_dir"]

@@ -1,43 +1,84 @@
-# Benchmark evaluation with lm-eval, and the small accuracy table of the world's models.
+# Benchmark evaluation with lm-eval (greedy, chat template), one summary JSON per
+# (run, benchmark) under {results}/eval/{run}/. A run is `models/<name>` (an untrained model)
+# or `<student>/<experiment>/s<seed>/<final|stageK>` (a trained checkpoint).
+#
+# evaluation.per_benchmark_jobs: true  -> one job per (run, benchmark): changing one
+#   benchmark's entry reruns only that benchmark's evaluations (paper scale: each is GPU-hours).
+# false (the embedded default) -> one job per run scoring every benchmark: on CPU each job
+#   spends ~8 s importing torch/transformers/lm-eval and <1 s per tiny benchmark.
 
 
-rule evaluate_world_model:
-    input:
-        model=f"{WORLD}/models/{{model}}",
-        data=benchmark_data(),
-    output:
-        summary=f"{RESULTS}/eval/world_{{model}}.json",
-        samples=f"{RESULTS}/eval/world_{{model}}_samples.jsonl",
-    log:
-        f"{RESULTS}/logs/evaluate_world_{{model}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/evaluate_world_{{model}}.tsv"
-    conda:
-        "../envs/masters.yaml"
-    threads: config["threads"]
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    params:
-        benchmarks=benchmarks_json(),
-        batch=config["evaluation"]["batch_size"],
-        limit=lambda w: (
-            f"--limit {config['evaluation']['limit']}"
-            if config["evaluation"]["limit"]
-            else ""
-        ),
-        remote=(
-            "--trust-remote-code" if config["evaluation"]["trust_remote_code"] else ""
-        ),
-    shell:
-        "masters evaluate --model {input.model} --label {wildcards.model} --benchmarks '{params.benchmarks}'"
-        " --batch-size {params.batch} {params.limit} {params.remote} --threads {threads}"
-        " --samples {output.samples} --out {output.summary} > {log} 2>&1"
+if EVAL["per_benchmark_jobs"]:
+
+    rule evaluate:
+        input:
+            model=eval_model,
+            data=lambda w: (
+                [benchmark_entries()[w.benchmark]["data"]]
+                if "data" in benchmark_entries()[w.benchmark]
+                else []
+            ),
+        output:
+            f"{RESULTS}/eval/{{run}}/{{benchmark}}.json",
+        log:
+            f"{RESULTS}/logs/eval/{{run}}/{{benchmark}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/eval/{{run}}/{{benchmark}}.tsv"
+        conda:
+            "../envs/masters.yaml"
+        threads: config["threads"]
+        resources:
+            mem_mb=8000,
+            runtime=240,
+            gpu=1,
+        params:
+            checkpoint=run_checkpoint,
+            benchmarks=lambda w: json.dumps([benchmark_entries()[w.benchmark]]),
+            flags=evaluate_flags(),
+            out_dir=lambda w, output: os.path.dirname(output[0]),
+        shell:
+            "masters evaluate --model {params.checkpoint} --label {wildcards.run}"
+            " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads}"
+            " --out-dir {params.out_dir} > {log} 2>&1"
+
+else:
+
+    rule evaluate:
+        input:
+            model=eval_model,
+            data=benchmark_data(),
+        output:
+            [f"{RESULTS}/eval/{{run}}/{b}.json" for b in config["benchmarks"]],
+            samples=f"{RESULTS}/eval/{{run}}/samples.jsonl",
+        log:
+            f"{RESULTS}/logs/eval/{{run}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/eval/{{run}}.tsv"
+        conda:
+            "../envs/masters.yaml"
+        threads: config["threads"]
+        resources:
+            mem_mb=8000,
+            runtime=240,
+            gpu=1,
+        params:
+            checkpoint=run_checkpoint,
+            benchmarks=benchmarks_json(),
+            flags=evaluate_flags(),
+            out_dir=lambda w, output: os.path.dirname(output[0]),
+        shell:
+            "masters evaluate --model {params.checkpoint} --label {wildcards.run}"
+            " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads}"
+            " --samples {output.samples} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule world_accuracy_table:
     input:
-        expand(f"{RESULTS}/eval/world_{{model}}.json", model=model_sizes()),
+        [
+            f"{RESULTS}/eval/models/{m}/{b}.json"
+            for m in model_sizes()
+            for b in config["benchmarks"]
+        ],
     output:
         f"{WORLD}/accuracy.csv",
         f"{WORLD}/accuracy.md",

@@ -118,13 +118,25 @@ def test_training_resumes_to_the_same_weights(world, rewarded, tmp_path):
     assert log[["loss", "pg", "kl", "jsd"]].notna().all().all()
     assert (tmp_path / "straight/stage0/model.safetensors").is_file()
     _train(world, rewarded, tmp_path / "killed", max_steps=3)  # stops mid-stage 1 (saved at step 2)
+    assert not (tmp_path / "killed").exists(), "an unfinished run must not look finished"
+    assert (tmp_path / "killed.partial/resume/trainer_state.json").is_file()
     resumed = _train(world, rewarded, tmp_path / "killed")
+    assert not (tmp_path / "killed.partial").exists() and not (tmp_path / "straight/resume").exists()
     a = load_file(tmp_path / "straight/final/model.safetensors")
     b = load_file(tmp_path / "killed/final/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     pd.testing.assert_frame_equal(log.reset_index(drop=True), resumed.reset_index(drop=True), check_dtype=False)
     student = load_file(world[0] / "student/model.safetensors")
     assert any(not torch.equal(a[k], student[k]) for k in a), "training changed nothing"
+
+
+def test_partial_run_of_other_settings_is_not_resumed(world, rewarded, tmp_path):
+    _train(world, rewarded, tmp_path / "other", max_steps=3, kind="jsd")  # a partial jsd-only run
+    log = _train(world, rewarded, tmp_path / "other")  # the masters loss: must start afresh
+    a = load_file(tmp_path / "other/final/model.safetensors")
+    _train(world, rewarded, tmp_path / "straight")
+    b = load_file(tmp_path / "straight/final/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a) and list(log.step) == list(range(1, 7))
 
 
 def test_tokenizer_mismatch_is_an_error(world, rewarded, tmp_path, items):
@@ -218,7 +230,7 @@ def test_sigkilled_training_resumes_to_the_same_weights(world, rewarded, tmp_pat
 
     subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True)
     proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = tmp_path / "killed/resume/trainer_state.json"
+    state = tmp_path / "killed.partial/resume/trainer_state.json"
     deadline = time.time() + 120
     while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["step"] >= 5):
         time.sleep(0.05)

@@ -45,3 +45,30 @@ def test_write_table_renders_numbers(tmp_path):
     paths = write_table(table, tmp_path / "acc", caption="acc")
     assert pd.read_csv(paths[0], index_col="model").loc["L", "a"] == 99.2  # round-half-even of 99.25
     assert "| 99.2 " in paths[1].read_text() and "| 100.0 " in paths[1].read_text()
+
+
+def test_paper_table_means_stds_literature_and_empty_slot(tmp_path):
+    from masters.tables import write_paper_table
+
+    def result(bench, value, seed):
+        path = tmp_path / f"{bench}_{seed}_{value}.json"
+        path.write_text(json.dumps({"model": "m", "accuracy": {bench: value}, "mean_accuracy": value}))
+        return str(path)
+
+    (tmp_path / "lit.csv").write_text("model,a,b\nBigVLM,80,90\nHalf,70,\n")
+    spec = {"benchmarks": ["a", "b"], "literature": str(tmp_path / "lit.csv"), "rows": [
+        {"model": "S", "label": "base", "results": [[result("a", 10, 0), result("b", 20, 0)]]},
+        {"model": "S", "label": "+RF", "columns": {"Mid": "+"},
+         "results": [[result("a", 30, 0), result("b", 40, 0)], [result("a", 50, 1), result("b", 40, 1)]]}]}
+    write_paper_table(spec, tmp_path / "t", "caption")
+    table = pd.read_csv(tmp_path / "t.csv").set_index("row")
+    assert list(table.index) == ["base", "+RF", "reported", "reported"]
+    assert table.loc["+RF", "a"] == 40 and table.loc["+RF", "a_std"] == pytest.approx(14.142, abs=1e-3)
+    assert table.loc["+RF", "Avg"] == 40 and table.loc["base", "Avg"] == 15 and table.loc["base", "Avg_std"] == 0
+    assert table.loc["+RF", "Mid"] == "+"
+    md = (tmp_path / "t.md").read_text()
+    assert "40.0 ± 14.1" in md and "15.0 ±" not in md  # one seed: the mean alone
+    reported = table[table.index == "reported"].set_index("model")
+    assert reported.loc["BigVLM", "Avg"] == 85 and pd.isna(reported.loc["Half", "Avg"])  # not all reported
+    write_paper_table({"benchmarks": ["a"], "rows": []}, tmp_path / "empty", "later")
+    assert pd.read_csv(tmp_path / "empty.csv").empty and "later" in (tmp_path / "empty.md").read_text()

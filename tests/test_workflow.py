@@ -1,4 +1,5 @@
-"""The whole world DAG at smoke scale, run for real by Snakemake (about two minutes)."""
+"""The whole DAG (world, masking, generation, judging, rewards, training, evaluation, Tables 1-5,
+figures) at smoke scale, run for real by Snakemake."""
 
 import hashlib
 import json
@@ -37,9 +38,12 @@ def test_accuracy_table_has_every_model_and_benchmark(world):
     assert list(table.columns) == BENCHMARKS + ["Avg"]
     assert ((table >= 0) & (table <= 100)).all().all()
     for model in "LMS":
-        summary = json.loads((world / f"eval/world_{model}.json").read_text())
-        assert summary["n"] == {b: 8 for b in BENCHMARKS}
-        assert table.loc[model, "Avg"] == pytest.approx(sum(summary["accuracy"].values()) / 6, abs=0.05)
+        scores = {}
+        for b in BENCHMARKS:
+            summary = json.loads((world / f"eval/models/{model}/{b}.json").read_text())
+            assert summary["n"] == {b: 8}
+            scores.update(summary["accuracy"])
+        assert table.loc[model, "Avg"] == pytest.approx(sum(scores.values()) / 6, abs=0.05)
     assert (world / "world/accuracy.md").read_text().count("|") > 20
     assert "\\begin{tabular}" in (world / "world/accuracy.tex").read_text()
 
@@ -50,7 +54,7 @@ def test_lm_eval_prompts_are_the_sft_prompts(world):
 
     processor = AutoProcessor.from_pretrained(world / "world/models/S")
     test = pd.read_parquet(world / "world/data/digits/test.parquet")
-    samples = [json.loads(l) for l in open(world / "eval/world_S_samples.jsonl")]
+    samples = [json.loads(l) for l in open(world / "eval/models/S/samples.jsonl")]
     digits = [s for s in samples if s["benchmark"] == "tiny_digits"]
     assert len(digits) == 8
     for sample in digits:
@@ -93,3 +97,104 @@ def test_rebuild_is_bit_identical_and_nothing_left_to_do(world, tmp_path):
         assert sorted(a.keys()) == sorted(b.keys())
         for key in a.keys():
             assert a.get_tensor(key).equal(b.get_tensor(key)), key
+
+
+TABLE_ROWS = {
+    "table1": ["base", "+Large Teacher", "+Mask-Progressive", "+Reward Feedback"],
+    "table2": ["base", "+Large Teacher", "+Mid Teacher", "+Mask-Progressive", "+Reward Feedback", "-Mid Teacher"],
+    "table3": ["mid teacher", "student", "student + Masters"],
+    "table4": ["large teacher", "mid teacher", "student + Masters"],
+    "table5a": ["0", "0.1", "0.2", "0.3", "0.4", "0.5"],
+    "table5b": ["mid", "large", "mid -> large"],
+    "table5c": ["S", "T", "S+T"],
+    "table5d": ["Naive"] * 4 + ["Mask-Progressive"] * 4,
+    "table5e": ["acc-rule", "acc", "distill", "acc + distill-raw", "acc + distill"],
+    "table5f": [],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TABLE_ROWS))
+def test_every_table_has_its_rows_columns_and_percentages(world, name):
+    table = pd.read_csv(world / f"tables/{name}.csv", keep_default_na=False)
+    assert list(table["row"]) == TABLE_ROWS[name]
+    average = name in ("table5a", "table5d")
+    columns = ["Avg"] if average else BENCHMARKS + ["Avg"]
+    assert [c for c in table.columns if c in BENCHMARKS + ["Avg"]] == columns
+    assert [c + "_std" for c in columns] == [c for c in table.columns if c.endswith("_std")]
+    if len(table):
+        values = table[columns].astype(float)
+        assert ((values >= 0) & (values <= 100)).all().all()
+        assert (table[[c + "_std" for c in columns]].astype(float) >= 0).all().all()
+    if name == "table5d":
+        assert list(table["Reward Feedback"]) == ["-", "-", "+", "+", "-", "-", "+", "+"]
+    md = (world / f"tables/{name}.md").read_text()
+    assert md.count("\n") >= 3 + len(TABLE_ROWS[name]) and "\\begin{tabular}" in (world / f"tables/{name}.tex").read_text()
+
+
+@pytest.mark.slow
+def test_table1_is_the_mean_over_seeds_of_the_result_files(world):
+    table = pd.read_csv(world / "tables/table1.csv").set_index("row")
+    seeds = [0]  # configs/smoke.yaml (mean ± std over several seeds: tests/test_tables.py)
+    scores = [json.loads((world / f"eval/S/masters/s{seed}/final/tiny_count.json").read_text())["accuracy"]["tiny_count"]
+              for seed in seeds]
+    assert table.loc["+Reward Feedback", "tiny_count"] == pytest.approx(sum(scores) / len(seeds), abs=1e-3)
+    assert table.loc["+Reward Feedback", "tiny_count_std"] == 0
+    base = json.loads((world / "eval/models/S/tiny_shape.json").read_text())["accuracy"]["tiny_shape"]
+    assert table.loc["base", "tiny_shape"] == pytest.approx(base, abs=1e-3) and table.loc["base", "tiny_shape_std"] == 0
+
+
+@pytest.mark.slow
+def test_figures_and_shared_work(world):
+    for name in ("fig2", "figF4"):
+        for ext in ("png", "pdf"):
+            assert (world / f"figures/{name}.{ext}").stat().st_size > 1000
+    jsd = pd.read_csv(world / "figures/figF4.csv")
+    assert sorted(jsd.ratio) == pytest.approx([round(0.05 * k, 2) for k in range(11)])
+    # one masked checkpoint per (teacher, ratio > 0), shared by every experiment and seed
+    masked = sorted(p.relative_to(world / "masked").as_posix() for p in (world / "masked").glob("*/masked_r*"))
+    assert len(masked) == 14 and "L/masked_r0.50" in masked and not any(m.endswith("r0.00") for m in masked)
+    log = pd.read_csv(world / "students/S/mid_masters/s0/train_log.csv")
+    assert list(log.ratio.iloc[[0, -1]]) == [0.2, 0.0] and list(log.teacher.unique()) == ["M", "L"]
+
+
+def _dry_run_jobs(workdir, override, tmp_path):
+    extra = tmp_path / "override.yaml"
+    extra.write_text(override)
+    run = snakemake(workdir, "-n", "--cores", "1", "--configfile", SMOKE, str(extra))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    jobs = {}
+    for line in (run.stdout + run.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
+            jobs[parts[0]] = int(parts[1])
+    return jobs, run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_changing_one_experiment_reruns_only_its_chain(world, tmp_path):
+    jobs, out = _dry_run_jobs(world.parent.parent, "experiments:\n  rmax_0.3: {training: {lr: 0.0005}}\n", tmp_path)
+    assert jobs == {"train": 1, "evaluate": 1, "table": 1, "all": 1}, out[-3000:]
+    assert "S/rmax_0.3/s0" in out and "table5a" in out
+    jobs, out = _dry_run_jobs(world.parent.parent, "experiments:\n  source_teacher: {alpha: 0.5}\n", tmp_path)
+    assert jobs == {"reward": 5, "train": 1, "evaluate": 1, "table": 1, "all": 1}, out[-3000:]
+
+
+@pytest.mark.slow
+def test_changing_one_benchmark_reruns_its_evaluations_and_the_tables(world, tmp_path):
+    override = "benchmarks:\n  tiny_count: {data: '{results}/world/data/count/train.parquet'}\n"
+    jobs, out = _dry_run_jobs(world.parent.parent, override, tmp_path)
+    assert set(jobs) == {"evaluate", "table", "world_accuracy_table", "fig2", "all"}, out[-3000:]
+    for rule in ("train", "reward", "generate", "mask"):
+        assert rule not in jobs
+
+
+def test_per_benchmark_jobs_plan_one_evaluation_per_checkpoint_and_benchmark(tmp_path):
+    extra = tmp_path / "per_benchmark.yaml"
+    extra.write_text("evaluation: {per_benchmark_jobs: true}\n")
+    run = snakemake(tmp_path / "wd", "-n", "--cores", "1", "--configfile", SMOKE, str(extra))
+    assert run.returncode == 0, run.stderr[-3000:]
+    per_model = snakemake(tmp_path / "wd", "-n", "--cores", "1")
+    counts = [int(l.split()[1]) for r in (run, per_model) for l in (r.stdout + r.stderr).splitlines()
+              if l.split()[:1] == ["evaluate"]]
+    assert counts[0] == 6 * counts[1]

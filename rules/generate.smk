@@ -1,0 +1,54 @@
+# Training questions and pre-generated responses (METHOD.md §3): per (source, model, ratio,
+# responses per question, seed, question part), shared by every experiment that reads them.
+
+
+rule train_questions:
+    input:
+        [f.format(results=RESULTS) for f in config["train_questions"]["files"]],
+    output:
+        DESIGN.questions(),
+    log:
+        f"{RESULTS}/logs/train_questions.log",
+    conda:
+        "../envs/masters.yaml"
+    params:
+        per_file=(
+            f"--per-file {config['train_questions']['per_file']}"
+            if config["train_questions"]["per_file"]
+            else ""
+        ),
+        seed=config["seed"],
+    shell:
+        "masters questions --files {input} {params.per_file} --seed {params.seed}"
+        " --out {output} > {log} 2>&1"
+
+
+rule generate:
+    input:
+        model=generation_model,
+        questions=DESIGN.questions(),
+    output:
+        f"{RESULTS}/responses/{{source}}/{{model}}/r{{ratio}}/n{{n}}_s{{seed}}_{{part}}.parquet",
+    log:
+        f"{RESULTS}/logs/generate/{{source}}_{{model}}_r{{ratio}}_n{{n}}_s{{seed}}_{{part}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/generate/{{source}}_{{model}}_r{{ratio}}_n{{n}}_s{{seed}}_{{part}}.tsv"
+    conda:
+        "../envs/masters.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=lambda w: 1 if GEN["backend"] == "vllm" else 0,
+    params:
+        shard=lambda w: "--shard {} --num-shards {}".format(*part_shard(w.part)),
+        sampling=(
+            f"--temperature {GEN['temperature']} --top-p {GEN['top_p']} --top-k {GEN['top_k']}"
+            f" --repetition-penalty {GEN['repetition_penalty']} --max-new-tokens {GEN['max_new_tokens']}"
+            f" --batch-size {GEN['batch_size']} --backend {GEN['backend']}"
+            + (" --trust-remote-code" if GEN["trust_remote_code"] else "")
+        ),
+    shell:
+        "masters generate --model {input.model} --label {wildcards.model} --questions {input.questions}"
+        " --source {wildcards.source} --ratio {wildcards.ratio} --n {wildcards.n} --seed {wildcards.seed}"
+        " {params.shard} {params.sampling} --threads {threads} --out {output} > {log} 2>&1"

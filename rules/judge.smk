@@ -1,0 +1,34 @@
+# Accuracy reward r_acc of every response (METHOD.md §4): the rule judge, or an LLM judge
+# (the student by default, App. F.7), keyed in the path so both can coexist.
+
+
+rule judge:
+    input:
+        responses=f"{RESULTS}/responses/{{source}}/{{model}}/r{{ratio}}/n{{n}}_s{{seed}}_{{part}}.parquet",
+        questions=DESIGN.questions(),
+        judge_model=lambda w: (
+            [DESIGN.model_dir(w.judge[4:])] if w.judge.startswith("llm-") else []
+        ),
+    output:
+        f"{RESULTS}/judged/{{judge}}/{{source}}/{{model}}/r{{ratio}}/n{{n}}_s{{seed}}_{{part}}.parquet",
+    log:
+        f"{RESULTS}/logs/judge/{{judge}}_{{source}}_{{model}}_r{{ratio}}_n{{n}}_s{{seed}}_{{part}}.log",
+    conda:
+        "../envs/masters.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=lambda w: (
+            1 if w.judge.startswith("llm-") and JUDGE["backend"] == "vllm" else 0
+        ),
+    params:
+        kind=lambda w, input: (
+            f"--kind llm --judge-model {input.judge_model[0]} --backend {JUDGE['backend']}"
+            f" --max-new-tokens {JUDGE['max_new_tokens']} --batch-size {JUDGE['batch_size']}"
+            if w.judge.startswith("llm-")
+            else "--kind rule"
+        ),
+    shell:
+        "masters judge --responses {input.responses} --questions {input.questions} {params.kind}"
+        " --threads {threads} --out {output} > {log} 2>&1"

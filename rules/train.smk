@@ -1,0 +1,26 @@
+# Offline stage-by-stage training of one (student, experiment, seed) (METHOD.md §6-§7).
+# Resumable: `masters train` works in OUT.partial/ and renames it to OUT when done.
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        directory(f"{RESULTS}/students/{{student}}/{{experiment}}/s{{seed}}"),
+    log:
+        f"{RESULTS}/logs/train/{{student}}_{{experiment}}_s{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{student}}_{{experiment}}_s{{seed}}.tsv"
+    conda:
+        "../envs/masters.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=16000,
+        runtime=1440,
+        gpu=1,
+    params:
+        stages=lambda w, input: train_stage_args(w, input),
+        settings=train_settings,
+    shell:
+        "masters train --student {input.student} --questions {input.questions} {params.stages}"
+        " {params.settings} --threads {threads} --out {output} > {log} 2>&1"

@@ -1,0 +1,108 @@
+"""masters.experiments: the config's experiments resolved into stages and shared files."""
+
+import copy
+
+import pytest
+import yaml
+
+from masters.experiments import Design, DesignError, part_shard, ratio_str
+from tests.conftest import REPO
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def design(**changes):
+    config = copy.deepcopy(CONFIG)
+    for key, value in changes.items():
+        config[key] = value
+    return Design(config)
+
+
+def test_extends_changes_one_setting():
+    d = design()
+    masters, mp = d.experiments["masters"], d.experiments["mask_progressive"]
+    assert masters.loss == "masters" and mp.loss == "jsd"
+    assert masters.plan == mp.plan and masters.sources == ("teacher", "student")
+    assert d.experiments["reward_acc"].judge == "llm" and d.experiments["reward_acc"].loss == "masters"
+    assert d.experiments["naive"].data == "labels" and d.experiments["mid_naive"].data == "labels"
+
+
+def test_stages_follow_the_plan_and_schedule():
+    d = design()
+    stages = d.stages("S", "mid_masters")
+    assert [(s.teacher, ratio_str(s.ratio)) for s in stages] == (
+        [("M", r) for r in ("0.20", "0.15", "0.10", "0.05", "0.00")]
+        + [("L", r) for r in ("0.20", "0.15", "0.10", "0.05", "0.00")])
+    assert sum(s.steps for s in stages) == CONFIG["training"]["steps"]
+    assert d.stages("S", "base") == []
+    assert [s.teacher for s in d.stages("S", "naive")] == ["L"]
+
+
+def test_outputs_are_shared_where_the_inputs_are():
+    d = design()
+    st = {e: d.stages("S", e) for e in ("masters", "mask_progressive", "rmax_0.3", "reward_distill")}
+    # the r_max grid reuses the masked teachers of the main run
+    assert d.teacher_dir("L", st["masters"][0].ratio) == d.teacher_dir("L", st["rmax_0.3"][2].ratio)
+    assert d.teacher_dir("L", 0.0) == d.model_dir("L"), "ratio 0 is the teacher itself"
+    # jsd-only and masters runs with the same reward settings share the reward files
+    assert d.reward_file("S", "masters", st["masters"][1], 0) == d.reward_file("S", "mask_progressive",
+                                                                                   st["mask_progressive"][1], 0)
+    # a different reward is a different file; a different seed too
+    assert d.reward_file("S", "masters", st["masters"][1], 0) != d.reward_file("S", "reward_distill",
+                                                                                   st["reward_distill"][1], 0)
+    assert d.reward_file("S", "masters", st["masters"][1], 0) != d.reward_file("S", "masters", st["masters"][1], 1)
+    # the dataset answers do not depend on the seed
+    naive = d.stages("S", "naive")[0]
+    assert d.reward_file("S", "naive", naive, 0) == d.reward_file("S", "naive", naive, 2)
+
+
+def test_reward_file_names_what_it_reads():
+    d = design()
+    stage = d.stages("S", "reward_acc")[0]
+    path = d.reward_file("S", "reward_acc", stage, 1)
+    parts = path.split("/")
+    got = d.parse_reward(parts[-5], parts[-4], parts[-3][1:], parts[-2].split("_s")[0], 1, "all",
+                         parts[-1][: -len(".parquet")])
+    assert got["responses"] == [d.responses("teacher", "L", 0.2, 4, 1, "all", judge="llm-S"),
+                                d.responses("student", "S", 0.0, 4, 1, "all", judge="llm-S")]
+    assert got["teacher_dir"] == d.teacher_dir("L", 0.2) and got["use"] == "acc" and got["alpha"] == 1.0
+
+
+def test_runs_and_seeds_come_from_the_tables():
+    d = design()
+    runs = d.runs()
+    assert {s for (_, e, s) in runs if e == "masters"} == {0, 1, 2}  # Table 1
+    assert {s for (_, e, s) in runs if e == "rmax_0.3"} == {0}  # Table 5a: one seed
+    assert ("S", "base", 0) not in runs  # untrained
+    evals = d.eval_runs()
+    assert "models/S" in evals and "models/L" in evals and "models/M" in evals
+    assert "S/mid_masters/s0/stage3" in evals and "S/mid_masters/s0/stage9" not in evals  # Fig. 2(b): 9 = final
+    assert d.parse_run("S/masters/s2/final")["model_dir"].endswith("students/S/masters/s2/final")
+
+
+def test_partition_parts():
+    config = copy.deepcopy(CONFIG)
+    config["training"]["stage_data"] = "partition"
+    d = Design(config)
+    assert [s.part for s in d.stages("S", "masters")] == [f"{k}of5" for k in range(5)]
+    assert part_shard("2of5") == (2, 5) and part_shard("all") == (0, 1)
+    with pytest.raises(DesignError):
+        part_shard("5of5")
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"experiments": {"x": {"plan": [{"teacher": "XL", "r_max": 0.2}]}}}, "experiments.x.plan[0].teacher"),
+    ({"experiments": {"x": {"plan": [{"teacher": "large", "r_max": 0.3, "step": 0.2}]}}}, "experiments.x.plan[0]"),
+    ({"experiments": {"x": {"extends": "x"}}}, "experiments.x.extends"),
+    ({"experiments": {"x": {"sources": ["critic"]}}}, "experiments.x.sources"),
+    ({"experiments": {"x": {"training": {"momentum": 1}}}}, "experiments.x.training"),
+    ({"students": {"S": {"large": "XXL"}}}, "students.S.large"),
+    ({"experiments": {"x": {"plan": [{"teacher": "large", "r_max": 0.5, "step": 0.05}], "training": {"steps": 5}}}},
+     "experiments.x.training.steps"),
+])
+def test_bad_designs_name_the_key(change, key):
+    config = copy.deepcopy(CONFIG)
+    for top, value in change.items():
+        config[top] = {**config[top], **value}
+    with pytest.raises(DesignError, match=key.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        Design(config)
