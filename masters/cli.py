@@ -251,8 +251,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from masters.losses import LossWeights
 
     _threads(args.threads)
-    stages = [training.Stage(teacher=t, responses=r, steps=int(n), ratio=float(ratio), name=f"{Path(t).name}")
-              for t, r, n, ratio in args.stage]
+    names = args.stage_names or [Path(t).name for t, *_ in args.stage]
+    if len(names) != len(args.stage):
+        raise SystemExit(f"masters train: {len(names)} --stage-names for {len(args.stage)} stages")
+    stages = [training.Stage(teacher=t, responses=r, steps=int(n), ratio=float(ratio), name=name)
+              for (t, r, n, ratio), name in zip(args.stage, names)]
     cfg = training.TrainConfig(lr=args.lr, batch_size=args.batch_size, grad_clip=args.grad_clip,
                                chunk_size=args.chunk_size, save_every=args.save_every, seed=args.seed,
                                weights=LossWeights(beta=args.beta, lam=args.lam, kind=args.loss),
@@ -401,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", nargs="+", required=True, help="question parquet files")
     p.add_argument("--stage", nargs=4, action="append", required=True, metavar=("TEACHER", "RESPONSES", "STEPS", "RATIO"),
                    help="one stage, in order: teacher dir, rewarded responses parquet, steps, mask ratio")
+    p.add_argument("--stage-names", nargs="+", default=None,
+                   help="the teacher's name of each stage, for the log (default: the teacher directory's name)")
     p.add_argument("--loss", choices=["masters", "jsd"], default="masters", help="GRPO + KL + JSD, or JSD only")
     p.add_argument("--sources", nargs="+", default=["teacher", "student"], help="response sources to train on")
     p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (fixed)")

@@ -179,10 +179,12 @@ def train_inputs(w):
 
 def train_stage_args(w, input):
     stages = DESIGN.stages(w.student, w.experiment)
-    return " ".join(
+    args = " ".join(
         f"--stage {t} {r} {st.steps} {st.ratio}"
         for st, t, r in zip(stages, input.teachers, input.rewards)
     )
+    names = " ".join(st.teacher for st in stages)
+    return f"{args} --stage-names {names}"
 
 
 def eval_model(w):

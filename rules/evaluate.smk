@@ -33,11 +33,12 @@ if EVAL["per_benchmark_jobs"]:
             gpu=1,
         params:
             checkpoint=run_checkpoint,
+            label=lambda w: DESIGN.parse_run(w.run)["label"],
             benchmarks=lambda w: json.dumps([benchmark_entries()[w.benchmark]]),
             flags=evaluate_flags(),
             out_dir=lambda w, output: os.path.dirname(output[0]),
         shell:
-            "masters evaluate --model {params.checkpoint} --label {wildcards.run}"
+            "masters evaluate --model {params.checkpoint} --label {params.label}"
             " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads}"
             " --out-dir {params.out_dir} > {log} 2>&1"
 
@@ -63,11 +64,12 @@ else:
             gpu=1,
         params:
             checkpoint=run_checkpoint,
+            label=lambda w: DESIGN.parse_run(w.run)["label"],
             benchmarks=benchmarks_json(),
             flags=evaluate_flags(),
             out_dir=lambda w, output: os.path.dirname(output[0]),
         shell:
-            "masters evaluate --model {params.checkpoint} --label {wildcards.run}"
+            "masters evaluate --model {params.checkpoint} --label {params.label}"
             " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads}"
             " --samples {output.samples} --out-dir {params.out_dir} > {log} 2>&1"
 

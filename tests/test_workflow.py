@@ -116,7 +116,7 @@ TABLE_ROWS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(TABLE_ROWS))
 def test_every_table_has_its_rows_columns_and_percentages(world, name):
-    table = pd.read_csv(world / f"tables/{name}.csv", keep_default_na=False)
+    table = pd.read_csv(world / f"tables/{name}.csv", keep_default_na=False, dtype={"row": str})
     assert list(table["row"]) == TABLE_ROWS[name]
     average = name in ("table5a", "table5d")
     columns = ["Avg"] if average else BENCHMARKS + ["Avg"]
@@ -163,12 +163,10 @@ def _dry_run_jobs(workdir, override, tmp_path):
     extra.write_text(override)
     run = snakemake(workdir, "-n", "--cores", "1", "--configfile", SMOKE, str(extra))
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    jobs = {}
-    for line in (run.stdout + run.stderr).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
-            jobs[parts[0]] = int(parts[1])
-    return jobs, run.stdout + run.stderr
+    out = run.stdout + run.stderr
+    stats = out[out.index("Job stats:"):].split("\n\n")[0].splitlines()[3:]  # after the header rows
+    jobs = {line.split()[0]: int(line.split()[1]) for line in stats if line.split()[0] != "total"}
+    return jobs, out
 
 
 @pytest.mark.slow
