@@ -3,6 +3,7 @@ figures) at smoke scale, run for real by Snakemake."""
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 
@@ -158,10 +159,10 @@ def test_figures_and_shared_work(world):
     assert list(log.ratio.iloc[[0, -1]]) == [0.2, 0.0] and list(log.teacher.unique()) == ["M", "L"]
 
 
-def _dry_run_jobs(workdir, override, tmp_path):
+def _dry_run_jobs(workdir, override, tmp_path, *targets, configfiles=()):
     extra = tmp_path / "override.yaml"
     extra.write_text(override)
-    run = snakemake(workdir, "-n", "--cores", "1", "--configfile", SMOKE, str(extra))
+    run = snakemake(workdir, "--configfile", SMOKE, *configfiles, str(extra), "-n", "--cores", "1", *targets)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     out = run.stdout + run.stderr
     stats = out[out.index("Job stats:"):].split("\n\n")[0].splitlines()[3:]  # after the header rows
@@ -178,13 +179,47 @@ def test_changing_one_experiment_reruns_only_its_chain(world, tmp_path):
     assert jobs == {"reward": 5, "train": 1, "evaluate": 1, "table": 1, "all": 1}, out[-3000:]
 
 
+COUNT_CHANGED = "benchmarks:\n  tiny_count: {data: '{results}/world/data/count/train.parquet'}\n"
+
+
 @pytest.mark.slow
 def test_changing_one_benchmark_reruns_its_evaluations_and_the_tables(world, tmp_path):
-    override = "benchmarks:\n  tiny_count: {data: '{results}/world/data/count/train.parquet'}\n"
-    jobs, out = _dry_run_jobs(world.parent.parent, override, tmp_path)
+    jobs, out = _dry_run_jobs(world.parent.parent, COUNT_CHANGED, tmp_path)
     assert set(jobs) == {"evaluate", "table", "world_accuracy_table", "fig2", "all"}, out[-3000:]
     for rule in ("train", "reward", "generate", "mask"):
         assert rule not in jobs
+
+
+@pytest.mark.slow
+def test_per_benchmark_jobs_rerun_only_the_changed_benchmark(world, tmp_path):
+    """evaluation.per_benchmark_jobs: one job per (checkpoint, benchmark), so a benchmark change
+    plans only that benchmark's evaluations. Checked on the three world models (the world is
+    copied from the smoke run, mtimes kept, so nothing upstream is rebuilt)."""
+    import shutil
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(world / "world", workdir / "results/smoke/world")
+    (workdir / "results/smoke/world/accuracy.csv").unlink()
+    per_benchmark = tmp_path / "per_benchmark.yaml"
+    per_benchmark.write_text("evaluation: {per_benchmark_jobs: true}\n")
+    target = "results/smoke/world/accuracy.csv"
+    run = snakemake(workdir, "--configfile", SMOKE, str(per_benchmark), "--cores", "2", target)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert len(list((workdir / "results/smoke/eval/models").glob("*/*.json"))) == 3 * len(BENCHMARKS)
+    jobs, out = _dry_run_jobs(workdir, COUNT_CHANGED, tmp_path, target, configfiles=[str(per_benchmark)])
+    assert jobs == {"evaluate": 3, "world_accuracy_table": 1}, out[-3000:]
+    planned = re.findall(r"wildcards: run=(\S+), benchmark=(\S+)", out)
+    assert sorted(set(planned)) == [(f"models/{m}", "tiny_count") for m in "LMS"], planned
+
+
+@pytest.mark.slow
+def test_report_holds_every_table_and_figure(world, tmp_path):
+    report = tmp_path / "report.html"
+    run = snakemake(world.parent.parent, "--report", str(report))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    html = report.read_text(errors="replace")
+    for name in [*TABLE_ROWS, "fig2", "figF4"]:
+        assert name in html, name
 
 
 def test_per_benchmark_jobs_plan_one_evaluation_per_checkpoint_and_benchmark(tmp_path):
