@@ -187,6 +187,17 @@ def train_stage_args(w, input):
     return f"{args} --stage-names {names}"
 
 
+def train_schedule(w):
+    """Teacher, ratio, steps and data part of each stage. Not used by the command (the stage
+    arguments carry them), but a parameter Snakemake tracks: parameters computed from `input`
+    are not compared between runs, so without this a change of steps would not rerun training.
+    """
+    return [
+        f"{st.teacher}:{st.ratio}:{st.steps}:{st.part}"
+        for st in DESIGN.stages(w.student, w.experiment)
+    ]
+
+
 def eval_model(w):
     """The checkpoint an evaluation run reads (a trained run's directory as the input)."""
     run = DESIGN.parse_run(w.run)

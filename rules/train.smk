@@ -20,6 +20,7 @@ rule train:
         gpu=1,
     params:
         stages=lambda w, input: train_stage_args(w, input),
+        schedule=train_schedule,
         settings=train_settings,
     shell:
         "masters train --student {input.student} --questions {input.questions} {params.stages}"
