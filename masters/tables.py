@@ -7,6 +7,7 @@ report) and ``.tex`` (paper).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -41,7 +42,9 @@ def _write(numeric: pd.DataFrame, text: pd.DataFrame, stem: Path, caption: str, 
     numeric.to_csv(paths[0], index=index)
     markdown = text.to_markdown(disable_numparse=True, stralign="right", index=index)
     paths[1].write_text((f"{caption}\n\n" if caption else "") + markdown + "\n")
-    paths[2].write_text(text.to_latex(caption=caption or None, index=index) + "\n")
+    # cells and headers escaped by pandas (tiny_colour -> tiny\_colour), the caption here (accuracy %)
+    latex = text.to_latex(caption=re.sub(r"([&%$#_{}])", r"\\\1", caption) or None, index=index, escape=True)
+    paths[2].write_text(latex.replace(" ± ", " $\\pm$ ") + "\n")
     return paths
 
 

@@ -60,7 +60,7 @@ def test_paper_table_means_stds_literature_and_empty_slot(tmp_path):
         {"model": "S", "label": "base", "results": [[result("a", 10, 0), result("b", 20, 0)]]},
         {"model": "S", "label": "+RF", "columns": {"Mid": "+"},
          "results": [[result("a", 30, 0), result("b", 40, 0)], [result("a", 50, 1), result("b", 40, 1)]]}]}
-    write_paper_table(spec, tmp_path / "t", "caption")
+    write_paper_table(spec, tmp_path / "t", "caption (accuracy %, mean ± std)")
     table = pd.read_csv(tmp_path / "t.csv").set_index("row")
     assert list(table.index) == ["base", "+RF", "reported", "reported"]
     assert table.loc["+RF", "a"] == 40 and table.loc["+RF", "a_std"] == pytest.approx(14.142, abs=1e-3)
@@ -68,7 +68,18 @@ def test_paper_table_means_stds_literature_and_empty_slot(tmp_path):
     assert table.loc["+RF", "Mid"] == "+"
     md = (tmp_path / "t.md").read_text()
     assert "40.0 ± 14.1" in md and "15.0 ±" not in md  # one seed: the mean alone
+    tex = (tmp_path / "t.tex").read_text()
+    assert "40.0 $\\pm$ 14.1" in tex and "±" not in tex and "(accuracy \\%, mean $\\pm$ std)" in tex
     reported = table[table.index == "reported"].set_index("model")
     assert reported.loc["BigVLM", "Avg"] == 85 and pd.isna(reported.loc["Half", "Avg"])  # not all reported
     write_paper_table({"benchmarks": ["a"], "rows": []}, tmp_path / "empty", "later")
     assert pd.read_csv(tmp_path / "empty.csv").empty and "later" in (tmp_path / "empty.md").read_text()
+
+
+def test_latex_escapes_headers_cells_and_caption(tmp_path):
+    from masters.tables import _write
+
+    cells = pd.DataFrame({"tiny_colour": ["40.0 ± 1.0"]}, index=pd.Index(["a_b"], name="row"))
+    tex = _write(cells, cells, tmp_path / "t", "acc % & more")[2].read_text()
+    assert "tiny\\_colour" in tex and "a\\_b" in tex and "40.0 $\\pm$ 1.0" in tex
+    assert "\\caption{acc \\% \\& more}" in tex
