@@ -184,6 +184,7 @@ def test_changing_one_experiment_reruns_only_its_chain(world, tmp_path):
 
 
 COUNT_CHANGED = "benchmarks:\n  tiny_count: {data: '{results}/world/data/count/train.parquet'}\n"
+PER_BENCHMARK = "evaluation: {per_benchmark_jobs: true}\n"
 
 
 @pytest.mark.slow
@@ -205,7 +206,7 @@ def test_per_benchmark_jobs_rerun_only_the_changed_benchmark(world, tmp_path):
     shutil.copytree(world / "world", workdir / "results/smoke/world")
     (workdir / "results/smoke/world/accuracy.csv").unlink()
     per_benchmark = tmp_path / "per_benchmark.yaml"
-    per_benchmark.write_text("evaluation: {per_benchmark_jobs: true}\n")
+    per_benchmark.write_text(PER_BENCHMARK)
     target = "results/smoke/world/accuracy.csv"
     run = snakemake(workdir, "--configfile", SMOKE, str(per_benchmark), "--cores", "2", target)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
@@ -228,7 +229,7 @@ def test_report_holds_every_table_and_figure(world, tmp_path):
 
 def test_per_benchmark_jobs_plan_one_evaluation_per_checkpoint_and_benchmark(tmp_path):
     extra = tmp_path / "per_benchmark.yaml"
-    extra.write_text("evaluation: {per_benchmark_jobs: true}\n")
+    extra.write_text(PER_BENCHMARK)
     run = snakemake(tmp_path / "wd", "-n", "--cores", "1", "--configfile", SMOKE, str(extra))
     assert run.returncode == 0, run.stderr[-3000:]
     per_model = snakemake(tmp_path / "wd", "-n", "--cores", "1")
