@@ -2,6 +2,7 @@
 #
 #   snakemake --cores 2                                   # embedded tiny world (CPU, no downloads)
 #   snakemake --cores 2 --configfile configs/smoke.yaml   # the CI smoke scale
+#   snakemake --profile slurm                             # on a SLURM cluster (slurm/, README)
 #
 # Rules are thin: each calls the `masters` command (masters/cli.py); the logic lives in masters/.
 

@@ -11,10 +11,14 @@ import sys
 from pathlib import Path
 
 
-def _threads(n: int) -> None:
+def _runtime(args: argparse.Namespace) -> None:
+    """Torch threads, and the GPU check (the job sees the GPUs it asked for) before any work."""
     import torch
 
-    torch.set_num_threads(max(1, n))
+    from masters.devices import require_gpus
+
+    torch.set_num_threads(max(1, args.threads))
+    require_gpus(args.gpus, args.command)
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -46,7 +50,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
     from masters.world import models, sft
 
-    _threads(args.threads)
+    _runtime(args)
     processor = AutoProcessor.from_pretrained(args.processor)
     size = models.ModelSize(
         hidden_size=args.hidden_size,
@@ -71,7 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     if not (args.out or args.out_dir):
         raise SystemExit("masters evaluate: give --out and/or --out-dir")
-    _threads(args.threads)
+    _runtime(args)
     benchmarks = [Benchmark(**b) for b in json.loads(args.benchmarks)]
     summary = evaluate(
         args.model,
@@ -152,7 +156,7 @@ def _questions(paths: list[str]):
 def cmd_generate(args: argparse.Namespace) -> None:
     from masters.generation import SamplingParams, generate_responses, make_backend
 
-    _threads(args.threads)
+    _runtime(args)
     questions = _questions(args.questions)
     if args.num_shards > 1:  # stage data `partition`: the k-th of M disjoint question shards
         questions = questions.iloc[args.shard :: args.num_shards].reset_index(drop=True)
@@ -185,7 +189,7 @@ def cmd_judge(args: argparse.Namespace) -> None:
     from masters import judge
     from masters.columns import check_columns
 
-    _threads(args.threads)
+    _runtime(args)
     responses = pd.read_parquet(args.responses)
     check_columns(responses, ["question_id", "text"], args.responses)
     questions = _questions(args.questions).set_index("id")
@@ -223,7 +227,7 @@ def cmd_reward(args: argparse.Namespace) -> None:
     from masters.generation import check_columns
     from masters.world.models import load_checkpoint
 
-    _threads(args.threads)
+    _runtime(args)
     frames = []
     for path in args.responses:
         frame = pd.read_parquet(path)
@@ -250,7 +254,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from masters import training
     from masters.losses import LossWeights
 
-    _threads(args.threads)
+    _runtime(args)
     names = args.stage_names or [Path(t).name for t, *_ in args.stage]
     if len(names) != len(args.stage):
         raise SystemExit(f"masters train: {len(names)} --stage-names for {len(args.stage)} stages")
@@ -265,8 +269,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser, remote: str | None = "the checkpoint's") -> None:
-    """--threads (and --trust-remote-code) shared by the subcommands that run a model."""
+    """--threads, --gpus (and --trust-remote-code) shared by the subcommands that run a model."""
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="GPUs this job asked the scheduler for; fewer visible CUDA devices is an error before any work")
     if remote:
         p.add_argument("--trust-remote-code", action="store_true", help=f"allow {remote} own code")
 

@@ -78,11 +78,27 @@ sys.path.insert(
     0, str(REPO)
 )  # the masters package of this checkout, also without `pip install -e`
 from masters.experiments import Design, DesignError, part_shard, ratio_str
+from masters.resources import RESOURCE_KEYS, ResourcesError, all_families
 
 try:
     DESIGN = Design(config)
-except DesignError as error:
+    # family -> JobResources (threads, resources): what each rule asks the scheduler for
+    RES = all_families(config["resources"])
+except (DesignError, ResourcesError) as error:
     raise ValueError(str(error)) from None
+
+
+def judge_family(w):
+    """LLM-judge jobs ask for the `judge` family's resources; the rule judge is a light job."""
+    return "judge" if w.judge.startswith("llm-") else "default"
+
+
+def resources_by(select):
+    """A rule's `resources:` when its family depends on the wildcards (`select(w)` -> family)."""
+    return {
+        key: (lambda w, key=key: RES[select(w)].resources.get(key))
+        for key in RESOURCE_KEYS
+    }
 
 
 wildcard_constraints:

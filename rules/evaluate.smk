@@ -26,11 +26,9 @@ if EVAL["per_benchmark_jobs"]:
             f"{RESULTS}/benchmarks/eval/{{run}}/{{benchmark}}.tsv"
         conda:
             "../envs/masters.yaml"
-        threads: config["threads"]
+        threads: RES["evaluate"].threads
         resources:
-            mem_mb=8000,
-            runtime=240,
-            gpu=1,
+            **RES["evaluate"].resources,
         params:
             checkpoint=run_checkpoint,
             label=lambda w: DESIGN.parse_run(w.run)["label"],
@@ -39,7 +37,7 @@ if EVAL["per_benchmark_jobs"]:
             out_dir=lambda w, output: os.path.dirname(output[0]),
         shell:
             "masters evaluate --model {params.checkpoint} --label {params.label}"
-            " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads}"
+            " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads} --gpus {resources.gpu}"
             " --out-dir {params.out_dir} > {log} 2>&1"
 
 else:
@@ -57,11 +55,9 @@ else:
             f"{RESULTS}/benchmarks/eval/{{run}}.tsv"
         conda:
             "../envs/masters.yaml"
-        threads: config["threads"]
+        threads: RES["evaluate"].threads
         resources:
-            mem_mb=8000,
-            runtime=240,
-            gpu=1,
+            **RES["evaluate"].resources,
         params:
             checkpoint=run_checkpoint,
             label=lambda w: DESIGN.parse_run(w.run)["label"],
@@ -70,7 +66,7 @@ else:
             out_dir=lambda w, output: os.path.dirname(output[0]),
         shell:
             "masters evaluate --model {params.checkpoint} --label {params.label}"
-            " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads}"
+            " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads} --gpus {resources.gpu}"
             " --samples {output.samples} --out-dir {params.out_dir} > {log} 2>&1"
 
 

@@ -11,6 +11,9 @@ rule train_questions:
         f"{RESULTS}/logs/train_questions.log",
     conda:
         "../envs/masters.yaml"
+    threads: RES["default"].threads
+    resources:
+        **RES["default"].resources,
     params:
         per_file=(
             f"--per-file {config['train_questions']['per_file']}"
@@ -35,11 +38,9 @@ rule generate:
         f"{RESULTS}/benchmarks/generate/{{source}}_{{model}}_r{{ratio}}_n{{n}}_s{{seed}}_{{part}}.tsv"
     conda:
         "../envs/masters.yaml"
-    threads: config["threads"]
+    threads: RES["generate"].threads
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=lambda w: 1 if GEN["backend"] == "vllm" else 0,
+        **RES["generate"].resources,
     params:
         shard=lambda w: "--shard {} --num-shards {}".format(*part_shard(w.part)),
         sampling=(
@@ -51,4 +52,4 @@ rule generate:
     shell:
         "masters generate --model {input.model} --label {wildcards.model} --questions {input.questions}"
         " --source {wildcards.source} --ratio {wildcards.ratio} --n {wildcards.n} --seed {wildcards.seed}"
-        " {params.shard} {params.sampling} --threads {threads} --out {output} > {log} 2>&1"
+        " {params.shard} {params.sampling} --threads {threads} --gpus {resources.gpu} --out {output} > {log} 2>&1"

@@ -15,13 +15,9 @@ rule judge:
         f"{RESULTS}/logs/judge/{{judge}}_{{source}}_{{model}}_r{{ratio}}_n{{n}}_s{{seed}}_{{part}}.log",
     conda:
         "../envs/masters.yaml"
-    threads: config["threads"]
+    threads: lambda w: RES[judge_family(w)].threads
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=lambda w: (
-            1 if w.judge.startswith("llm-") and JUDGE["backend"] == "vllm" else 0
-        ),
+        **resources_by(judge_family),
     params:
         kind=lambda w, input: (
             f"--kind llm --judge-model {input.judge_model[0]} --backend {JUDGE['backend']}"
@@ -31,4 +27,4 @@ rule judge:
         ),
     shell:
         "masters judge --responses {input.responses} --questions {input.questions} {params.kind}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} --gpus {resources.gpu} --out {output} > {log} 2>&1"

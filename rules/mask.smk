@@ -13,9 +13,9 @@ rule mask:
         f"{RESULTS}/benchmarks/mask/{{model}}_r{{ratio}}.tsv"
     conda:
         "../envs/masters.yaml"
+    threads: RES["mask"].threads
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **RES["mask"].resources,
     params:
         root=lambda w, output: os.path.dirname(output[0]),
         include=lambda w: (

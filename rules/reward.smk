@@ -16,11 +16,9 @@ rule reward:
         f"{RESULTS}/benchmarks/reward/{{student}}_{{teacher}}_r{{ratio}}_{{data}}_s{{seed}}_{{part}}_{{reward}}.tsv"
     conda:
         "../envs/masters.yaml"
-    threads: config["threads"]
+    threads: RES["reward"].threads
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=1,
+        **RES["reward"].resources,
     params:
         settings=lambda w: (
             "--distill {distill} --reward {use} --alpha {alpha}".format(
@@ -31,4 +29,4 @@ rule reward:
     shell:
         "masters reward --responses {input.responses} --questions {input.questions}"
         " --teacher {input.teacher} --student {input.student} {params.settings} {params.sizes}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} --gpus {resources.gpu} --out {output} > {log} 2>&1"

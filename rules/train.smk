@@ -13,15 +13,13 @@ rule train:
         f"{RESULTS}/benchmarks/train/{{student}}_{{experiment}}_s{{seed}}.tsv"
     conda:
         "../envs/masters.yaml"
-    threads: config["threads"]
+    threads: RES["train"].threads
     resources:
-        mem_mb=16000,
-        runtime=1440,
-        gpu=1,
+        **RES["train"].resources,
     params:
         stages=lambda w, input: train_stage_args(w, input),
         schedule=train_schedule,
         settings=train_settings,
     shell:
         "masters train --student {input.student} --questions {input.questions} {params.stages}"
-        " {params.settings} --threads {threads} --out {output} > {log} 2>&1"
+        " {params.settings} --threads {threads} --gpus {resources.gpu} --out {output} > {log} 2>&1"

@@ -8,6 +8,9 @@ rule world_data:
         f"{WORLD}/logs/data_{{task}}_{{split}}.log",
     conda:
         "../envs/masters.yaml"
+    threads: RES["default"].threads
+    resources:
+        **RES["default"].resources,
     params:
         n=lambda w: W["train_per_task"] if w.split == "train" else W["test_per_task"],
         seed=config["seed"],
@@ -26,6 +29,9 @@ rule world_tokenizer:
         f"{WORLD}/logs/tokenizer.log",
     conda:
         "../envs/masters.yaml"
+    threads: RES["default"].threads
+    resources:
+        **RES["default"].resources,
     params:
         vocab=W["tokenizer_vocab_size"],
         arch=W["architecture"],
@@ -48,10 +54,9 @@ rule world_sft:
         f"{WORLD}/benchmarks/sft_{{model}}.tsv"
     conda:
         "../envs/masters.yaml"
-    threads: config["threads"]
+    threads: RES["sft"].threads
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **RES["sft"].resources,
     params:
         arch=W["architecture"],
         s=lambda w: W["models"][w.model],
@@ -62,4 +67,4 @@ rule world_sft:
         " --intermediate-size {params.s[intermediate_size]} --vision-hidden-size {params.s[vision_hidden_size]}"
         " --vision-depth {params.s[vision_depth]} --vocab-multiple {params.s[vocab_multiple]}"
         " --steps {params.s[sft][steps]} --batch-size {params.s[sft][batch_size]} --lr {params.s[sft][lr]}"
-        " --seed {params.seed} --threads {threads} --loss-log {output.loss} --out {output.model} > {log} 2>&1"
+        " --seed {params.seed} --threads {threads} --gpus {resources.gpu} --loss-log {output.loss} --out {output.model} > {log} 2>&1"

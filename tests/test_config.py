@@ -48,6 +48,10 @@ BAD_VALUES = [
     ({"tables": {"table5e": {"benchmarks": ["tiny_unknown"]}}}, "tables.table5e.benchmarks"),
     ({"experiments": {"masters": {"plan": [{"teacher": "XL", "r_max": 0.2}]}}}, "experiments.masters.plan[0].teacher"),
     ({"experiments": {"masters": {"loss": "ppo"}}}, "experiments.masters.loss"),
+    ({"resources": {"train": {"gpu": -1}}}, "resources.train.gpu"),
+    ({"resources": {"trainer": {"gpu": 1}}}, "trainer"),
+    ({"resources": {"evaluate": {"gpu_model": "h100 --exclusive"}}}, "resources.evaluate.gpu_model"),
+    ({"resources": {"train": {"slurm_extra": "--mem=500G"}}}, "resources.train.slurm_extra"),
 ]
 
 

@@ -4,32 +4,20 @@ figures) at smoke scale, run for real by Snakemake."""
 import hashlib
 import json
 import re
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 from safetensors import safe_open
 
 from masters.world import sft
-from tests.conftest import REPO
+from tests.conftest import SMOKE, snakemake
 
-SMOKE = str(REPO / "configs/smoke.yaml")
 BENCHMARKS = ["tiny_colour", "tiny_shape", "tiny_count", "tiny_size", "tiny_chart", "tiny_digits"]
 
 
-def snakemake(workdir, *args):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", SMOKE, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("smoke")
-    run = snakemake(workdir, "--cores", "2")
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    return workdir / "results/smoke"
+def world(smoke_world):
+    return smoke_world
 
 
 @pytest.mark.slow
