@@ -20,8 +20,10 @@ family          rules (jobs)
 Fields and what they become (snakemake-executor-plugin-slurm maps the resources to ``sbatch``):
 ``cpus`` → the rule's threads → ``--cpus-per-task`` (and the jobs' torch threads);
 ``mem_mb`` → ``--mem``; ``runtime`` (minutes) → ``-t``; ``gpu`` (+ ``gpu_model``) →
-``--gpus=[model:]N``; ``slurm_partition`` → ``-p``; ``slurm_account`` → ``-A``;
-``slurm_extra`` → appended as is. Partition and account left null are taken from the
+``--gpus=[model:]N``, or with ``gpu_flag: gres`` → ``--gres=gpu[:model]:N`` (clusters that take
+GPUs only as generic resources); ``slurm_partition`` → ``-p``; ``slurm_account`` → ``-A``;
+``slurm_extra`` → appended as is. ``job_gpus`` (always present) is the GPU count the job's command
+checks (``--gpus {resources.job_gpus}``), whichever flag carries the request. Partition and account left null are taken from the
 submitting shell's ``SBATCH_PARTITION`` / ``SBATCH_ACCOUNT``; unset there too, they are not
 passed (SLURM's default partition; the plugin guesses the account).
 """
@@ -35,8 +37,10 @@ from dataclasses import dataclass
 
 FAMILIES = ("default", "sft", "mask", "generate", "judge", "reward", "train", "evaluate")
 REQUIRED = ("cpus", "mem_mb", "runtime", "gpu")
-OPTIONAL = ("gpu_model", "slurm_partition", "slurm_account", "slurm_extra")
-RESOURCE_KEYS = ("mem_mb", "runtime", "gpu", "gpu_model", "slurm_partition", "slurm_account", "slurm_extra")
+OPTIONAL = ("gpu_model", "gpu_flag", "slurm_partition", "slurm_account", "slurm_extra")
+RESOURCE_KEYS = ("mem_mb", "runtime", "job_gpus", "gpu", "gpu_model", "gres", "slurm_partition", "slurm_account",
+                 "slurm_extra")
+GPU_FLAGS = ("gpus", "gres")
 ENV_FALLBACK = {"slurm_partition": "SBATCH_PARTITION", "slurm_account": "SBATCH_ACCOUNT"}
 
 # sbatch flags the plugin sets (or reserves) itself: its validation rejects them in slurm_extra.
@@ -64,7 +68,7 @@ def family(section: Mapping, name: str, environ: Mapping[str, str] = os.environ)
 
     >>> family({"default": {"cpus": 1, "mem_mb": 500, "runtime": 10, "gpu": 0},
     ...         "train": {"gpu": 2, "gpu_model": "h100"}}, "train", environ={}).resources
-    {'mem_mb': 500, 'runtime': 10, 'gpu': 2, 'gpu_model': 'h100'}
+    {'mem_mb': 500, 'runtime': 10, 'job_gpus': 2, 'gpu': 2, 'gpu_model': 'h100'}
     """
     if name not in FAMILIES:
         raise ResourcesError(f"invalid config: key resources.{name}: unknown family (one of {', '.join(FAMILIES)})")
@@ -78,9 +82,15 @@ def family(section: Mapping, name: str, environ: Mapping[str, str] = os.environ)
             merged[key] = environ[variable]
     where = f"resources.{name}" if name in section and section[name] else "resources.default"
     _check(merged, where)
-    out = {"mem_mb": int(merged["mem_mb"]), "runtime": int(merged["runtime"]), "gpu": int(merged["gpu"])}
-    if out["gpu"] > 0 and merged.get("gpu_model"):
-        out["gpu_model"] = str(merged["gpu_model"])
+    gpus, model = int(merged["gpu"]), merged.get("gpu_model")
+    out = {"mem_mb": int(merged["mem_mb"]), "runtime": int(merged["runtime"]), "job_gpus": gpus}
+    if (merged.get("gpu_flag") or "gpus") == "gres":
+        if gpus > 0:
+            out["gres"] = f"gpu:{model}:{gpus}" if model else f"gpu:{gpus}"
+    else:
+        out["gpu"] = gpus
+        if gpus > 0 and model:
+            out["gpu_model"] = str(model)
     for key in ("slurm_partition", "slurm_account", "slurm_extra"):
         if merged.get(key):
             out[key] = str(merged[key])
@@ -93,6 +103,8 @@ def _check(merged: dict, where: str) -> None:
             raise ResourcesError(f"invalid config: key {where}.{key}: {merged[key]!r} is not a positive integer")
     if not isinstance(merged["gpu"], int) or isinstance(merged["gpu"], bool) or merged["gpu"] < 0:
         raise ResourcesError(f"invalid config: key {where}.gpu: {merged['gpu']!r} is not a GPU count (0 or more)")
+    if (merged.get("gpu_flag") or "gpus") not in GPU_FLAGS:
+        raise ResourcesError(f"invalid config: key {where}.gpu_flag: {merged['gpu_flag']!r} is not one of {GPU_FLAGS}")
     extra = merged.get("slurm_extra") or ""
     for token in shlex.split(extra):
         flag = token.split("=", 1)[0]

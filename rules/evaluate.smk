@@ -37,7 +37,7 @@ if EVAL["per_benchmark_jobs"]:
             out_dir=lambda w, output: os.path.dirname(output[0]),
         shell:
             "masters evaluate --model {params.checkpoint} --label {params.label}"
-            " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads} --gpus {resources.gpu}"
+            " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads} --gpus {resources.job_gpus}"
             " --out-dir {params.out_dir} > {log} 2>&1"
 
 else:
@@ -66,7 +66,7 @@ else:
             out_dir=lambda w, output: os.path.dirname(output[0]),
         shell:
             "masters evaluate --model {params.checkpoint} --label {params.label}"
-            " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads} --gpus {resources.gpu}"
+            " --benchmarks '{params.benchmarks}' {params.flags} --threads {threads} --gpus {resources.job_gpus}"
             " --samples {output.samples} --out-dir {params.out_dir} > {log} 2>&1"
 
 

@@ -52,4 +52,4 @@ rule generate:
     shell:
         "masters generate --model {input.model} --label {wildcards.model} --questions {input.questions}"
         " --source {wildcards.source} --ratio {wildcards.ratio} --n {wildcards.n} --seed {wildcards.seed}"
-        " {params.shard} {params.sampling} --threads {threads} --gpus {resources.gpu} --out {output} > {log} 2>&1"
+        " {params.shard} {params.sampling} --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"

@@ -27,4 +27,4 @@ rule judge:
         ),
     shell:
         "masters judge --responses {input.responses} --questions {input.questions} {params.kind}"
-        " --threads {threads} --gpus {resources.gpu} --out {output} > {log} 2>&1"
+        " --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"

@@ -29,4 +29,4 @@ rule reward:
     shell:
         "masters reward --responses {input.responses} --questions {input.questions}"
         " --teacher {input.teacher} --student {input.student} {params.settings} {params.sizes}"
-        " --threads {threads} --gpus {resources.gpu} --out {output} > {log} 2>&1"
+        " --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"

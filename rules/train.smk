@@ -22,4 +22,4 @@ rule train:
         settings=train_settings,
     shell:
         "masters train --student {input.student} --questions {input.questions} {params.stages}"
-        " {params.settings} --threads {threads} --gpus {resources.gpu} --out {output} > {log} 2>&1"
+        " {params.settings} --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"

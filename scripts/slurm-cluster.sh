@@ -209,7 +209,12 @@ up() {
   need_root
   local t0=$SECONDS
   install_packages
-  write_configs
+  if ours_alive slurmctld && ours_alive slurmd; then
+    # configs are only (re)written for a cluster that is not running: settings change on down + up
+    say "already up (configuration kept; \`$0 down\` then \`up\` to apply other settings)"
+  else
+    write_configs
+  fi
   start munged
   start mariadbd
   database

@@ -14,9 +14,11 @@ def test_a_family_overrides_default_and_the_rest_is_inherited():
     section = {"default": {**BASE, "slurm_partition": "cpu"}, "train": {"cpus": 8, "gpu": 4, "gpu_model": "h100"}}
     train = family(section, "train", environ={})
     assert train.threads == 8
-    assert train.resources == {"mem_mb": 1000, "runtime": 30, "gpu": 4, "gpu_model": "h100", "slurm_partition": "cpu"}
+    assert train.resources == {"mem_mb": 1000, "runtime": 30, "job_gpus": 4, "gpu": 4, "gpu_model": "h100",
+                               "slurm_partition": "cpu"}
     mask = family(section, "mask", environ={})
-    assert mask.threads == 2 and mask.resources == {"mem_mb": 1000, "runtime": 30, "gpu": 0, "slurm_partition": "cpu"}
+    assert mask.threads == 2
+    assert mask.resources == {"mem_mb": 1000, "runtime": 30, "job_gpus": 0, "gpu": 0, "slurm_partition": "cpu"}
 
 
 def test_gpu_model_is_dropped_without_gpus():
@@ -25,10 +27,19 @@ def test_gpu_model_is_dropped_without_gpus():
     assert family(section, "evaluate", environ={}).resources["gpu_model"] == "h100"
 
 
+def test_gres_flag_carries_the_request_as_a_generic_resource_instead():
+    section = {"default": {**BASE, "gpu_flag": "gres"}, "train": {"gpu": 4, "gpu_model": "a100"}, "judge": {"gpu": 1}}
+    train = family(section, "train", environ={}).resources
+    assert train["gres"] == "gpu:a100:4" and train["job_gpus"] == 4
+    assert "gpu" not in train and "gpu_model" not in train  # the plugin would add --gpus as well
+    assert family(section, "judge", environ={}).resources["gres"] == "gpu:1"
+    assert "gres" not in family(section, "mask", environ={}).resources
+
+
 def test_partition_and_account_from_the_environment_unless_configured():
     env = {"SBATCH_PARTITION": "gpu-a100", "SBATCH_ACCOUNT": "proj42"}
     assert family({"default": BASE}, "train", environ=env).resources == {
-        "mem_mb": 1000, "runtime": 30, "gpu": 0, "slurm_partition": "gpu-a100", "slurm_account": "proj42"}
+        "mem_mb": 1000, "runtime": 30, "job_gpus": 0, "gpu": 0, "slurm_partition": "gpu-a100", "slurm_account": "proj42"}
     configured = {"default": {**BASE, "slurm_account": "mine"}, "train": {"slurm_partition": "long"}}
     train = family(configured, "train", environ=env).resources
     assert train["slurm_partition"] == "long" and train["slurm_account"] == "mine"
@@ -43,6 +54,7 @@ def test_partition_and_account_from_the_environment_unless_configured():
     ({"default": BASE, "train": {"slurm_extra": "--exclusive --gres=gpu:2"}}, "resources.train.slurm_extra: --gres"),
     ({"default": {**BASE, "slurm_extra": "-t 10"}}, "resources.default.slurm_extra: -t"),
     ({"default": BASE, "trainer": {"cpus": 2}}, "resources.trainer: unknown family"),
+    ({"default": BASE, "train": {"gpu_flag": "gpu"}}, "resources.train.gpu_flag"),
 ])
 def test_bad_entries_name_the_key(section, key):
     with pytest.raises(ResourcesError, match="invalid config: key " + key.replace(".", r"\.")):

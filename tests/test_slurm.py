@@ -82,6 +82,26 @@ def overlay(tmp_path, name, content) -> str:
     return str(path)
 
 
+STATE = Path(os.environ.get("MASTERS_SLURM_STATE", "/var/lib/masters-slurm"))
+
+
+def test_cluster_script_is_idempotent(cluster):
+    """`up` on a running cluster starts nothing new and keeps its daemons and configuration."""
+    if not (STATE / "pids").is_dir() or os.geteuid() != 0:
+        pytest.skip("the cluster was not started by scripts/slurm-cluster.sh (or not as root)")
+    pids = lambda: {p.name: p.read_text().strip() for p in (STATE / "pids").glob("*.pid")}
+    conf = Path("/etc/slurm/slurm.conf").read_bytes()
+    before = pids()
+    run = subprocess.run(["bash", str(REPO / "scripts/slurm-cluster.sh"), "up"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "already up" in run.stdout and "started" not in run.stdout.replace("started by this script", "")
+    assert pids() == before and set(before) >= {"munged.pid", "slurmdbd.pid", "slurmctld.pid", "slurmd.pid"}
+    assert Path("/etc/slurm/slurm.conf").read_bytes() == conf
+    status = subprocess.run(["bash", str(REPO / "scripts/slurm-cluster.sh"), "status"], capture_output=True, text=True)
+    assert status.returncode == 0 and "slurmctld: running" in status.stdout and "localhost" in status.stdout
+
+
 # Through SLURM: the slice of the smoke DAG behind Table 1 and the world's accuracy table (every
 # rule family that submits jobs: data, tokenizer, sft, questions, mask, generate, judge, reward,
 # train, evaluate; ~50 jobs). The whole smoke DAG (187 jobs) through SLURM takes ~20 min on this
@@ -222,10 +242,11 @@ def _has_fake_gpus() -> bool:
 
 
 @pytest.mark.slow
-def test_a_gpu_request_reaches_sbatch_and_a_job_without_its_gpus_stops(small_workdir, tmp_path):
-    """gpu=4, gpu_model=h100 (the paper-scale train request) on the sft family: the submission
-    carries --gpus=h100:4, SLURM allocates 4 (fake) h100s, and the job, which sees no CUDA device,
-    stops before any work with a message naming the request."""
+@pytest.mark.parametrize("flag,submitted", [("gpus", "--gpus=h100:4"), ("gres", "--gres=gpu:h100:4")])
+def test_a_gpu_request_reaches_sbatch_and_a_job_without_its_gpus_stops(small_workdir, tmp_path, flag, submitted):
+    """gpu=4, gpu_model=h100 (the paper-scale request) on the sft family, as --gpus or as --gres:
+    the submission carries it, SLURM allocates 4 (fake) h100s, and the job, which sees no CUDA
+    device, stops before any work with a message naming the request."""
     if not _has_fake_gpus():
         message = "the cluster advertises no gpu:h100:4 (MASTERS_SLURM_FAKE_GPUS=4 scripts/slurm-cluster.sh up)"
         if os.environ.get("MASTERS_REQUIRE_SLURM") == "1":
@@ -233,13 +254,15 @@ def test_a_gpu_request_reaches_sbatch_and_a_job_without_its_gpus_stops(small_wor
         pytest.skip(message)
     wd = small_workdir / "wd"
     assert (wd / "results/smoke/world/processor").is_dir(), "runs after the tests that build the world's data"
-    extra = overlay(tmp_path, "gpu.yaml", {"resources": {"sft": {"gpu": 4, "gpu_model": "h100"}}})
+    extra = overlay(tmp_path, "gpu.yaml", {"resources": {"sft": {"gpu": 4, "gpu_model": "h100", "gpu_flag": flag}}})
     run = slurm_snakemake(wd, "--configfile", SMOKE, extra, "--retries", "0", "--verbose", "results/smoke/world/models/M",
                           logdir=small_workdir / "logs")
     output = run.stdout + run.stderr
     assert run.returncode != 0
     call = re.search(r"sbatch call: (sbatch .*)", output)
-    assert call and "--gpus=h100:4" in call.group(1), output[-3000:]
+    assert call and submitted in call.group(1), output[-3000:]
+    other = "--gres" if flag == "gpus" else "--gpus"
+    assert other not in call.group(1)  # one request, not two
     jobs = sacct(run_id(output))
     assert len(jobs) == 1 and "gres/gpu:h100=4" in jobs.ReqTRES.iloc[0] and jobs.State.iloc[0] == "FAILED"
     log = (wd / "results/smoke/world/logs/sft_M.log").read_text()
