@@ -244,3 +244,33 @@ def test_sigkilled_training_resumes_to_the_same_weights(world, rewarded, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = pd.read_csv(tmp_path / "killed/train_log.csv")
     assert list(log.step) == list(range(1, 25))
+
+
+def test_a_resumed_run_runs_only_the_remaining_steps(world, rewarded, tmp_path, monkeypatch):
+    """A resume that provably resumes: a run from scratch would end with the same weights too."""
+    _train(world, rewarded, tmp_path / "run", max_steps=5)  # stage 0 (3 steps) + 2; state saved at step 4
+    calls = []
+    real = training.step_loss
+    monkeypatch.setattr(training, "step_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    log = _train(world, rewarded, tmp_path / "run")
+    assert len(calls) == 2, "steps 5-6 only: the resume must start after the saved step 4"
+    assert list(log.step) == list(range(1, 7))
+
+
+def test_a_tampered_resume_state_shows_in_the_result(world, rewarded, tmp_path):
+    """The saved weights are what training continues from: tamper with them and the result moves."""
+    from safetensors.torch import save_file
+
+    for name in ("clean", "tampered"):
+        _train(world, rewarded, tmp_path / name, max_steps=2)  # state saved at step 2
+    state = tmp_path / "tampered.partial/resume/model.safetensors"
+    weights = load_file(state)
+    key = next(k for k in weights if k.endswith("mlp.down_proj.weight"))
+    weights[key] = weights[key] + 0.5
+    save_file(weights, state)
+    logs = {name: _train(world, rewarded, tmp_path / name) for name in ("clean", "tampered")}
+    a = load_file(tmp_path / "clean/final/model.safetensors")
+    b = load_file(tmp_path / "tampered/final/model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert logs["clean"].loss.iloc[:2].tolist() == logs["tampered"].loss.iloc[:2].tolist()  # before the resume
+    assert logs["clean"].loss.iloc[2] != pytest.approx(logs["tampered"].loss.iloc[2])  # the first resumed step
