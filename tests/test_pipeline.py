@@ -1,5 +1,6 @@
 """Generation → distillation reward → offline training on tiny checkpoints, incl. resume."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -274,3 +275,39 @@ def test_a_tampered_resume_state_shows_in_the_result(world, rewarded, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert logs["clean"].loss.iloc[:2].tolist() == logs["tampered"].loss.iloc[:2].tolist()  # before the resume
     assert logs["clean"].loss.iloc[2] != pytest.approx(logs["tampered"].loss.iloc[2])  # the first resumed step
+
+
+def test_each_stage_trains_against_its_own_teacher(world, rewarded, tmp_path, monkeypatch):
+    import shutil
+
+    root, questions = world
+    _, path, _ = rewarded
+    shutil.copytree(root / "teacher", tmp_path / "teacher_r0.00")
+    stages = [training.Stage(str(root / "teacher"), str(path), steps=1, ratio=0.1, name="r0.10"),
+              training.Stage(str(tmp_path / "teacher_r0.00"), str(path), steps=1, ratio=0.0, name="r0.00")]
+    loaded, teachers_at_step = [], []
+    real_load, real_step = models.load_checkpoint, training.step_loss
+    monkeypatch.setattr(models, "load_checkpoint", lambda d: loaded.append(str(d)) or real_load(d))
+
+    def step(student, teacher, *args, **kwargs):
+        teachers_at_step.append(teacher.name_or_path)
+        return real_step(student, teacher, *args, **kwargs)
+
+    monkeypatch.setattr(training, "step_loss", step)
+    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=10, seed=3)
+    log = training.train(str(root / "student"), stages, questions, cfg, str(tmp_path / "out"), progress=False)
+    assert loaded == [str(root / "student"), str(root / "teacher"), str(tmp_path / "teacher_r0.00")]
+    assert teachers_at_step == [str(root / "teacher"), str(tmp_path / "teacher_r0.00")]
+    assert list(log.teacher) == ["r0.10", "r0.00"] and list(log.ratio) == [0.1, 0.0]
+
+
+def test_data_order_covers_each_epoch_without_repeats():
+    n_rows, batch = 10, 3  # 3 steps per epoch, the last row of each epoch's permutation left out
+    for epoch in range(3):
+        steps = [training.batch_order(n_rows, batch, seed=7, stage=1, step=epoch * 3 + k) for k in range(3)]
+        seen = np.concatenate(steps)
+        assert len(seen) == 9 and len(set(seen.tolist())) == 9 and set(seen.tolist()) <= set(range(n_rows))
+    first = np.concatenate([training.batch_order(n_rows, batch, 7, 1, k) for k in range(3)])
+    second = np.concatenate([training.batch_order(n_rows, batch, 7, 1, k) for k in range(3, 6)])
+    assert first.tolist() != second.tolist(), "each epoch is a new permutation"
+    assert training.batch_order(n_rows, batch, 7, 1, 4).tolist() == training.batch_order(n_rows, batch, 7, 1, 4).tolist()
