@@ -311,3 +311,48 @@ def test_data_order_covers_each_epoch_without_repeats():
     second = np.concatenate([training.batch_order(n_rows, batch, 7, 1, k) for k in range(3, 6)])
     assert first.tolist() != second.tolist(), "each epoch is a new permutation"
     assert training.batch_order(n_rows, batch, 7, 1, 4).tolist() == training.batch_order(n_rows, batch, 7, 1, 4).tolist()
+
+
+def test_chunked_two_phase_backward_equals_autograd_of_the_full_forward_mean(world, rewarded):
+    """step_loss (chunks of 2 positions, hidden states back-propagated once) against autograd of
+    the mean of ℓ_t over a direct full forward; rows of unequal length, KL ≠ 0, distinct advantages."""
+    from masters.forward import build_batch_from_rows
+
+    rows, _, (teacher, student, t_proc, s_proc) = rewarded
+    lengths = rows.token_ids.map(len)
+    picked = [lengths.idxmax(), lengths.idxmin(), *rows.index[(lengths != lengths.max()) & (lengths != lengths.min())][:1]]
+    batch_rows = rows.loc[picked].copy()
+    assert len(set(batch_rows.token_ids.map(len))) >= 2, "rows of unequal length"
+    batch_rows["ref_logprobs"] = [list(np.asarray(r) - 0.3 * (i + 1)) for i, r in enumerate(batch_rows.ref_logprobs)]
+    batch_rows["advantage"] = [1.0, -0.5, 2.0][: len(batch_rows)]
+    cfg = training.TrainConfig(chunk_size=2, weights=LossWeights(beta=0.1, lam=0.7))
+    vocab = len(s_proc.tokenizer)
+
+    student.zero_grad(set_to_none=True)
+    terms = training.step_loss(student, teacher, s_proc, t_proc, batch_rows, cfg, vocab)
+    chunked = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+
+    student.zero_grad(set_to_none=True)
+    batch = build_batch_from_rows(s_proc, batch_rows)
+    s_logits = student(**batch.inputs).logits[batch.predicts_response][:, :vocab].double()
+    with torch.no_grad():
+        t_batch = build_batch_from_rows(t_proc, batch_rows)
+        t_logits = teacher(**t_batch.inputs).logits[t_batch.predicts_response][:, :vocab].double()
+    logp = torch.log_softmax(s_logits, -1)
+    logp_tok = logp.gather(1, batch.targets[:, None]).squeeze(1)
+    p, q = torch.softmax(t_logits, -1), logp.exp()
+    m = (p + q) / 2
+    jsd = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q.log() - m.log())).sum(-1)
+    ref = torch.cat([torch.tensor(r, dtype=torch.float64) for r in batch_rows.ref_logprobs])
+    adv = torch.cat([torch.full((n,), a, dtype=torch.float64) for a, n in zip(batch_rows.advantage, batch.lengths)])
+    kl = torch.exp(ref - logp_tok) - (ref - logp_tok) - 1
+    assert kl.min() > 1e-3
+    loss = (-(torch.exp(logp_tok - logp_tok.detach()) * adv - 0.1 * kl) + 0.7 * jsd).mean()
+    loss.backward()
+    assert terms["loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
+    assert terms["kl"] == pytest.approx(kl.mean().item(), rel=1e-5)
+    direct = {n: p.grad for n, p in student.named_parameters() if p.grad is not None}
+    assert set(direct) == set(chunked)
+    for name, grad in direct.items():
+        torch.testing.assert_close(chunked[name], grad.float(), rtol=1e-4, atol=1e-6, msg=name)
+    student.zero_grad(set_to_none=True)
