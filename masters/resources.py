@@ -23,9 +23,10 @@ Fields and what they become (snakemake-executor-plugin-slurm maps the resources 
 ``--gpus=[model:]N``, or with ``gpu_flag: gres`` → ``--gres=gpu[:model]:N`` (clusters that take
 GPUs only as generic resources); ``slurm_partition`` → ``-p``; ``slurm_account`` → ``-A``;
 ``slurm_extra`` → appended as is. ``job_gpus`` (always present) is the GPU count the job's command
-checks (``--gpus {resources.job_gpus}``), whichever flag carries the request. Partition and account left null are taken from the
-submitting shell's ``SBATCH_PARTITION`` / ``SBATCH_ACCOUNT``; unset there too, they are not
-passed (SLURM's default partition; the plugin guesses the account).
+checks (``--gpus {resources.job_gpus}``), whichever flag carries the request. Partition and
+account left null are taken from the submitting shell's ``SBATCH_PARTITION`` /
+``SBATCH_ACCOUNT``; unset there too, they are not passed (SLURM's default partition; the plugin
+guesses the account).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from dataclasses import dataclass
 
 FAMILIES = ("default", "sft", "mask", "generate", "judge", "reward", "train", "evaluate")
 REQUIRED = ("cpus", "mem_mb", "runtime", "gpu")
-OPTIONAL = ("gpu_model", "gpu_flag", "slurm_partition", "slurm_account", "slurm_extra")
 RESOURCE_KEYS = ("mem_mb", "runtime", "job_gpus", "gpu", "gpu_model", "gres", "slurm_partition", "slurm_account",
                  "slurm_extra")
 GPU_FLAGS = ("gpus", "gres")
@@ -80,11 +80,12 @@ def family(section: Mapping, name: str, environ: Mapping[str, str] = os.environ)
     for key, variable in ENV_FALLBACK.items():
         if merged.get(key) is None and environ.get(variable):
             merged[key] = environ[variable]
+    merged["gpu_flag"] = merged.get("gpu_flag") or "gpus"
     where = f"resources.{name}" if name in section and section[name] else "resources.default"
     _check(merged, where)
     gpus, model = int(merged["gpu"]), merged.get("gpu_model")
     out = {"mem_mb": int(merged["mem_mb"]), "runtime": int(merged["runtime"]), "job_gpus": gpus}
-    if (merged.get("gpu_flag") or "gpus") == "gres":
+    if merged["gpu_flag"] == "gres":
         if gpus > 0:
             out["gres"] = f"gpu:{model}:{gpus}" if model else f"gpu:{gpus}"
     else:
@@ -103,7 +104,7 @@ def _check(merged: dict, where: str) -> None:
             raise ResourcesError(f"invalid config: key {where}.{key}: {merged[key]!r} is not a positive integer")
     if not isinstance(merged["gpu"], int) or isinstance(merged["gpu"], bool) or merged["gpu"] < 0:
         raise ResourcesError(f"invalid config: key {where}.gpu: {merged['gpu']!r} is not a GPU count (0 or more)")
-    if (merged.get("gpu_flag") or "gpus") not in GPU_FLAGS:
+    if merged["gpu_flag"] not in GPU_FLAGS:
         raise ResourcesError(f"invalid config: key {where}.gpu_flag: {merged['gpu_flag']!r} is not one of {GPU_FLAGS}")
     extra = merged.get("slurm_extra") or ""
     for token in shlex.split(extra):

@@ -39,14 +39,18 @@ def _cluster_problem() -> str | None:
     return None
 
 
+def unavailable(message: str):
+    """Skip for lack of a cluster feature; under MASTERS_REQUIRE_SLURM=1 (CI) fail instead."""
+    if os.environ.get("MASTERS_REQUIRE_SLURM") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     problem = _cluster_problem()
     if problem:
-        message = f"{problem}: start one with `sudo scripts/slurm-cluster.sh up`"
-        if os.environ.get("MASTERS_REQUIRE_SLURM") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{problem}: start one with `sudo scripts/slurm-cluster.sh up`")
 
 
 def slurm_snakemake(workdir, *args, logdir):
@@ -249,10 +253,7 @@ def test_a_gpu_request_reaches_sbatch_and_a_job_without_its_gpus_stops(small_wor
     the submission carries it, SLURM allocates 4 (fake) h100s, and the job, which sees no CUDA
     device, stops before any work with a message naming the request."""
     if not _has_fake_gpus():
-        message = "the cluster advertises no gpu:h100:4 (MASTERS_SLURM_FAKE_GPUS=4 scripts/slurm-cluster.sh up)"
-        if os.environ.get("MASTERS_REQUIRE_SLURM") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("the cluster advertises no gpu:h100:4 (MASTERS_SLURM_FAKE_GPUS=4 scripts/slurm-cluster.sh up)")
     wd = small_workdir / "wd"
     assert (wd / "results/smoke/world/processor").is_dir(), "runs after the tests that build the world's data"
     extra = overlay(tmp_path, "gpu.yaml", {"resources": {"sft": {"gpu": 4, "gpu_model": "h100", "gpu_flag": flag}}})
