@@ -356,3 +356,60 @@ def test_chunked_two_phase_backward_equals_autograd_of_the_full_forward_mean(wor
     for name, grad in direct.items():
         torch.testing.assert_close(chunked[name], grad.float(), rtol=1e-4, atol=1e-6, msg=name)
     student.zero_grad(set_to_none=True)
+
+
+def test_a_resumed_generation_generates_only_the_missing_batches(world, tmp_path, monkeypatch):
+    """Generation resume that provably resumes: a part left by an interrupted run is used as it is
+    (tampered here, and the tampering shows), and only the missing batches are generated."""
+    root, questions = world
+    full = _generate(root, questions, tmp_path / "a.parquet", "teacher")
+    parts = tmp_path / "b.parquet.parts"
+    parts.mkdir()
+    first = full.iloc[:12].copy()  # batch 0: 4 questions x 3 responses
+    first["text"] = "left by the interrupted run"
+    first.to_parquet(parts / "part-000000.parquet", index=False)
+    calls = []
+    real = generation.HFBackend.generate
+    monkeypatch.setattr(generation.HFBackend, "generate",
+                        lambda self, chunk, *a: calls.append(list(chunk["id"])) or real(self, chunk, *a))
+    resumed = _generate(root, questions, tmp_path / "b.parquet", "teacher")
+    assert calls == [list(questions["id"].iloc[s:s + 4]) for s in range(4, len(questions), 4)]
+    assert (resumed.text.iloc[:12] == "left by the interrupted run").all()
+    pd.testing.assert_frame_equal(full.iloc[12:], resumed.iloc[12:])
+
+
+def test_greedy_generation_rescored_through_the_training_forward(world, monkeypatch):
+    """One greedy generation (left-padded, with the KV cache) re-scored through build_batch →
+    response hidden states → chunked logits (right-padded, no cache, chunks of 3): the same
+    log-probabilities at the generated tokens, and each generated token is the re-scored argmax."""
+    from masters.forward import build_batch_from_rows, chunked_logits, response_hidden_states
+
+    root, questions = world
+    backend = generation.HFBackend(root / "student")
+    captured = []
+    real = backend.model.generate
+
+    def generate(**kwargs):
+        out = real(**kwargs, output_logits=True, return_dict_in_generate=True)
+        captured.append(torch.stack(out.logits, dim=1))  # [B, steps, V]: the generation's own scores
+        return out.sequences
+
+    monkeypatch.setattr(backend.model, "generate", generate)
+    chunk = questions.iloc[:4]
+    params = generation.SamplingParams(n=1, temperature=0.0, repetition_penalty=1.0, max_new_tokens=7)
+    completions = [group[0] for group in backend.generate(chunk, params, seed=0)]
+    own = torch.log_softmax(captured[0].float(), dim=-1)
+    rows = chunk.assign(token_ids=[c.token_ids for c in completions])
+    batch = build_batch_from_rows(backend.processor, rows)
+    with torch.no_grad():
+        hidden = response_hidden_states(backend.model, batch)
+        logp = torch.cat([torch.log_softmax(logits, -1) for _, logits in chunked_logits(backend.model, hidden, 3)])
+    assert logp.shape[0] == sum(len(c.token_ids) for c in completions) > len(completions)
+    start, vocab = 0, len(backend.processor.tokenizer)
+    for i, c in enumerate(completions):
+        ids = torch.tensor(c.token_ids)
+        steps = torch.arange(len(ids))
+        rescored = logp[start:start + len(ids)]
+        torch.testing.assert_close(rescored[steps, ids], own[i, steps, ids], atol=1e-4, rtol=1e-4)
+        assert rescored[:, :vocab].argmax(-1).tolist() == c.token_ids  # greedy: the argmax over real ids
+        start += len(ids)

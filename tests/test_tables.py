@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -83,3 +84,26 @@ def test_latex_escapes_headers_cells_and_caption(tmp_path):
     tex = _write(cells, cells, tmp_path / "t", "acc % & more")[2].read_text()
     assert "tiny\\_colour" in tex and "a\\_b" in tex and "40.0 $\\pm$ 1.0" in tex
     assert "\\caption{acc \\% \\& more}" in tex
+
+
+def test_avg_std_is_the_std_over_seeds_of_each_seeds_avg(tmp_path):
+    """Avg of a seed = mean over benchmarks of that seed; its std is taken across seeds. With the
+    benchmarks trading places between seeds, every seed's Avg is 20: std 0, while the mean of the
+    per-benchmark stds (or the root of the mean variance) would be 14.1."""
+    from masters.tables import paper_table
+
+    def result(name, acc):
+        path = _result(tmp_path / f"{name}.json", "m", acc)
+        return [str(path)]
+
+    seeds = [result("s0", {"a": 10.0, "b": 30.0}), result("s1", {"a": 30.0, "b": 10.0}),
+             result("s2", {"a": 15.0, "b": 25.0})]
+    mean, std = seed_table({"row": [p for files in seeds for p in files]})
+    assert std.loc["row", "a"] == pytest.approx(10.408, abs=1e-3) and std.loc["row", "Avg"] == 0
+    mean, std, _ = paper_table({"benchmarks": ["a", "b"], "rows": [
+        {"model": "S", "label": "row", "results": seeds}]})
+    assert mean.loc[("S", "row"), "Avg"] == 20 and std.loc[("S", "row"), "Avg"] == 0
+    assert std.loc[("S", "row"), "b"] == pytest.approx(10.408, abs=1e-3)
+    uneven = [result("u0", {"a": 10.0, "b": 30.0}), result("u1", {"a": 40.0, "b": 30.0})]
+    _, std, _ = paper_table({"benchmarks": ["a", "b"], "rows": [{"model": "S", "label": "r", "results": uneven}]})
+    assert std.loc[("S", "r"), "Avg"] == pytest.approx(np.std([20.0, 35.0], ddof=1))
