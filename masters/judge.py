@@ -157,7 +157,7 @@ def _call(backend: JudgeBackend, prompts: list[list[dict]], max_new_tokens: int)
     return [o if isinstance(o, str) else str(o) for o in out]
 
 
-def llm_judge(items: Sequence[Any], backend: JudgeBackend, max_new_tokens: int = 256) -> list[JudgeResult]:
+def llm_judge(items: Sequence[Any], backend: JudgeBackend, max_new_tokens: int) -> list[JudgeResult]:
     """Judge ``items`` (each ``{"question", "ground_truth", "generated"}`` or such a
     3-tuple) with the App. D two-step protocol, in two batched backend calls at most."""
     fields = [_item_fields(it) for it in items]

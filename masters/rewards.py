@@ -104,21 +104,6 @@ def token_jsd(
     return out.reshape(lead)
 
 
-def sequence_divergence(token_jsd_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """D(ŷ): the mean of ``token_jsd_values`` ``[..., T]`` over the response tokens where
-    ``mask`` ``[..., T]`` is true. Returns ``[...]``. A row without tokens is an error."""
-    if token_jsd_values.shape != mask.shape:
-        raise ValueError(
-            f"token_jsd_values and mask must have the same shape, got "
-            f"{tuple(token_jsd_values.shape)} and {tuple(mask.shape)}"
-        )
-    m = mask.to(token_jsd_values.dtype)
-    count = m.sum(-1)
-    if bool((count <= 0).any()):
-        raise ValueError("every response needs at least one token in mask")
-    return (token_jsd_values * m).sum(-1) / count
-
-
 def _as_floats(values: Any, what: str) -> list[float]:
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().reshape(-1).tolist()
@@ -143,22 +128,6 @@ def distill_reward(divergences: Sequence[float] | torch.Tensor, normalize: bool 
     if hi - lo < FLAT_GROUP_TOL:
         return [1.0] * len(d)
     return [(hi - x) / (hi - lo) for x in d]
-
-
-def total_reward(r_acc: Any, r_distill: Any, alpha: float = 1.0) -> Any:
-    """R = R_acc + α·R_distill, for two numbers or two equally long sequences (a list)."""
-    if isinstance(r_acc, torch.Tensor) or isinstance(r_distill, torch.Tensor):
-        return r_acc + alpha * r_distill
-    scalar_a = isinstance(r_acc, (int, float))
-    scalar_d = isinstance(r_distill, (int, float))
-    if scalar_a and scalar_d:
-        return float(r_acc) + alpha * float(r_distill)
-    if scalar_a or scalar_d:
-        raise ValueError("r_acc and r_distill must both be numbers or both be sequences")
-    a, dd = list(r_acc), list(r_distill)
-    if len(a) != len(dd):
-        raise ValueError(f"r_acc and r_distill lengths differ: {len(a)} vs {len(dd)}")
-    return [float(x) + alpha * float(y) for x, y in zip(a, dd)]
 
 
 def group_advantages(rewards: Sequence[float] | torch.Tensor) -> list[float]:
@@ -251,8 +220,8 @@ def score_responses(teacher, student, t_proc, s_proc, rows, batch_size: int = 8,
     return divergences, ref_logprobs
 
 
-def group_rewards(frame, normalize: bool = True, alpha: float = 1.0, use_acc: bool = True,
-                  use_distill: bool = True, group_column: str = "group"):
+def group_rewards(frame, *, normalize: bool, alpha: float, use_acc: bool, use_distill: bool,
+                  group_column: str = "group"):
     """Add ``r_distill`` and ``r_total`` to a frame with ``divergence`` (and ``r_acc``) columns.
 
     R_distill is normalized within each group (Eq. 7) or raw; R = R_acc + α·R_distill, with

@@ -110,9 +110,9 @@ def test_llm_judge_two_step_protocol():
 
 def test_llm_judge_single_call_when_all_parse():
     judge = ScriptedJudge(["<answer>1</answer>", "<answer>0</answer>"])
-    res = llm_judge([("q", "a", "a"), ("q", "a", "b")], judge)
+    res = llm_judge([("q", "a", "a"), ("q", "a", "b")], judge, 8)
     assert [r.score for r in res] == [1, 0] and len(judge.calls) == 1
-    assert llm_judge([], ScriptedJudge()) == []
+    assert llm_judge([], ScriptedJudge(), 8) == []
 
 
 @pytest.mark.parametrize(
@@ -158,3 +158,55 @@ def test_rule_score_with_options():
     assert rule_score("B", "square", opts) == 1  # ground truth given as option text
     assert rule_score("C", "square", opts) == 0
     assert rule_score("square", "B", {"A": "circle", "B": "square"}) == 1
+
+
+def test_judge_messages_items_and_replies_exactly():
+    """Found by mutation testing: roles, the order of a 3-tuple's fields, the token budget, a
+    second-step 1, and replies that are not strings."""
+    from masters.judge import _item_fields, eval_messages, parse_messages
+
+    assert parse_messages("s") == [{"role": "system", "content": PARSE_PROMPT_SYSTEM},
+                                   {"role": "user", "content": PARSE_PROMPT_USER_TEMPLATE.format(summary="s")}]
+    assert [m["role"] for m in eval_messages("q", "g", "x")] == ["system", "user"]
+    assert _item_fields(("q", "g", "x")) == ("q", "g", "x") and _item_fields(["q", 2, None]) == ("q", "2", "None")
+    for bad in ("abc", ("q", "g"), ["q", "g", "x", "y"]):
+        with pytest.raises(ValueError, match="3-tuple"):
+            _item_fields(bad)
+
+    class Reply:  # a backend may return objects that render as text
+        def __init__(self, text):
+            self.text = text
+
+        def __str__(self):
+            return self.text
+
+    budgets = []
+
+    class Backend:
+        def __init__(self, *replies):
+            self.replies = list(replies)
+
+        def generate(self, prompts, max_new_tokens):
+            budgets.append(max_new_tokens)
+            return [Reply(r) for r in self.replies.pop(0)]
+
+    res = llm_judge([("q", "g", "x"), ("q", "g", "y")], Backend(["no tag", "<answer>0</answer>"], ["1"]), 17)
+    assert budgets == [17, 17]
+    assert [r.score for r in res] == [1, 0] and res[0].raw_outputs == ["no tag", "1"]
+    assert all(isinstance(t, str) for r in res for t in r.raw_outputs)
+
+
+@pytest.mark.parametrize(
+    "pred, gt, expected",
+    [
+        ("0.5", "1/2", 1), ("0.5", " -1 / 2 ", 0), ("-0.5", "-1/2", 1), ("2", "4/2", 1),
+        ("anything", "1/0", 0),  # no number: never a division by zero
+        ("0.5", ".5", 1), ("2.0", "$2", 1), ("2.0", "2 %", 1), ("3", "3..", 1),
+        ("1000", "1,000", 1), ("there are 1,000 apples", "1000", 1),
+        ("1.0000001", "1", 1), ("1.00001", "1", 0),  # relative tolerance 1e-6
+        ("1e9999", "1e999", 0),  # non-finite numbers never match
+        ("The answer is B and the choice is a", "B", 1),  # a lowercase "a" is an article, not option A
+    ],
+)
+def test_rule_score_numbers_and_letters(pred, gt, expected):
+    assert rule_score(pred, gt) == expected

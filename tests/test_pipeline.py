@@ -70,7 +70,7 @@ def rewarded(world, tmp_path_factory):
     rows["divergence"], rows["ref_logprobs"] = divergences, ref_logprobs
     rows["r_acc"] = (rows.index % 2).astype(float)
     rows["group"] = rows["question_id"]
-    rows = rewards.group_rewards(rows)
+    rows = rewards.group_rewards(rows, normalize=True, alpha=1.0, use_acc=True, use_distill=True)
     path = out / "rewards.parquet"
     rows.drop(columns=["image", "question", "id"]).to_parquet(path)
     return rows, path, (teacher, student, t_proc, s_proc)

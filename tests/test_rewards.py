@@ -11,9 +11,7 @@ from masters.rewards import (
     check_same_tokenizer,
     distill_reward,
     group_advantages,
-    sequence_divergence,
     token_jsd,
-    total_reward,
 )
 
 torch.set_num_threads(1)
@@ -102,14 +100,6 @@ def test_jsd_errors():
         token_jsd(torch.zeros(3, 10), torch.zeros(3, 8), vocab_size=9)
 
 
-def test_sequence_divergence_masked_mean():
-    vals = torch.tensor([[0.1, 0.3, 0.5, 9.0], [0.2, 9.0, 9.0, 9.0]])
-    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
-    torch.testing.assert_close(sequence_divergence(vals, mask), torch.tensor([0.3, 0.2]))
-    with pytest.raises(ValueError):
-        sequence_divergence(vals, torch.zeros_like(mask))
-
-
 def test_distill_reward_normalized():
     r = distill_reward([0.3, 0.1, 0.5, 0.2])
     assert r[2] == 0.0 and r[1] == 1.0
@@ -125,14 +115,6 @@ def test_distill_reward_raw():
     r = distill_reward([0.0, LN2, LN2 / 2], normalize=False)
     assert r == pytest.approx([1.0, 0.0, 0.5])
     assert distill_reward([0.4], normalize=False) == pytest.approx([1 - 0.4 / LN2])
-
-
-def test_total_reward():
-    assert total_reward(1, 0.5) == 1.5
-    assert total_reward(1.0, 0.5, alpha=0.5) == 1.25
-    assert total_reward([1, 0], [0.5, 1.0], alpha=2.0) == [2.0, 2.0]
-    with pytest.raises(ValueError):
-        total_reward([1, 0], [0.5])
 
 
 def test_group_advantages():

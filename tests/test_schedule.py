@@ -110,3 +110,38 @@ def test_plan_stages_errors():
         plan_stages([{"teacher": "L"}], 10)
     with pytest.raises(ValueError):
         plan_stages([{"teacher": "L", "r_max": 0.2, "step": 0.05}], 0)
+
+
+def test_iteration_counts_at_their_boundaries():
+    """Found by mutation testing: the smallest valid counts, and bools, floats or NaN rejected."""
+    assert stage_of(0, 1, 0.2, 0.05) == 0  # one iteration is a valid run
+    assert stage_iters(0, 0.2, 0.05) == [0] * 5 and stage_iters(1, 0.2, 0.05) == [1, 0, 0, 0, 0]
+    assert plan_stages([{"teacher": "L", "r_max": 0.0}], 1) == [TeacherStage("L", 0.0, 0, 1)]
+    # a stage of exactly one iteration is allowed (only 0 is an error)
+    assert [s.iters for s in plan_stages([{"teacher": "L", "r_max": 0.1, "step": 0.1}], 2)] == [1, 1]
+    for bad in (True, 2.5):
+        with pytest.raises(ValueError, match="num_iters"):
+            stage_of(0, bad, 0.2, 0.05)
+        with pytest.raises(ValueError, match="num_iters"):
+            stage_iters(bad, 0.2, 0.05)
+        with pytest.raises(ValueError, match="num_iters"):
+            plan_stages([{"teacher": "L", "r_max": 0.0}], bad)
+    with pytest.raises(ValueError, match="num_iters"):
+        stage_iters(-1, 0.2, 0.05)
+    with pytest.raises(ValueError, match="iteration i"):
+        stage_of(True, 3, 0.2, 0.05)
+    with pytest.raises(ValueError, match="iteration i"):
+        stage_of(0.5, 3, 0.2, 0.05)
+
+
+def test_split_iters_remainders_and_bad_shares():
+    # remainders 2/3 and 1/3: the larger remainder gets the spare iteration
+    assert split_iters([1, 2], 2) == [1, 1]
+    assert split_iters([2, 1], 2) == [1, 1] and split_iters([1, 5], 3) == [1, 2]  # tie: the earlier entry
+    for bad in (True, "1", float("inf"), float("nan"), -1):
+        with pytest.raises(ValueError, match="positive number"):
+            split_iters([1, bad], 10)
+    with pytest.raises(ValueError, match="teacher"):
+        plan_stages([{"r_max": 0.1, "step": 0.1}], 10)
+    with pytest.raises(ValueError, match="r_max"):
+        plan_stages(["L"], 10)

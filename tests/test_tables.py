@@ -107,3 +107,65 @@ def test_avg_std_is_the_std_over_seeds_of_each_seeds_avg(tmp_path):
     uneven = [result("u0", {"a": 10.0, "b": 30.0}), result("u1", {"a": 40.0, "b": 30.0})]
     _, std, _ = paper_table({"benchmarks": ["a", "b"], "rows": [{"model": "S", "label": "r", "results": uneven}]})
     assert std.loc[("S", "r"), "Avg"] == pytest.approx(np.std([20.0, 35.0], ddof=1))
+
+
+def test_accuracy_table_and_rendering_exactly(tmp_path):
+    """Found by mutation testing: the label fallback, the Avg arithmetic and each rendering, byte for byte."""
+    def summary(name, acc, label=None, model="ckpt/x"):
+        data = {"model": model, "accuracy": acc, "mean_accuracy": -1}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**data, "label": label} if label else data))
+        return path
+
+    table = accuracy_table([summary("a", {"a": 10.0}, "L"), summary("b", {"b": 20.0, "c": 60.0}, "L"),
+                            summary("c", {"a": 1.0, "b": 2.0, "c": 3.0}, model="results/S")])
+    assert table.index.name == "model" and list(table.index) == ["L", "results/S"]
+    assert table.loc["L"].tolist() == [10.0, 20.0, 60.0, 30.0] and table.loc["results/S", "Avg"] == 2.0
+    csv, md, tex = write_table(table, tmp_path / "new/dir/t")  # parents created
+    assert csv.read_text() == "model,a,b,c,Avg\nL,10.0,20.0,60.0,30.0\nresults/S,1.0,2.0,3.0,2.0\n"
+    assert md.read_text() == ("|     model |    a |    b |    c |   Avg |\n|----------:|-----:|-----:|-----:|------:|\n"
+                              "|         L | 10.0 | 20.0 | 60.0 |  30.0 |\n| results/S |  1.0 |  2.0 |  3.0 |   2.0 |\n")
+    assert tex.read_text().startswith("\\begin{tabular}{lllll}\n") and tex.read_text().endswith("\\end{tabular}\n\n")
+    assert "L & 10.0 & 20.0 & 60.0 & 30.0 \\\\\n" in tex.read_text() and "caption" not in tex.read_text()
+    runs = [summary(f"s{i}", {"a": a, "b": 50.0}, "m") for i, a in enumerate([12.34567, 13.0])]
+    csv, md, _ = write_seed_table({"m": runs}, tmp_path / "s")  # two seeds: a std; 3 decimals in the csv
+    assert csv.read_text() == "model,a,b,Avg,a_std,b_std,Avg_std\nm,12.673,50.0,-1.0,0.463,0.0,0.0\n"
+    assert md.read_text().splitlines()[2] == "|       m | 12.7 ± 0.5 | 50.0 ± 0.0 | -1.0 ± 0.0 |"
+
+
+def test_paper_table_exact_files_average_only_and_missing_cells(tmp_path):
+    from masters.tables import paper_table, write_paper_table
+
+    def files(name, acc):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"model": "m", "accuracy": acc, "mean_accuracy": 0}))
+        return [str(path)]
+
+    (tmp_path / "lit.csv").write_text("model,a,b\nBig,80,-\n")
+    rows = [{"model": "S", "label": "base", "results": [files("b0", {"a": 10.0, "b": 20.0})]},
+            {"model": "S", "label": "+RF", "columns": {"T": "L"},
+             "results": [files("r0", {"a": 30.0, "b": 41.23456}), files("r1", {"a": 50.0, "b": 40.0})]}]
+    spec = {"benchmarks": ["a", "b"], "literature": str(tmp_path / "lit.csv"), "rows": rows}
+    csv, md, tex = write_paper_table(spec, tmp_path / "t")
+    assert csv.read_text() == ("model,row,T,a,b,Avg,a_std,b_std,Avg_std\nS,base,,10.0,20.0,15.0,0.0,0.0,0.0\n"
+                               "S,+RF,L,40.0,40.617,40.309,14.142,0.873,6.635\nBig,reported,,80.0,,,,,\n")
+    assert md.read_text() == (
+        "|   model |      row |   T |           a |          b |        Avg |\n"
+        "|--------:|---------:|----:|------------:|-----------:|-----------:|\n"
+        "|       S |     base |     |        10.0 |       20.0 |       15.0 |\n"
+        "|       S |      +RF |   L | 40.0 ± 14.1 | 40.6 ± 0.9 | 40.3 ± 6.6 |\n"
+        "|     Big | reported |     |        80.0 |            |            |\n")
+    assert "S & +RF & L & 40.0 $\\pm$ 14.1 &" in tex.read_text()
+    mean, std, extra = paper_table({**spec, "average": True})
+    assert list(mean.columns) == ["Avg"] and list(std.columns) == ["Avg"] and list(extra.columns) == ["T"]
+    assert mean["Avg"].tolist()[:2] == [15.0, pytest.approx(40.30864)] and pd.isna(mean["Avg"].iloc[2])
+    assert mean.index.names == ["model", "row"] and mean.dtypes.eq(float).all() and std.dtypes.eq(float).all()
+    gap = {"benchmarks": ["a", "b"], "rows": [{"model": "S", "label": "x", "results": [
+        files("g0", {"a": 1.0, "b": 2.0}), files("g1", {"a": 1.0})]}]}
+    with pytest.raises(KeyError, match=r"'x'.*\['b'\]"):  # one seed lacks b
+        paper_table(gap)
+    empty_mean, empty_std, _ = paper_table({"benchmarks": ["a"]})
+    assert empty_mean.empty and empty_mean.index.names == ["model", "row"] and list(empty_std.columns) == ["a", "Avg"]
+    csv, md, _ = write_paper_table({"benchmarks": ["a"]}, tmp_path / "e", "Table 9")
+    assert csv.read_text() == "model,row,a,Avg,a_std,Avg_std\n"
+    assert md.read_text() == "Table 9\n\n|   model |   row |   a |   Avg |\n|---------|-------|-----|-------|\n"
