@@ -466,15 +466,10 @@ def mask_tensor(tensor: "torch.Tensor", threshold: float | None) -> "torch.Tenso
 # Raw bits (the checkpoint path)
 
 
-def _abs32_from_mag(mag: np.ndarray, dtype: str) -> np.ndarray:
-    """Exact float32 |w| (a new array) from sign-cleared magnitude bits."""
-    if dtype == "BF16":
-        return np.left_shift(mag, np.uint32(16), dtype=np.uint32).view(np.float32)  # bf16 = top half of f32
-    if dtype == "F16":
-        return mag.view(np.float16).astype(np.float32)
-    if dtype == "F32":
-        return mag.view(np.float32).copy()
-    return mag.view(np.float64).astype(np.float32)  # F64: compared in float32, as the contract says
+def _f64_abs32(mag: np.ndarray) -> np.ndarray:
+    """|w| in float32 (a new array) from sign-cleared F64 bits: F64 weights are compared in
+    float32, as the contract says (F32/F16/BF16 are compared on their bit patterns)."""
+    return mag.view(np.float64).astype(np.float32)
 
 
 class _Buffers:
@@ -885,7 +880,7 @@ def _mask_chunk(bits: np.ndarray, lo: int, hi: int, dtype: str, limits: list,
         for s in range(lo, hi, _BLOCK):
             block = bits[s:min(s + _BLOCK, hi)]
             mag = block & bits_t(sign_clear)
-            abs_f32 = _abs32_from_mag(mag, dtype)
+            abs_f32 = _f64_abs32(mag)
             kp = keep[:block.size]
             for i, ((out, _), lim) in enumerate(zip(outs, limits)):
                 if lim is None:
@@ -929,7 +924,7 @@ def _mask_raw(raw, dtype: str, ratios: list[float], writer: _Writer, handles,
     n = bits.size
     ks = [_num_masked(r, n) for r in ratios]
     if dtype == "F64":
-        absw = _abs32_from_mag(bits & bits_t(sign_clear), dtype)
+        absw = _f64_abs32(bits & bits_t(sign_clear))
         values = _kth_smallest(absw, ks)  # reorders absw
         del absw
         lams = [values[k] if k > 0 else None for k in ks]

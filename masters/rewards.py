@@ -229,10 +229,11 @@ def group_rewards(frame, *, normalize: bool, alpha: float, use_acc: bool, use_di
     """
     if not (use_acc or use_distill):
         raise ValueError("a reward needs the accuracy part, the distillation part, or both")
+    if frame[group_column].isna().any():
+        raise ValueError(f"column {group_column!r} has missing values: every response needs its group")
     frame = frame.copy()
-    frame["r_distill"] = 0.0
-    for _, index in frame.groupby(group_column).groups.items():
-        frame.loc[index, "r_distill"] = distill_reward(frame.loc[index, "divergence"].tolist(), normalize=normalize)
+    by_group = frame.groupby(group_column)["divergence"]
+    frame["r_distill"] = by_group.transform(lambda d: distill_reward(d.tolist(), normalize=normalize)).astype(float)
     acc = frame["r_acc"] if use_acc else 0.0
     frame["r_total"] = acc + (alpha * frame["r_distill"] if use_distill else 0.0)
     return frame

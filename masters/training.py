@@ -76,9 +76,7 @@ def load_stage_rows(stage: Stage, questions: pd.DataFrame, sources: tuple[str, .
     if rows.empty:
         raise ValueError(f"{stage.responses}: no responses from sources {sources}")
     group = rows["group"] if "group" in rows.columns else rows["question_id"]
-    rows["advantage"] = 0.0
-    for _, index in rows.groupby(group).groups.items():
-        rows.loc[index, "advantage"] = group_advantages(rows.loc[index, "r_total"].tolist())
+    rows["advantage"] = rows.groupby(group)["r_total"].transform(lambda r: group_advantages(r.tolist())).astype(float)
     missing = set(rows["question_id"]) - set(questions["id"])
     if missing:
         raise KeyError(f"{stage.responses}: question ids not in the questions file: {sorted(missing)[:5]}")

@@ -3,7 +3,10 @@
 Every mutant that survives the fast tests must be either killed by a test or explained:
 - automatically, when the mutant only rewords (or blanks) the text of an error, warning,
   progress bar or help string — the error type and the condition that raises it are unchanged;
-- by hand, in tests/mutation-equivalent.tsv (``mutant<TAB>why it cannot change a result``).
+- by hand, in tests/mutation-equivalent.tsv: ``mutant<TAB>mutated line<TAB>why``. The mutant
+  may be a glob over a function's mutants (their numbers shift when the function changes), the
+  mutated line (the mutant's ``+`` lines, stripped) pins which one; ``*`` takes all of them,
+  only for a function that cannot change a result at all (e.g. a page-cache hint).
 Writes tests/mutation-survivors.md (one line per survivor) and exits 1 if a survivor is
 explained neither way, printing its diff.
 """
@@ -11,6 +14,7 @@ explained neither way, printing its diff.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import io
 import json
 import re
@@ -24,6 +28,7 @@ from mutmut.stats import status_by_exit_code
 
 REPO = Path(__file__).resolve().parents[1]
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+HELP_TEXT = re.compile(r"\b(help|description)=")  # argparse: text shown to a user, never parsed
 MESSAGE_STATEMENT = re.compile(r"^\s*(raise\b|warnings\.warn\(|log\w*\.(debug|info|warning|error)\(|print\()")
 
 
@@ -41,6 +46,11 @@ def code_tokens(line: str) -> list[str] | None:
     skip = {tokenize.STRING, tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.COMMENT,
             tokenize.INDENT, tokenize.DEDENT}
     return [t.string for t in toks if t.type not in skip]
+
+
+def _is_string_line(line: str) -> bool:
+    """A continuation line holding only string literals (``"..." "..."``, maybe closing a call)."""
+    return re.fullmatch(r"\s*([fbr]?(\"[^\"]*\"|'[^']*')\s*)+\)?,?\s*", line) is not None
 
 
 def statement_head(diff: str, changed: str) -> str:
@@ -61,10 +71,14 @@ def message_only(diff: str) -> bool:
     old, new = changed_lines(diff)
     if len(old) != 1 or len(new) != 1:
         return False
-    keyword = re.compile(r"\b(help|desc)=[fbr]?(\"[^\"]*\"|'[^']*')")
+    keyword = re.compile(r"\b(help|desc|description)=([fbr]?(\"[^\"]*\"|'[^']*')|None)")
     if keyword.search(old[0]) and keyword.sub("K", old[0]) == keyword.sub("K", new[0]):
         return True
-    if not MESSAGE_STATEMENT.match(statement_head(diff, old[0])):
+    head = statement_head(diff, old[0])
+    if not MESSAGE_STATEMENT.match(head) and not (HELP_TEXT.search(head) and _is_string_line(old[0])):
+        return False
+    fields = re.compile(r"\{([^{}]*)\}")  # f-string replacement fields are code: a change there is not text
+    if fields.findall(old[0]) != fields.findall(new[0]) and new[0].strip() not in ("None", "None,"):
         return False
     a, b = code_tokens(old[0]), code_tokens(new[0])
     if a is None or b is None:  # a continuation line of the message: compare without its strings
@@ -91,7 +105,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--equivalent", type=Path, default=REPO / "tests/mutation-equivalent.tsv",
-                        help="hand-kept list: mutant, tab, why it cannot change any result")
+                        help="hand-kept list: mutant (glob), tab, mutated line (or *), tab, why it cannot change a result")
     parser.add_argument("--out", type=Path, default=REPO / "tests/mutation-survivors.md",
                         help="where to write the one-line-per-survivor list")
     parser.add_argument("--show", type=int, default=20, help="print the diffs of this many unexplained survivors")
@@ -102,25 +116,32 @@ def main() -> int:
 
     os.chdir(REPO)  # mutmut reads mutants/ relative to the working directory
     results = load(modules)
-    hand = {}
+    hand = []  # (mutant glob, mutated line or "*", why)
     if args.equivalent.exists():
-        for line in args.equivalent.read_text().splitlines():
+        for number, line in enumerate(args.equivalent.read_text().splitlines(), 1):
             if line.strip() and not line.startswith("#"):
-                name, _, why = line.partition("\t")
-                hand[name.strip()] = why.strip()
+                fields = line.split("\t")
+                if len(fields) != 3:
+                    sys.exit(f"{args.equivalent}:{number}: expected mutant, tab, mutated line, tab, why")
+                hand.append(tuple(f.strip() for f in fields))
+    used = set()
     rows, unexplained, per_module = [], [], {m: Counter() for m in modules}
     for name, (module, status) in sorted(results.items()):
         per_module[module][status] += 1
         if status in KILLED:
             continue
         diff = get_diff_for_mutant(name, path=Path(module))
-        if name in hand:
-            rows.append((module, name, status, "by hand", hand[name]))
+        mutated = " ".join(l[1:].strip() for l in diff.splitlines() if l.startswith("+") and not l.startswith("+++"))
+        entry = next((e for e in hand if fnmatch.fnmatchcase(name, e[0]) and e[1] in ("*", mutated)), None)
+        if entry:
+            used.add(entry)
+            why = entry[2]
+            rows.append((module, name, status, "by hand", why, mutated))
         elif status == "survived" and message_only(diff):
-            rows.append((module, name, status, "message", "changes only the text of a message"))
+            rows.append((module, name, status, "message", "changes only the text of a message", mutated))
         else:
             unexplained.append((module, name, status, diff))
-    stale = sorted(set(hand) - {r[1] for r in rows})
+    stale = [e for e in hand if e not in used]
     print(f"{'module':24} {'mutants':>8} {'killed':>7} {'survived':>9} {'no tests':>9} {'score':>7}")
     total = Counter()
     for module, counts in per_module.items():
@@ -136,13 +157,15 @@ def main() -> int:
              "Generated by `scripts/mutation_report.py` after `scripts/mutation.sh`; one line per mutant",
              "that the fast tests do not kill, with why it cannot change any result.", "",
              f"Score: {killed} of {n} mutants killed ({100 * killed / max(n, 1):.1f} %).", ""]
-    lines += [f"- `{name}` ({status}, {kind}): {why}" for _, name, status, kind, why in rows]
+    shorten = lambda text: text if len(text) <= 90 else text[:87] + "..."  # noqa: E731
+    lines += [f"- `{name}` ({status}, {kind}): {why} — `{shorten(mutated)}`" for _, name, status, kind, why, mutated in rows]
     lines += [f"- `{name}` ({status}): **unexplained**" for _, name, status, _ in unexplained]
     args.out.write_text("\n".join(lines) + "\n")
     for _, name, status, diff in unexplained[: args.show]:
         print(f"\n## {name} ({status})\n" + "\n".join(l for l in diff.splitlines() if l[:1] in "+-"))
     if stale:
-        print(f"\n{len(stale)} hand-listed mutants are no longer survivors (remove them): {stale[:10]}")
+        print(f"\n{len(stale)} lines of {args.equivalent.name} match no survivor (remove them):")
+        print("\n".join("\t".join(e) for e in stale))
     return 1 if unexplained else 0
 
 

@@ -350,7 +350,7 @@ def test_clear_errors(tmp_path):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())  # validated before writing
 
 
-def test_cli_subcommand(tmp_path):
+def test_cli_subcommand(tmp_path, capsys):
     teacher = _synthetic(tmp_path / "t", {"model.layers.0.mlp.up_proj.weight": _distinct((20, 20), seed=7),
                                           "model.norm.weight": torch.ones(20)})
     parser = argparse.ArgumentParser(prog="masters")
@@ -367,6 +367,22 @@ def test_cli_subcommand(tmp_path):
     with pytest.raises(ValueError, match="step"):
         args = parser.parse_args(["mask", "--teacher", str(teacher), "--r-max", "0.2", "--out", str(tmp_path / "o")])
         args.func(args)
+    assert list(stats.columns)[0] == "name"  # no index column
+
+    def run(*flags):
+        args = parser.parse_args(["mask", "--teacher", str(teacher), "--out", str(tmp_path / "x"), "--quiet",
+                                  "--stats", str(tmp_path / "x.csv"), *flags])
+        args.func(args)
+        return pd.read_csv(tmp_path / "x.csv").set_index(["name", "ratio"]).zeros
+
+    zeros = run("--ratios", "0.3", "0.0")
+    assert zeros[("model.layers.0.mlp.up_proj.weight", 0.3)] == 120 and "masked_r0.30" in capsys.readouterr().out
+    assert run("--ratios", "0.3", "--include", "down_proj").to_dict() == {
+        ("model.layers.0.mlp.up_proj.weight", 0.3): 0, ("model.norm.weight", 0.3): 0}  # the include list replaces
+    assert run("--ratios", "0.3", "--exclude", "up_proj").to_dict() == {
+        ("model.layers.0.mlp.up_proj.weight", 0.3): 0, ("model.norm.weight", 0.3): 0}  # the exclude list replaces
+    with pytest.raises(SystemExit):
+        parser.parse_args(["mask", "--ratios", "0.1", "--out", str(tmp_path / "o")])  # --teacher is required
 
 
 # ------------------------------------------------------------------ exact bit-pattern selection
@@ -587,3 +603,47 @@ def test_write_error_in_a_later_shard_propagates_and_leaves_nothing(tmp_path, mo
     with pytest.raises(OSError, match="No space"):
         mask_checkpoint(teacher, tmp_path / "o", [0.2, 0.1, 0.0], progress=False)
     assert not list((tmp_path / "o").iterdir())
+
+
+def test_f64_selection_of_every_k_matches_sorted_reference():
+    """numpy.partition path (F64): every k from 1 to n-1 in one call, shuffled distinct values and
+    ties; consecutive k reuse the prefix the previous partition left (found by mutation testing)."""
+    g = torch.Generator().manual_seed(3)
+    for w in (torch.randn(41, generator=g, dtype=torch.float64),
+              torch.randint(-3, 4, (41,), generator=g).to(torch.float64)):
+        ratios = [k / 41 for k in range(41)]
+        ref, _ = _sorted_reference(w, ratios)
+        assert masking.thresholds(w, ratios) == ref
+
+
+def test_zero_counts_of_copied_tensors_of_every_dtype(tmp_path):
+    """Stats of tensors that are copied, not masked: +0 and -0 counted for float8 (sign bit
+    ignored), every zero element for integer dtypes; the copies are byte-identical."""
+    e4m3 = torch.tensor([0.0, -0.0, 1.0, -2.0, 0.5, 0.0], dtype=torch.float8_e4m3fn)
+    e5m2 = torch.tensor([-0.0, 3.0, 0.0, 0.0, 0.0, -1.0, 2.0], dtype=torch.float8_e5m2)
+    tensors = {"a.f8_e4m3": e4m3, "b.f8_e5m2": e5m2,
+               "c.i64": torch.tensor([0, 5, -1, 0, 7], dtype=torch.int64),
+               "d.i16": torch.tensor([0, 0, 0, 9], dtype=torch.int16),
+               "e.u8": torch.tensor([0, 255, 1, 0, 0, 0, 2, 3], dtype=torch.uint8)}
+    teacher = _synthetic(tmp_path / "t", tensors)
+    stats = mask_checkpoint(teacher, tmp_path / "o", [0.0], progress=False).set_index("name")
+    assert stats.zeros.to_dict() == {"a.f8_e4m3": 3, "b.f8_e5m2": 4, "c.i64": 2, "d.i16": 3, "e.u8": 4}
+    assert not stats.masked.any()
+    with safe_open(str(tmp_path / "o" / "masked_r0.00" / "model.safetensors"), "pt") as f:
+        for name, w in tensors.items():
+            assert torch.equal(f.get_tensor(name).view(torch.uint8), w.view(torch.uint8))
+
+
+def test_buffer_pool_reuses_what_fits_and_drops_beyond_its_budget():
+    pool = masking._Buffers(keep_bytes=3 << 20)
+    exact = np.empty(1000, np.uint8)
+    pool.put(exact)
+    assert pool.get(1000) is exact  # a free buffer of exactly the size is reused
+    big = np.empty(3 << 20, np.uint8)
+    pool.put(big)
+    small = pool.get(1000)  # far too large to lend for 1000 bytes: a new buffer, the big one stays free
+    assert small is not big and small.size == 1000 and pool.get(1 << 20) is big
+    pool.put(np.empty(2 << 20, np.uint8))
+    pool.put(np.empty(1 << 20, np.uint8))
+    pool.put(big)  # 6 MiB free > 3 MiB budget: the largest are dropped until it fits
+    assert [b.size for b in pool._free] == [1 << 20, 2 << 20]  # exactly at the budget: kept

@@ -106,6 +106,7 @@ def test_distill_reward_normalized():
     assert r == pytest.approx([0.5, 1.0, 0.0, 0.75])
     assert distill_reward([0.2, 0.2, 0.2]) == [1.0, 1.0, 1.0]
     assert distill_reward([0.2, 0.2 + 1e-14]) == [1.0, 1.0]
+    assert distill_reward([0.0, 1e-12]) == [1.0, 0.0]  # a spread of exactly 1e-12 is not flat
     assert distill_reward([0.4]) == [1.0]
     assert distill_reward(torch.tensor([0.5, 0.1])) == pytest.approx([0.0, 1.0])
     assert distill_reward([]) == []

@@ -111,3 +111,7 @@ def test_every_reward_switch_by_hand():
         out = rewards.group_rewards(frame, normalize=normalize, alpha=alpha, use_acc=use_acc, use_distill=use_distill)
         assert out.r_total.tolist() == pytest.approx(expected, abs=1e-12), (normalize, alpha, use_acc, use_distill)
         assert out.r_distill.tolist() == pytest.approx(normalized if normalize else raw, abs=1e-12)
+        assert list(out.columns) == [*frame.columns, "r_distill", "r_total"] and (out.dtypes[-2:] == float).all()
+    with pytest.raises(ValueError, match="'group' has missing values"):
+        rewards.group_rewards(frame.assign(group=[0, None, 0, 1, 1]), normalize=True, alpha=1.0, use_acc=True,
+                              use_distill=True)
