@@ -60,11 +60,8 @@ def ratios(r_max: float, step: float) -> list[float]:
     r_max that is not a multiple of step (within 1e-6).
     """
     m = _num_stages(r_max, step)
-    out = []
-    for k in range(m):
-        r = round(r_max - k * step, DECIMALS) if k < m - 1 else 0.0
-        out.append(max(r, 0.0) + 0.0)  # + 0.0 turns -0.0 into 0.0
-    return out
+    # r_k >= 2s - 1e-6 > 0 before the last stage, so only the last needs care: exactly 0.0
+    return [round(r_max - k * step, DECIMALS) for k in range(m - 1)] + [0.0]
 
 
 def stage_of(i: int, num_iters: int, r_max: float, step: float) -> int:

@@ -77,15 +77,16 @@ def message_only(diff: str) -> bool:
     head = statement_head(diff, old[0])
     if not MESSAGE_STATEMENT.match(head) and not (HELP_TEXT.search(head) and _is_string_line(old[0])):
         return False
+    a, b = code_tokens(old[0]), code_tokens(new[0])
+    if a is not None and b is not None and b != a and [t for t in b if t != "None"] == a:
+        return True  # `raise E(f"...")` -> `raise E(None)`: the message argument replaced by None
     fields = re.compile(r"\{([^{}]*)\}")  # f-string replacement fields are code: a change there is not text
     if fields.findall(old[0]) != fields.findall(new[0]) and new[0].strip() not in ("None", "None,"):
         return False
-    a, b = code_tokens(old[0]), code_tokens(new[0])
     if a is None or b is None:  # a continuation line of the message: compare without its strings
         strings = re.compile(r"[fbr]?(\"[^\"]*\"|'[^']*')")
         return strings.sub("S", old[0]).strip() == strings.sub("S", new[0]).strip() or new[0].strip() == "None"
-    # equal but for strings, or `raise E("...")` -> `raise E(None)`
-    return a == b or [t for t in b if t != "None"] == a
+    return a == b  # equal but for string literals
 
 
 def load(modules: list[str]) -> dict[str, tuple[str, str]]:

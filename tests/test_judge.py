@@ -201,7 +201,7 @@ def test_judge_messages_items_and_replies_exactly():
     [
         ("0.5", "1/2", 1), ("0.5", " -1 / 2 ", 0), ("-0.5", "-1/2", 1), ("2", "4/2", 1),
         ("anything", "1/0", 0),  # no number: never a division by zero
-        ("0.5", ".5", 1), ("2.0", "$2", 1), ("2.0", "2 %", 1), ("3", "3..", 1),
+        ("0.5", ".5", 1), ("2.0", "$2", 1), ("2.0", "2 %", 1), ("3.0", "3..", 1),
         ("1000", "1,000", 1), ("there are 1,000 apples", "1000", 1),
         ("1.0000001", "1", 1), ("1.00001", "1", 0),  # relative tolerance 1e-6
         ("1e9999", "1e999", 0),  # non-finite numbers never match
@@ -210,3 +210,9 @@ def test_judge_messages_items_and_replies_exactly():
 )
 def test_rule_score_numbers_and_letters(pred, gt, expected):
     assert rule_score(pred, gt) == expected
+
+
+def test_rule_score_empty_sides_and_many_options():
+    assert rule_score(None, "XXXX") == 0 and rule_score("XXXX", None) == 0  # nothing never matches
+    options = [f"option {j}" for j in range(30)]  # more options than letters: the first 26 get one
+    assert rule_score("Z", "option 25", options) == 1 and rule_score("option 27", "Z", options) == 0

@@ -145,3 +145,15 @@ def test_split_iters_remainders_and_bad_shares():
         plan_stages([{"r_max": 0.1, "step": 0.1}], 10)
     with pytest.raises(ValueError, match="r_max"):
         plan_stages(["L"], 10)
+
+
+@pytest.mark.parametrize(
+    "r_max, step, message",
+    [(float("nan"), 0.1, "r_max must be a finite number"), ("0.2", 0.1, "r_max must be a finite number"),
+     (True, 0.1, "r_max must be a finite number"), (0.5, float("inf"), "step must be a finite number"),
+     (0.5, "0.1", "step must be a finite number"), (0.5, True, "step must be a finite number"),
+     (0.2, 0.2 + 1e-6, "multiple of step")],  # within the tolerance of r_max: the multiple check decides
+)
+def test_ratios_reject_non_numbers_with_the_right_message(r_max, step, message):
+    with pytest.raises(ValueError, match=message):
+        ratios(r_max, step)

@@ -155,7 +155,12 @@ def test_paper_table_exact_files_average_only_and_missing_cells(tmp_path):
         "|       S |     base |     |        10.0 |       20.0 |       15.0 |\n"
         "|       S |      +RF |   L | 40.0 ± 14.1 | 40.6 ± 0.9 | 40.3 ± 6.6 |\n"
         "|     Big | reported |     |        80.0 |            |            |\n")
-    assert "S & +RF & L & 40.0 $\\pm$ 14.1 &" in tex.read_text()
+    assert "S & +RF & L & 40.0 $\\pm$ 14.1 & 40.6 $\\pm$ 0.9 & 40.3 $\\pm$ 6.6 \\\\" in tex.read_text().splitlines()
+    with pytest.raises(ValueError, match="table row 'x' has no result files"):
+        paper_table({"benchmarks": ["a"], "rows": [{"model": "S", "label": "x", "results": []}]})
+    (tmp_path / "nomodel.csv").write_text("name,a\nBig,1\n")
+    with pytest.raises(KeyError, match="nomodel.csv: the literature file needs a `model` column"):
+        paper_table({"benchmarks": ["a"], "literature": str(tmp_path / "nomodel.csv"), "rows": []})
     mean, std, extra = paper_table({**spec, "average": True})
     assert list(mean.columns) == ["Avg"] and list(std.columns) == ["Avg"] and list(extra.columns) == ["T"]
     assert mean["Avg"].tolist()[:2] == [15.0, pytest.approx(40.30864)] and pd.isna(mean["Avg"].iloc[2])
