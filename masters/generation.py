@@ -11,13 +11,17 @@ question_id, source (teacher|student), model, ratio, sample_idx, text, token_ids
 num_tokens, finish_reason (stop|length).
 Work is written in parts (one per batch) next to the output, so a killed job resumes
 where it stopped; the seed of a batch depends only on (seed, batch index), so a resumed
-run writes the same responses as an uninterrupted one.
+run writes the same responses as an uninterrupted one. The parts carry a fingerprint of
+what they depend on (the model's identity, the questions, sampling, batch size, labels):
+parts left by a run of other settings are discarded, never reused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -79,6 +83,7 @@ class HFBackend:
                                                      dtype=getattr(torch, dtype))
         self.model.to(device).eval()
         self.device = device
+        self.identity = checkpoint_identity(model_dir)
         tok = self.processor.tokenizer
         self.eos_ids = set(_as_list(self.model.generation_config.eos_token_id) or [tok.eos_token_id])
         self.pad_id = tok.pad_token_id
@@ -135,6 +140,14 @@ class HFChatBackend(HFBackend):
         return texts
 
 
+def checkpoint_identity(model_dir: str | Path) -> dict:
+    """What identifies a checkpoint directory's weights without reading them: its resolved
+    path and the name, size and modification time of each weight file."""
+    root = Path(model_dir).resolve()
+    files = sorted(p for p in root.glob("*") if p.suffix in (".safetensors", ".bin", ".json"))
+    return {"path": str(root), "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
+
+
 class VLLMBackend:
     """Paper-scale generation with vLLM (GPU). Imported lazily: CPU installs never need it."""
 
@@ -178,6 +191,17 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index) % (2**63 - 1)
 
 
+def generation_fingerprint(backend, questions: pd.DataFrame, params: SamplingParams, source: str,
+                           model_name: str, ratio: float, batch_size: int) -> str:
+    """Hash of what the parts of a generation depend on; a backend without an ``identity``
+    (a test double) is identified by its class."""
+    spec = {"model": getattr(backend, "identity", type(backend).__qualname__),
+            "questions": hashlib.sha256("\x00".join(map(str, questions["id"])).encode()).hexdigest(),
+            "params": asdict(params), "source": source, "model_name": model_name, "ratio": float(ratio),
+            "batch_size": int(batch_size)}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def generate_responses(
     backend: GenerationBackend,
     questions: pd.DataFrame,
@@ -195,7 +219,13 @@ def generate_responses(
         raise ValueError(f"source must be 'teacher' or 'student', got {source!r}")
     out_path = Path(out_path)
     parts = out_path.with_name(out_path.name + ".parts")
+    key = generation_fingerprint(backend, questions, params, source, model_name, ratio, batch_size)
+    stamp = parts / "fingerprint.json"
+    if parts.is_dir() and (not stamp.is_file() or json.loads(stamp.read_text()).get("fingerprint") != key):
+        print(f"{parts}: parts of other settings (or unstamped); discarded")
+        shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"fingerprint": key}))
     starts = range(0, len(questions), batch_size)
     for batch_index, start in enumerate(tqdm(starts, desc=f"generate {model_name}", disable=not progress)):
         part = parts / f"part-{batch_index:06d}.parquet"

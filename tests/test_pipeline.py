@@ -1,5 +1,7 @@
 """Generation → distillation reward → offline training on tiny checkpoints, incl. resume."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,26 +24,44 @@ def world(tmp_path_factory, tokenizer, processor, items):
     return root, questions
 
 
-def _generate(root, questions, out, source):
+def _generate(root, questions, out, source, **sampling):
     backend = generation.HFBackend(root / source)
-    params = generation.SamplingParams(n=3, max_new_tokens=6, seed=5)
+    params = generation.SamplingParams(**{"n": 3, "max_new_tokens": 6, "seed": 5, **sampling})
     return generation.generate_responses(backend, questions, params, out, source=source, model_name=source,
                                          ratio=0.0, batch_size=4, progress=False)
 
 
-def test_generation_writes_schema_and_resumes_identically(world, tmp_path):
+def _interrupted_generation(root, questions, out, monkeypatch, **sampling):
+    """A generation killed after its first batch: its parts directory is left behind."""
+    real = generation.HFBackend.generate
+    calls = []
+
+    def generate(self, chunk, *args):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real(self, chunk, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(generation.HFBackend, "generate", generate)
+        with pytest.raises(KeyboardInterrupt):
+            _generate(root, questions, out, "teacher", **sampling)
+    parts = out.with_name(out.name + ".parts")
+    assert sorted(p.name for p in parts.iterdir()) == ["fingerprint.json", "part-000000.parquet"]
+    return parts
+
+
+def test_generation_writes_schema_and_resumes_identically(world, tmp_path, monkeypatch):
     root, questions = world
     full = _generate(root, questions, tmp_path / "a.parquet", "teacher")
     assert list(full.columns) == generation.RESPONSE_COLUMNS
     assert len(full) == 3 * len(questions)
     assert (full.num_tokens == full.token_ids.map(len)).all()
     assert set(full.finish_reason) <= {"stop", "length"}
-    # simulate a kill after the first batch: only its part exists, then rerun
-    parts = tmp_path / "b.parquet.parts"
-    parts.mkdir()
-    full.iloc[:12].to_parquet(parts / "part-000000.parquet", index=False)
+    _interrupted_generation(root, questions, tmp_path / "b.parquet", monkeypatch)  # killed after batch 0
     resumed = _generate(root, questions, tmp_path / "b.parquet", "teacher")
     pd.testing.assert_frame_equal(full, resumed)
+    assert not (tmp_path / "b.parquet.parts").exists()
 
 
 def test_label_responses_are_the_answers(world, processor):
@@ -363,9 +383,8 @@ def test_a_resumed_generation_generates_only_the_missing_batches(world, tmp_path
     (tampered here, and the tampering shows), and only the missing batches are generated."""
     root, questions = world
     full = _generate(root, questions, tmp_path / "a.parquet", "teacher")
-    parts = tmp_path / "b.parquet.parts"
-    parts.mkdir()
-    first = full.iloc[:12].copy()  # batch 0: 4 questions x 3 responses
+    parts = _interrupted_generation(root, questions, tmp_path / "b.parquet", monkeypatch)
+    first = pd.read_parquet(parts / "part-000000.parquet")  # batch 0: 4 questions x 3 responses
     first["text"] = "left by the interrupted run"
     first.to_parquet(parts / "part-000000.parquet", index=False)
     calls = []
@@ -413,3 +432,48 @@ def test_greedy_generation_rescored_through_the_training_forward(world, monkeypa
         torch.testing.assert_close(rescored[steps, ids], own[i, steps, ids], atol=1e-4, rtol=1e-4)
         assert rescored[:, :vocab].argmax(-1).tolist() == c.token_ids  # greedy: the argmax over real ids
         start += len(ids)
+
+
+@pytest.mark.parametrize("change", [{"max_new_tokens": 4}, {"temperature": 0.7}, {"seed": 6}, {"n": 2},
+                                    "batch_size", "questions", "unstamped"])
+def test_parts_of_other_settings_are_discarded_not_reused(world, tmp_path, monkeypatch, change):
+    """Regression (issue: one source of truth): parts were resumed by batch index only, so a rerun
+    after a change of sampling or batch size silently reused stale parts."""
+    root, questions = world
+    out = tmp_path / "b.parquet"
+    parts = _interrupted_generation(root, questions, out, monkeypatch)
+    first = pd.read_parquet(parts / "part-000000.parquet")
+    first["text"] = "stale"
+    first.to_parquet(parts / "part-000000.parquet", index=False)
+    sampling, rerun_questions, batch_size = (change if isinstance(change, dict) else {}), questions, 4
+    if change == "questions":
+        rerun_questions = questions.iloc[::-1].reset_index(drop=True)
+    if change == "unstamped":  # parts written before fingerprints existed
+        (parts / "fingerprint.json").unlink()
+    if change == "batch_size":
+        batch_size = 3
+    backend = generation.HFBackend(root / "teacher")
+    params = generation.SamplingParams(**{"n": 3, "max_new_tokens": 6, "seed": 5, **sampling})
+    got = generation.generate_responses(backend, rerun_questions, params, out, source="teacher", model_name="teacher",
+                                        ratio=0.0, batch_size=batch_size, progress=False)
+    fresh = generation.generate_responses(backend, rerun_questions, params, tmp_path / "fresh.parquet",
+                                          source="teacher", model_name="teacher", ratio=0.0, batch_size=batch_size,
+                                          progress=False)
+    assert "stale" not in set(got.text)
+    pd.testing.assert_frame_equal(got, fresh)
+
+
+def test_parts_of_a_retrained_model_are_discarded(world, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    root, questions = world
+    shutil.copytree(root / "teacher", tmp_path / "teacher")
+    out = tmp_path / "b.parquet"
+    parts = _interrupted_generation(tmp_path, questions, out, monkeypatch)
+    first = pd.read_parquet(parts / "part-000000.parquet")
+    first["text"] = "stale"
+    first.to_parquet(parts / "part-000000.parquet", index=False)
+    weights = tmp_path / "teacher/model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten weights
+    assert "stale" not in set(_generate(tmp_path, questions, out, "teacher").text)
