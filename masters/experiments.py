@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from masters.schedule import plan_stages, ratios
+from masters.schedule import plan_stages, ratio_str, ratios
 
 ROLES = ("large", "mid")
 DATA = ("generated", "labels")
@@ -46,12 +46,6 @@ NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 class DesignError(ValueError):
     """A config error; the message names every offending key."""
-
-
-def ratio_str(r: float) -> str:
-    """``0.2`` -> ``"0.20"`` (two decimals, never ``-0.00``), as in ``masked_r0.20``."""
-    text = f"{float(r) + 0.0:.2f}"
-    return "0.00" if text == "-0.00" else text
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ checkpoints (hub layout ``model.layers.0...`` / ``visual.blocks.0...`` and the i
 tensors are masked; any other dtype (fp8, integers) is copied unchanged.
 
 :func:`mask_checkpoint` writes, for every ratio, a complete HF checkpoint directory
-``masked_r<ratio:.2f>`` (weights with the teacher's shard layout, index, safetensors header and
+``masked_r<ratio>`` (the exact ratio, e.g. ``masked_r0.175``) (weights with the teacher's shard layout, index, safetensors header and
 metadata; every non-weight file of the teacher copied) plus ``masking_stats.csv`` with the
 per-tensor thresholds and achieved zeros.
 
@@ -95,6 +95,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from masters.schedule import ratio_str
 from masters.schedule import ratios as schedule_ratios  # Eq. 3 ratio list (METHOD.md section 2)
 
 if TYPE_CHECKING:  # torch is imported lazily: the checkpoint path does not need it
@@ -176,11 +177,9 @@ def _matches(name: str, inc: list[re.Pattern], exc: list[re.Pattern]) -> bool:
 
 
 def ratio_dirname(r: float) -> str:
-    """The directory of the teacher masked at ratio ``r``: ``masked_r0.20`` (two decimals, never ``-0.00``)."""
-    text = f"{float(r):.2f}"
-    if text == "-0.00":
-        text = "0.00"
-    return f"masked_r{text}"
+    """The directory of the teacher masked at ratio ``r``: ``masked_r0.20``, ``masked_r0.175``
+    (its exact ratio, :func:`masters.schedule.ratio_str`)."""
+    return f"masked_r{ratio_str(r)}"
 
 
 def _validate_ratios(ratios: Iterable[float], unique_dirs: bool = True) -> list[float]:
@@ -984,7 +983,7 @@ def _copy_other_files(teacher: Path, dest: Path, skip: set[Path]) -> None:
 def mask_checkpoint(teacher_dir: str | os.PathLike, out_root: str | os.PathLike, ratios: Iterable[float],
                     include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
                     progress: bool = True) -> pd.DataFrame:
-    """Write ``out_root/masked_r{r:.2f}`` for every ratio ``r`` (Eq. 1-2, per-tensor thresholds).
+    """Write ``out_root/masked_r<ratio>`` for every ratio ``r`` (Eq. 1-2, per-tensor thresholds).
 
     Each output is a complete HF checkpoint: the teacher's safetensors files under the same
     names, with the same header (tensor order, dtypes, shapes, offsets, ``__metadata__``) and the

@@ -52,6 +52,17 @@ def _num_stages(r_max: float, step: float | None) -> int:
     return n + 1
 
 
+def ratio_str(r: float) -> str:
+    """A masking ratio as it names its files, exactly: two decimals at least, up to the
+    schedule's six (``0.2`` -> ``"0.20"``, ``0.175`` -> ``"0.175"``), never ``"-0.00"``.
+    A ratio with more decimals has no name: ``ValueError``."""
+    r = float(r) + 0.0
+    if round(r, DECIMALS) != r:
+        raise ValueError(f"masking ratio {r!r} has more than {DECIMALS} decimals")
+    whole, frac = f"{r:.{DECIMALS}f}".split(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+
+
 def ratios(r_max: float, step: float) -> list[float]:
     """The masking ratios of Eq. 3, largest first: ``[r_max, r_max − s, …, 0.0]``.
 

@@ -77,7 +77,7 @@ check_config(config)
 sys.path.insert(
     0, str(REPO)
 )  # the masters package of this checkout, also without `pip install -e`
-from masters.experiments import Design, DesignError, part_shard, ratio_str
+from masters.experiments import Design, DesignError, part_shard
 from masters.resources import RESOURCE_KEYS, ResourcesError, all_families
 
 try:
@@ -108,7 +108,7 @@ wildcard_constraints:
     student="[A-Za-z0-9_.+-]+",
     teacher="[A-Za-z0-9_.+-]+",
     experiment="[A-Za-z0-9_.+-]+",
-    ratio=r"\d\.\d\d",
+    ratio=r"\d\.\d{2,6}",
     source="teacher|student|label",
     n=r"\d+",
     seed=r"\d+",

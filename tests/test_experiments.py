@@ -5,7 +5,8 @@ import copy
 import pytest
 import yaml
 
-from masters.experiments import Design, DesignError, part_shard, ratio_str
+from masters.experiments import Design, DesignError, part_shard
+from masters.schedule import ratio_str
 from tests.conftest import REPO
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -106,3 +107,31 @@ def test_bad_designs_name_the_key(change, key):
         config[top] = {**config[top], **value}
     with pytest.raises(DesignError, match=key.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         Design(config)
+
+
+def test_a_step_of_0_025_trains_each_stage_against_the_ratio_its_teacher_was_masked_at(tmp_path):
+    """Regression (issue: one source of truth): teachers were addressed by two decimals, so
+    0.175/0.125/0.075/0.025 were masked at 0.17/0.12/0.07/0.03 while training logged 0.175."""
+    import torch
+    from safetensors.torch import save_file
+
+    from masters.masking import mask_checkpoint
+
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["masters"]["plan"] = [{"teacher": "L", "r_max": 0.2, "step": 0.025}]
+    d = Design(config)
+    stages = d.stages("S", "masters")
+    assert [s.ratio for s in stages] == [0.2, 0.175, 0.15, 0.125, 0.1, 0.075, 0.05, 0.025, 0.0]
+    dirs = [d.teacher_dir("L", s.ratio) for s in stages]
+    assert len(set(dirs)) == len(dirs) and dirs[1].endswith("/masked_r0.175") and dirs[7].endswith("/masked_r0.025")
+    # the mask job gets the ratio from its directory name (rules/mask.smk: --ratios {wildcards.ratio})
+    teacher = tmp_path / "L"
+    teacher.mkdir()
+    w = torch.arange(1, 1001, dtype=torch.float32).reshape(10, 100)  # distinct magnitudes: k zeros exactly
+    save_file({"model.layers.0.mlp.up_proj.weight": w}, str(teacher / "model.safetensors"))
+    for stage, path in zip(stages[:-1], dirs):
+        ratio_in_name = float(path.rsplit("masked_r", 1)[1])
+        assert ratio_in_name == stage.ratio
+        stats = mask_checkpoint(teacher, tmp_path / "out", [ratio_in_name], progress=False)
+        assert stats.zeros.item() == round(stage.ratio * 1000)  # 175, not 170
+        assert (tmp_path / "out" / path.rsplit("/", 1)[1]).is_dir()

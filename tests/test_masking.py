@@ -86,11 +86,20 @@ def test_selection_other_layouts_and_custom_patterns():
         is_maskable("x", two_d, ["("], None)
 
 
-def test_ratio_dirname():
-    assert ratio_dirname(0.2) == "masked_r0.20"
-    assert ratio_dirname(0.05) == "masked_r0.05"
-    assert ratio_dirname(0.0) == ratio_dirname(-0.0) == ratio_dirname(-1e-9) == "masked_r0.00"
-    assert ratio_dirname(0.2 - 4 * 0.05) == "masked_r0.00"
+def test_ratio_dirname_names_the_exact_ratio():
+    assert ratio_dirname(0.2) == "masked_r0.20" and ratio_dirname(0.05) == "masked_r0.05"
+    assert ratio_dirname(0.175) == "masked_r0.175" and ratio_dirname(0.000125) == "masked_r0.000125"
+    assert ratio_dirname(0.0) == ratio_dirname(-0.0) == "masked_r0.00"
+    with pytest.raises(ValueError, match="more than 6 decimals"):
+        ratio_dirname(0.1234567)  # no name would be its exact ratio
+    with pytest.raises(ValueError, match="more than 6 decimals"):
+        masking._validate_ratios([0.1 + 0.2])  # 0.30000000000000004: computed, not a schedule ratio
+    # the schedule's ratios at a step of 0.025 get eight distinct exact names (regression: 0.17/0.12/...)
+    from masters.schedule import ratios
+
+    names = [ratio_dirname(r) for r in ratios(0.2, 0.025)]
+    assert names == ["masked_r0.20", "masked_r0.175", "masked_r0.15", "masked_r0.125", "masked_r0.10",
+                     "masked_r0.075", "masked_r0.05", "masked_r0.025", "masked_r0.00"]
 
 
 def test_cli_ratio_list_is_the_schedule_and_errors_name_the_flags():
@@ -336,7 +345,7 @@ def test_clear_errors(tmp_path):
         mask_checkpoint(tmp_path / "empty", tmp_path / "o", [0.1])
 
     teacher = _synthetic(tmp_path / "t", {"model.layers.0.mlp.up_proj.weight": torch.randn(64, 64)})
-    for bad in ([1.0], [-0.1], [0.2, 0.201], []):
+    for bad in ([1.0], [-0.1], [0.2, 0.2000001], []):  # 0.2000001: no directory names it exactly
         with pytest.raises(ValueError):
             mask_checkpoint(teacher, tmp_path / "o", bad, progress=False)
 
