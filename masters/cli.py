@@ -242,7 +242,6 @@ def cmd_reward(args: argparse.Namespace) -> None:
                                                         batch_size=args.batch_size, chunk_size=args.chunk_size,
                                                         progress=True)
     rows["divergence"], rows["ref_logprobs"] = divergences, ref_logprobs
-    rows["group"] = rows["question_id"]
     rows = rewards.group_rewards(rows, normalize=args.distill == "normalized", alpha=args.alpha,
                                  use_acc=args.reward in ("both", "acc"), use_distill=args.reward in ("both", "distill"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -220,19 +220,19 @@ def score_responses(teacher, student, t_proc, s_proc, rows, batch_size: int = 8,
     return divergences, ref_logprobs
 
 
-def group_rewards(frame, *, normalize: bool, alpha: float, use_acc: bool, use_distill: bool,
-                  group_column: str = "group"):
-    """Add ``r_distill`` and ``r_total`` to a frame with ``divergence`` (and ``r_acc``) columns.
+def group_rewards(frame, *, normalize: bool, alpha: float, use_acc: bool, use_distill: bool):
+    """Add ``r_distill`` and ``r_total`` to a frame with ``question_id``, ``divergence`` (and
+    ``r_acc``) columns.
 
-    R_distill is normalized within each group (Eq. 7) or raw; R = R_acc + α·R_distill, with
+    R_distill is normalized within each group, the responses to one question (Eq. 7), or raw; R = R_acc + α·R_distill, with
     either part dropped for the reward ablations of Table 5e.
     """
     if not (use_acc or use_distill):
         raise ValueError("a reward needs the accuracy part, the distillation part, or both")
-    if frame[group_column].isna().any():
-        raise ValueError(f"column {group_column!r} has missing values: every response needs its group")
+    if frame["question_id"].isna().any():
+        raise ValueError("column 'question_id' has missing values: every response needs its question")
     frame = frame.copy()
-    by_group = frame.groupby(group_column)["divergence"]
+    by_group = frame.groupby("question_id")["divergence"]
     frame["r_distill"] = by_group.transform(lambda d: distill_reward(d.tolist(), normalize=normalize)).astype(float)
     acc = frame["r_acc"] if use_acc else 0.0
     frame["r_total"] = acc + (alpha * frame["r_distill"] if use_distill else 0.0)

@@ -75,8 +75,8 @@ def load_stage_rows(stage: Stage, questions: pd.DataFrame, sources: tuple[str, .
     rows = rows[rows["source"].isin(sources)].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"{stage.responses}: no responses from sources {sources}")
-    group = rows["group"] if "group" in rows.columns else rows["question_id"]
-    rows["advantage"] = rows.groupby(group)["r_total"].transform(lambda r: group_advantages(r.tolist())).astype(float)
+    # a group is the responses to one question (METHOD.md §6), among the sources kept
+    rows["advantage"] = rows.groupby("question_id")["r_total"].transform(lambda r: group_advantages(r.tolist()))
     missing = set(rows["question_id"]) - set(questions["id"])
     if missing:
         raise KeyError(f"{stage.responses}: question ids not in the questions file: {sorted(missing)[:5]}")

@@ -26,7 +26,7 @@ BUGS = {
         ("masters/forward.py", "predicts[i, p - 1 : p - 1 + len(response)] = True",
          "predicts[i, p : p + len(response)] = True")],
     "advantages per batch, not per group": [
-        ("masters/training.py", 'rows.groupby(group)["r_total"]', 'rows.groupby(0 * rows["r_total"])["r_total"]')],
+        ("masters/training.py", 'rows.groupby("question_id")["r_total"]', 'rows.groupby(0 * rows["r_total"])["r_total"]')],
     "per-chunk mean and advantages in reverse order": [
         ("masters/training.py", '(parts["loss"].sum() / n).backward()', 'parts["loss"].mean().backward()'),
         ("masters/training.py", 'zip(rows["advantage"], s_batch.lengths)',

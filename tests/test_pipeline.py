@@ -89,7 +89,6 @@ def rewarded(world, tmp_path_factory):
     divergences, ref_logprobs = rewards.score_responses(teacher, student, t_proc, s_proc, rows, batch_size=5, chunk_size=7)
     rows["divergence"], rows["ref_logprobs"] = divergences, ref_logprobs
     rows["r_acc"] = (rows.index % 2).astype(float)
-    rows["group"] = rows["question_id"]
     rows = rewards.group_rewards(rows, normalize=True, alpha=1.0, use_acc=True, use_distill=True)
     path = out / "rewards.parquet"
     rows.drop(columns=["image", "question", "id"]).to_parquet(path)
@@ -118,7 +117,7 @@ def test_divergences_match_a_direct_full_forward(rewarded):
 
 def test_rewards_are_normalized_per_group(rewarded):
     rows, _, _ = rewarded
-    for _, group in rows.groupby("group"):
+    for _, group in rows.groupby("question_id"):
         assert group.r_distill.max() == pytest.approx(1.0) and group.r_distill.min() == pytest.approx(0.0)
         assert group.loc[group.divergence.idxmin(), "r_distill"] == pytest.approx(1.0)
     assert (rows.r_total == rows.r_acc + rows.r_distill).all()
@@ -205,7 +204,7 @@ def test_cli_chain_generate_judge_reward_train(world, tmp_path):
           "--questions", str(qfile), "--teacher", str(teacher), "--student", str(root / "student"),
           "--chunk-size", "3", "--out", str(tmp_path / "rewards.parquet")])
     rewarded = pd.read_parquet(tmp_path / "rewards.parquet")
-    assert len(rewarded) == 16 and rewarded.groupby("group").size().eq(4).all()
+    assert len(rewarded) == 16 and rewarded.groupby("question_id").size().eq(4).all()
     main(["train", "--student", str(root / "student"), "--questions", str(qfile),
           "--stage", str(teacher), str(tmp_path / "rewards.parquet"), "2", "0.1",
           "--lr", "1e-3", "--batch-size", "4", "--out", str(tmp_path / "run")])
@@ -477,3 +476,43 @@ def test_parts_of_a_retrained_model_are_discarded(world, tmp_path, monkeypatch):
     weights = tmp_path / "teacher/model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten weights
     assert "stale" not in set(_generate(tmp_path, questions, out, "teacher").text)
+
+
+def test_without_the_jsd_term_the_teacher_is_not_run(world, rewarded, monkeypatch):
+    """λ = 0: no teacher forward, a logged JSD of 0, and the loss of the other terms alone; the
+    stored float32 reference log-probs stay float32 (found by mutation testing)."""
+    from masters import forward
+    from masters.losses import token_losses
+
+    rows, _, (teacher, student, t_proc, s_proc) = rewarded
+    batch = rows.iloc[:3].copy()
+    batch["advantage"] = [1.0, -1.0, 0.5]
+    calls, dtypes = [], []
+    real_hidden = training.response_hidden_states
+    monkeypatch.setattr(training, "response_hidden_states", lambda m, b: calls.append(m) or real_hidden(m, b))
+    monkeypatch.setattr(training, "token_losses", lambda lp, ref, *a: dtypes.append(ref.dtype) or token_losses(lp, ref, *a))
+    vocab = len(s_proc.tokenizer)
+    off = training.step_loss(student, teacher, s_proc, t_proc, batch,
+                             training.TrainConfig(chunk_size=4, weights=LossWeights(beta=0.1, lam=0.0)), vocab)
+    assert calls == [student] and off["jsd"] == 0.0 and set(dtypes) == {torch.float32}
+    student.zero_grad()
+    on = training.step_loss(student, teacher, s_proc, t_proc, batch,
+                            training.TrainConfig(chunk_size=4, weights=LossWeights(beta=0.1, lam=0.5)), vocab)
+    student.zero_grad()
+    assert calls[1:] == [student, teacher] and on["jsd"] > 0
+    assert on["loss"] == pytest.approx(off["loss"] + 0.5 * on["jsd"], rel=1e-5)
+    short = batch.assign(ref_logprobs=[r[:-1] for r in batch.ref_logprobs])
+    n = int(batch.token_ids.map(len).sum())
+    with pytest.raises(ValueError, match=f"ref_logprobs hold {n - 3} values for {n} response tokens"):
+        training.step_loss(student, teacher, s_proc, t_proc, short,
+                           training.TrainConfig(weights=LossWeights(lam=0.0)), vocab)
+    assert forward.response_hidden_states is real_hidden
+
+
+def test_a_stale_temporary_state_from_a_killed_save_is_replaced(world, rewarded, tmp_path):
+    _train(world, rewarded, tmp_path / "run", max_steps=2)  # state saved at step 2
+    stale = tmp_path / "run.partial/resume.tmp"
+    stale.mkdir()
+    (stale / "junk").write_text("a save killed half-way")
+    log = _train(world, rewarded, tmp_path / "run")
+    assert list(log.step) == list(range(1, 7)) and not stale.exists()

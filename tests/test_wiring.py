@@ -70,7 +70,6 @@ def stage_parquet(tmp_path, items):
         "r_total": [1.0, 2.0, 4.0, 100.0, 100.0, 300.0, 500.0, -7.0],
         "ref_logprobs": [[-1.0, -1.0]] * 8,
     })
-    frame["group"] = frame["question_id"]
     path = tmp_path / "stage.parquet"
     frame.to_parquet(path)
     return path, items[["id", "image", "question"]]
@@ -95,7 +94,7 @@ def test_advantages_are_per_group_after_the_sources_filter(stage_parquet):
 
 
 def test_every_reward_switch_by_hand():
-    frame = pd.DataFrame({"group": [0, 0, 0, 1, 1], "divergence": [0.1, 0.3, 0.5, 0.2, 0.6],
+    frame = pd.DataFrame({"question_id": [0, 0, 0, 1, 1], "divergence": [0.1, 0.3, 0.5, 0.2, 0.6],
                           "r_acc": [1.0, 0.0, 1.0, 0.0, 1.0]})
     normalized = [1.0, 0.5, 0.0, 1.0, 0.0]  # (max − D)/(max − min) within each group
     raw = [1 - d / math.log(2) for d in frame.divergence]
@@ -112,6 +111,18 @@ def test_every_reward_switch_by_hand():
         assert out.r_total.tolist() == pytest.approx(expected, abs=1e-12), (normalize, alpha, use_acc, use_distill)
         assert out.r_distill.tolist() == pytest.approx(normalized if normalize else raw, abs=1e-12)
         assert list(out.columns) == [*frame.columns, "r_distill", "r_total"] and (out.dtypes[-2:] == float).all()
-    with pytest.raises(ValueError, match="'group' has missing values"):
-        rewards.group_rewards(frame.assign(group=[0, None, 0, 1, 1]), normalize=True, alpha=1.0, use_acc=True,
+    with pytest.raises(ValueError, match="'question_id' has missing values"):
+        rewards.group_rewards(frame.assign(question_id=[0, None, 0, 1, 1]), normalize=True, alpha=1.0, use_acc=True,
                               use_distill=True)
+
+
+def test_stage_rows_need_their_questions_and_batches_are_full_when_rows_are_few(stage_parquet):
+    path, questions = stage_parquet
+    stage = training.Stage("unused", str(path), steps=1)
+    with pytest.raises(KeyError, match=r"stage.parquet: question ids not in the questions file: \['"):
+        training.load_stage_rows(stage, questions.iloc[1:], ("teacher", "student"))
+    # fewer rows than two batches: every step is a full batch of a new permutation
+    for step in range(4):
+        order = training.batch_order(4, 3, seed=1, stage=0, step=step)
+        assert len(order) == 3 and len(set(order.tolist())) == 3
+    assert training.batch_order(2, 3, seed=1, stage=0, step=5).tolist() in ([0, 1], [1, 0])  # all rows
