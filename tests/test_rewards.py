@@ -145,3 +145,24 @@ def test_check_same_tokenizer():
         check_same_tokenizer(_Tok("teacher", v), _Tok("student", {"<pad>": 0, "a": 1, "b": 3, "c": 2}))
     with pytest.raises(ValueError, match=r"'d'"):
         check_same_tokenizer(_Tok("teacher", v), _Tok("student", {**v, "d": 4}))
+
+
+def test_token_jsd_shapes_bounds_and_chunking():
+    """Found by mutation testing: one position ([V] logits), a one-token vocabulary, two chunks,
+    an empty batch keeps its shape, dtype and device; bad sizes name the argument."""
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(4, 9, generator=g), torch.randn(4, 11, generator=g)
+    whole = token_jsd(t, s, vocab_size=9)
+    torch.testing.assert_close(token_jsd(t, s, vocab_size=9, chunk_size=2), whole)  # exactly two chunks
+    torch.testing.assert_close(whole, direct_jsd(t, s, 9).float(), atol=1e-6, rtol=1e-5)
+    one = token_jsd(t[1], s[1], vocab_size=9)
+    assert one.shape == () and one.item() == pytest.approx(whole[1].item(), abs=1e-7)
+    assert token_jsd(t, s, vocab_size=1).tolist() == [0.0] * 4  # one token: both distributions are 1
+    empty = token_jsd(torch.zeros(0, 3, 9, device="meta"), torch.zeros(0, 3, 11, device="meta"))
+    assert empty.shape == (0, 3) and empty.dtype == torch.float32 and empty.device.type == "meta"
+    for kwargs, message in (({"vocab_size": 0}, "vocab_size"), ({"vocab_size": 10}, "vocab_size"),
+                            ({"chunk_size": 0}, "chunk_size must be positive")):
+        with pytest.raises(ValueError, match=message):
+            token_jsd(t, s, **kwargs)
+    with pytest.raises(ValueError, match="vocabulary dimension"):
+        token_jsd(torch.tensor(1.0), torch.zeros(3))
