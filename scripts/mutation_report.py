@@ -69,6 +69,10 @@ def message_only(diff: str) -> bool:
     """True if the mutant changes only the text of an error/warning/log message or of a
     ``help=``/``desc=`` string (the statement, its condition and its error type unchanged)."""
     old, new = changed_lines(diff)
+    if len(old) > 1 and len(new) == 1 and new[0].strip() in ("None", "None,", "None)"):
+        # a message spread over several string lines, blanked: all of them strings of one raise
+        strings = re.compile(r"\s*[fbr]?(\"[^\"]*\"|'[^']*')\s*,?\s*")
+        return all(strings.fullmatch(line) for line in old) and bool(MESSAGE_STATEMENT.match(statement_head(diff, old[0])))
     if len(old) != 1 or len(new) != 1:
         return False
     keyword = re.compile(r"\b(help|desc|description)=([fbr]?(\"[^\"]*\"|'[^']*')|None)")

@@ -126,3 +126,15 @@ def test_stage_rows_need_their_questions_and_batches_are_full_when_rows_are_few(
         order = training.batch_order(4, 3, seed=1, stage=0, step=step)
         assert len(order) == 3 and len(set(order.tolist())) == 3
     assert training.batch_order(2, 3, seed=1, stage=0, step=5).tolist() in ([0, 1], [1, 0])  # all rows
+
+
+def test_chunked_logits_cover_every_row_in_order():
+    """More rows than hidden units (found by mutation testing: the bound was read off the wrong dim)."""
+    from masters.forward import chunked_logits
+
+    head = torch.nn.Linear(8, 5, bias=False)
+    model = type("Stub", (), {"get_output_embeddings": lambda self: head})()
+    hidden = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
+    chunks = list(chunked_logits(model, hidden, 6))
+    assert [(p.start, p.stop) for p, _ in chunks] == [(0, 6), (6, 12), (12, 18), (18, 20)]
+    torch.testing.assert_close(torch.cat([logits for _, logits in chunks]), head(hidden))
