@@ -58,3 +58,9 @@ def test_bad_weights_and_shapes():
         LossWeights(kind="grpo")
     with pytest.raises(ValueError, match="share one shape"):
         token_losses(torch.zeros(3), torch.zeros(2), torch.zeros(3), torch.zeros(3), LossWeights())
+
+
+@pytest.mark.parametrize("weights", [{"beta": -0.1}, {"lam": -1.0}, {"kind": "grpo"}])
+def test_loss_weights_reject_each_bad_setting_alone(weights):
+    with pytest.raises(ValueError, match="beta and lam must be >= 0|loss kind"):
+        LossWeights(**weights)
