@@ -516,3 +516,17 @@ def test_a_stale_temporary_state_from_a_killed_save_is_replaced(world, rewarded,
     (stale / "junk").write_text("a save killed half-way")
     log = _train(world, rewarded, tmp_path / "run")
     assert list(log.step) == list(range(1, 7)) and not stale.exists()
+
+
+class _NotATensor:
+    """Any object a pickle could carry: a resume state must never unpickle it."""
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "rng.pt"])
+def test_a_resume_state_is_loaded_without_unpickling_objects(world, rewarded, tmp_path, name):
+    import pickle
+
+    _train(world, rewarded, tmp_path / "run", max_steps=2)  # state saved at step 2
+    torch.save({"state": _NotATensor()}, tmp_path / "run.partial/resume" / name)
+    with pytest.raises(pickle.UnpicklingError):
+        _train(world, rewarded, tmp_path / "run")
