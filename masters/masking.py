@@ -39,9 +39,9 @@ checkpoints (hub layout ``model.layers.0...`` / ``visual.blocks.0...`` and the i
 tensors are masked; any other dtype (fp8, integers) is copied unchanged.
 
 :func:`mask_checkpoint` writes, for every ratio, a complete HF checkpoint directory
-``masked_r<ratio>`` (the exact ratio, e.g. ``masked_r0.175``) (weights with the teacher's shard layout, index, safetensors header and
-metadata; every non-weight file of the teacher copied) plus ``masking_stats.csv`` with the
-per-tensor thresholds and achieved zeros.
+``masked_r<ratio>``, named by its exact ratio (e.g. ``masked_r0.175``), with the weights in the
+teacher's shard layout, index, safetensors header and metadata, every non-weight file of the
+teacher copied, and ``masking_stats.csv`` with the per-tensor thresholds and achieved zeros.
 
 Streaming and memory
 --------------------

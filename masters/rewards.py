@@ -224,8 +224,8 @@ def group_rewards(frame, *, normalize: bool, alpha: float, use_acc: bool, use_di
     """Add ``r_distill`` and ``r_total`` to a frame with ``question_id``, ``divergence`` (and
     ``r_acc``) columns.
 
-    R_distill is normalized within each group, the responses to one question (Eq. 7), or raw; R = R_acc + α·R_distill, with
-    either part dropped for the reward ablations of Table 5e.
+    R_distill is normalized within each group, the responses to one question (Eq. 7), or raw;
+    R = R_acc + α·R_distill, with either part dropped for the reward ablations of Table 5e.
     """
     if not (use_acc or use_distill):
         raise ValueError("a reward needs the accuracy part, the distillation part, or both")
