@@ -143,6 +143,15 @@ def cmd_figure(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(map(str, paths)))
 
 
+def cmd_trace(args: argparse.Namespace) -> None:
+    from masters import config, specs
+    from masters.experiments import Design
+
+    repo = Path(args.directory)
+    design = Design(config.load([repo / "config.yaml", *args.configfile], repo))
+    print("\n".join(specs.trace(design, args.table, args.row)))
+
+
 def _questions(paths: list[str]):
     import pandas as pd
 
@@ -254,11 +263,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from masters.losses import LossWeights
 
     _runtime(args)
-    names = args.stage_names or [Path(t).name for t, *_ in args.stage]
-    if len(names) != len(args.stage):
-        raise SystemExit(f"masters train: {len(names)} --stage-names for {len(args.stage)} stages")
     stages = [training.Stage(teacher=t, responses=r, steps=int(n), ratio=float(ratio), name=name)
-              for (t, r, n, ratio), name in zip(args.stage, names)]
+              for name, t, r, n, ratio in args.stage]
     cfg = training.TrainConfig(lr=args.lr, batch_size=args.batch_size, grad_clip=args.grad_clip,
                                chunk_size=args.chunk_size, save_every=args.save_every, seed=args.seed,
                                weights=LossWeights(beta=args.beta, lam=args.lam, kind=args.loss),
@@ -274,6 +280,15 @@ def _add_runtime_flags(p: argparse.ArgumentParser, remote: str | None = "the che
                    help="GPUs this job asked the scheduler for; fewer visible CUDA devices is an error before any work")
     if remote:
         p.add_argument("--trust-remote-code", action="store_true", help=f"allow {remote} own code")
+
+
+def _setting(p: argparse.ArgumentParser, flag: str, key: str, kind=None, **kw) -> None:
+    """A flag whose default and help are the config schema's (``key`` in
+    masters/config.schema.yaml), so a default is written once."""
+    from masters import config
+
+    p.add_argument(flag, type=kind, default=config.default(key), help=f"{config.describe(key)} [config {key};"
+                   " default %(default)s]", **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--label", default=None, help="name of the model in tables")
     p.add_argument("--benchmarks", required=True, help='JSON list of {"name", "task", "data"?, "metric"?}')
-    p.add_argument("--batch-size", type=int, default=32, help="lm-eval batch size")
+    _setting(p, "--batch-size", "evaluation.batch_size", int)
     p.add_argument("--limit", type=int, default=None, help="score only the first N items per benchmark")
     _add_runtime_flags(p)
     p.add_argument("--samples", default=None, help="optional JSONL of per-item responses")
@@ -330,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("questions", help="draw the training questions every model pre-generates for")
     p.add_argument("--files", nargs="+", required=True, help="question parquet files (id, image, question, answer)")
-    p.add_argument("--per-file", type=int, default=None, help="questions drawn from each file (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    _setting(p, "--per-file", "train_questions.per_file", int)
+    _setting(p, "--seed", "seed", int)
     p.add_argument("--out", required=True, help="output parquet")
     p.set_defaults(func=cmd_questions)
 
@@ -345,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, help="JSON: the result files the figure reads")
     p.add_argument("--out", required=True, help="output path stem: writes STEM.png, STEM.pdf")
     p.set_defaults(func=cmd_figure)
+
+    p = sub.add_parser("trace", help="print the chain of files behind one row of a table")
+    p.add_argument("table", help="a table of the config, e.g. table1")
+    p.add_argument("row", help="the row's label, e.g. '+Reward Feedback'")
+    p.add_argument("--configfile", nargs="*", default=[],
+                   help="config files merged over DIRECTORY/config.yaml, as `snakemake --configfile` does")
+    p.add_argument("--directory", default=".", help="the workflow's directory (holding config.yaml)")
+    p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("accuracy-table", help="table of per-benchmark accuracy from evaluate JSONs")
     p.add_argument("--results", nargs="+", required=True, help="JSON files written by `masters evaluate`")
@@ -362,18 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, choices=["teacher", "student", "label"],
                    help="who generates; `label` writes the dataset answers (tokenized by --model's tokenizer)")
     p.add_argument("--ratio", type=float, default=0.0, help="mask ratio of the model (0 for the student)")
-    p.add_argument("--n", type=int, default=4, help="responses per question")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass")
-    p.add_argument("--top-k", type=int, default=50, help="top-k sampling")
-    p.add_argument("--repetition-penalty", type=float, default=1.05, help="repetition penalty")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="response length limit")
+    _setting(p, "--n", "generation.n_teacher", int)
+    for key, kind in (("temperature", float), ("top_p", float), ("top_k", int), ("repetition_penalty", float),
+                      ("max_new_tokens", int), ("batch_size", int)):
+        _setting(p, "--" + key.replace("_", "-"), f"generation.{key}", kind)
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--batch-size", type=int, default=8, help="questions per generate call")
     p.add_argument("--shard", type=int, default=0, help="with --num-shards: which question shard to use")
     p.add_argument("--num-shards", type=int, default=1, help="split questions into this many disjoint shards")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation backend")
+    _setting(p, "--backend", "generation.backend", choices=["hf", "vllm"])
     _add_runtime_flags(p)
     p.add_argument("--out", required=True, help="responses parquet")
     p.set_defaults(func=cmd_generate)
@@ -381,11 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("judge", help="accuracy reward r_acc of each response (METHOD.md §4)")
     p.add_argument("--responses", required=True, help="responses parquet from `masters generate`")
     p.add_argument("--questions", nargs="+", required=True, help="question parquet files (id, question, answer)")
-    p.add_argument("--kind", choices=["rule", "llm"], default="llm", help="rule-based or LLM-as-a-judge")
+    _setting(p, "--kind", "judge.kind", choices=["rule", "llm"])
     p.add_argument("--judge-model", default=None, help="judge checkpoint (the paper uses the student)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="judge output length limit")
-    p.add_argument("--batch-size", type=int, default=8, help="judge prompts per generate call")
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="judge generation backend")
+    _setting(p, "--max-new-tokens", "judge.max_new_tokens", int)
+    _setting(p, "--batch-size", "judge.batch_size", int)
+    _setting(p, "--backend", "judge.backend", choices=["hf", "vllm"])
     _add_runtime_flags(p, "the judge checkpoint's")
     p.add_argument("--out", required=True, help="judged responses parquet (adds r_acc, judge_raw, judge_parse_failed)")
     p.set_defaults(func=cmd_judge)
@@ -395,11 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", nargs="+", required=True, help="question parquet files")
     p.add_argument("--teacher", required=True, help="the stage's masked teacher checkpoint")
     p.add_argument("--student", required=True, help="the reference student checkpoint (pi_ref)")
-    p.add_argument("--distill", choices=["normalized", "raw"], default="normalized", help="Eq. 7 or 1 - D/ln 2")
-    p.add_argument("--reward", choices=["both", "acc", "distill"], default="both", help="which parts make R")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight of R_distill in R")
-    p.add_argument("--batch-size", type=int, default=8, help="responses per forward pass")
-    p.add_argument("--chunk-size", type=int, default=256, help="positions per logits chunk")
+    _setting(p, "--distill", "reward.distill", choices=["normalized", "raw"])
+    _setting(p, "--reward", "reward.use", choices=["both", "acc", "distill"])
+    _setting(p, "--alpha", "reward.alpha", float)
+    _setting(p, "--batch-size", "reward.batch_size", int)
+    _setting(p, "--chunk-size", "reward.chunk_size", int)
     _add_runtime_flags(p, "the checkpoints'")
     p.add_argument("--out", required=True, help="rewarded responses parquet")
     p.set_defaults(func=cmd_reward)
@@ -407,19 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="offline stage-by-stage training of the student (METHOD.md §6)")
     p.add_argument("--student", required=True, help="initial student checkpoint (pi_ref)")
     p.add_argument("--questions", nargs="+", required=True, help="question parquet files")
-    p.add_argument("--stage", nargs=4, action="append", required=True, metavar=("TEACHER", "RESPONSES", "STEPS", "RATIO"),
-                   help="one stage, in order: teacher dir, rewarded responses parquet, steps, mask ratio")
-    p.add_argument("--stage-names", nargs="+", default=None,
-                   help="the teacher's name of each stage, for the log (default: the teacher directory's name)")
+    p.add_argument("--stage", nargs=5, action="append", required=True,
+                   metavar=("NAME", "TEACHER", "RESPONSES", "STEPS", "RATIO"),
+                   help="one stage, in order: the teacher's name (for the log), teacher dir, rewarded responses"
+                        " parquet, steps, mask ratio")
     p.add_argument("--loss", choices=["masters", "jsd"], default="masters", help="GRPO + KL + JSD, or JSD only")
     p.add_argument("--sources", nargs="+", default=["teacher", "student"], help="response sources to train on")
-    p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (fixed)")
-    p.add_argument("--batch-size", type=int, default=8, help="responses per step")
-    p.add_argument("--beta", type=float, default=0.1, help="KL weight")
-    p.add_argument("--lam", type=float, default=1.0, help="JSD weight")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip")
-    p.add_argument("--chunk-size", type=int, default=256, help="positions per logits chunk")
-    p.add_argument("--save-every", type=int, default=50, help="steps between resumable checkpoints")
+    for key, kind in (("lr", float), ("batch_size", int), ("beta", float), ("lam", float), ("grad_clip", float),
+                      ("chunk_size", int), ("save_every", int)):
+        _setting(p, "--" + key.replace("_", "-"), f"training.{key}", kind)
     p.add_argument("--seed", type=int, default=0, help="data-order seed")
     _add_runtime_flags(p, None)
     p.add_argument("--out", required=True, help="output directory (stage checkpoints, final/, train_log.csv)")

@@ -22,13 +22,15 @@ from dataclasses import dataclass
 
 import torch
 
+from masters.config import default
+
 LOSS_KINDS = ("jsd", "masters")
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    beta: float = 0.1  # KL to the reference
-    lam: float = 1.0  # JSD distillation term
+    beta: float = default("training.beta")  # KL to the reference
+    lam: float = default("training.lam")  # JSD distillation term
     kind: str = "masters"  # "masters" (GRPO + β·KL + λ·JSD) or "jsd" (λ·JSD only)
 
     def __post_init__(self):

@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from masters.config import default
 from masters.forward import build_batch_from_rows, chunked_logits, response_hidden_states
 from masters.generation import check_columns
 from masters.losses import LossWeights, token_losses
@@ -57,12 +58,14 @@ class Stage:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = 1e-6
-    batch_size: int = 8
-    grad_clip: float = 1.0
+    """Training settings; the defaults are the config schema's (``training.*``)."""
+
+    lr: float = default("training.lr")
+    batch_size: int = default("training.batch_size")
+    grad_clip: float = default("training.grad_clip")
     weight_decay: float = 0.0
-    chunk_size: int = 256
-    save_every: int = 50
+    chunk_size: int = default("training.chunk_size")
+    save_every: int = default("training.save_every")
     seed: int = 0
     weights: LossWeights = field(default_factory=LossWeights)
     sources: tuple[str, ...] = ("teacher", "student")

@@ -1,37 +1,39 @@
 # The paper's figures (PNG, PDF) from result files only: Fig. 2 and Fig. F.4.
 
+FIGURE_SPECS = {"fig2": specs.fig2_spec(DESIGN), "figF4": specs.figf4_spec(DESIGN)}
+
 
 rule fig2:
     input:
-        fig2_inputs(),
+        specs.fig2_inputs(FIGURE_SPECS["fig2"]),
     output:
-        png=report(f"{RESULTS}/figures/fig2.png", category="Figures"),
-        pdf=f"{RESULTS}/figures/fig2.pdf",
+        png=report(f"{DESIGN.path('figure', figure='fig2')}.png", category="Figures"),
+        pdf=f"{DESIGN.path('figure', figure='fig2')}.pdf",
     log:
-        f"{RESULTS}/logs/figures/fig2.log",
+        paths.log(RESULTS, "figure").format(figure="fig2"),
     localrule: True
     conda:
         "../envs/masters.yaml"
     params:
-        spec=json.dumps(fig2_spec()),
-        stem=lambda w, output: os.path.splitext(output.png)[0],
+        spec=json.dumps(FIGURE_SPECS["fig2"]),
+        stem=DESIGN.path("figure", figure="fig2"),
     shell:
-        "masters figure fig2 --spec '{params.spec}' --out {params.stem} > {log} 2>&1"
+        "masters figure fig2 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
 
 
 rule figF4:
     input:
-        figf4_inputs(),
+        FIGURE_SPECS["figF4"]["files"],
     output:
-        png=report(f"{RESULTS}/figures/figF4.png", category="Figures"),
-        pdf=f"{RESULTS}/figures/figF4.pdf",
+        png=report(f"{DESIGN.path('figure', figure='figF4')}.png", category="Figures"),
+        pdf=f"{DESIGN.path('figure', figure='figF4')}.pdf",
     log:
-        f"{RESULTS}/logs/figures/figF4.log",
+        paths.log(RESULTS, "figure").format(figure="figF4"),
     localrule: True
     conda:
         "../envs/masters.yaml"
     params:
-        spec=json.dumps({"files": figf4_inputs()}),
-        stem=lambda w, output: os.path.splitext(output.png)[0],
+        spec=json.dumps(FIGURE_SPECS["figF4"]),
+        stem=DESIGN.path("figure", figure="figF4"),
     shell:
-        "masters figure figF4 --spec '{params.spec}' --out {params.stem} > {log} 2>&1"
+        "masters figure figF4 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"

@@ -6,9 +6,9 @@ rule train_questions:
     input:
         [f.format(results=RESULTS) for f in config["train_questions"]["files"]],
     output:
-        DESIGN.questions(),
+        out("questions"),
     log:
-        f"{RESULTS}/logs/train_questions.log",
+        log_of("questions"),
     conda:
         "../envs/masters.yaml"
     threads: RES["default"].threads
@@ -29,13 +29,13 @@ rule train_questions:
 rule generate:
     input:
         model=generation_model,
-        questions=DESIGN.questions(),
+        questions=out("questions"),
     output:
-        f"{RESULTS}/responses/{{source}}/{{model}}/r{{ratio}}/n{{n}}_s{{seed}}_{{part}}.parquet",
+        out("responses"),
     log:
-        f"{RESULTS}/logs/generate/{{source}}_{{model}}_r{{ratio}}_n{{n}}_s{{seed}}_{{part}}.log",
+        log_of("responses"),
     benchmark:
-        f"{RESULTS}/benchmarks/generate/{{source}}_{{model}}_r{{ratio}}_n{{n}}_s{{seed}}_{{part}}.tsv"
+        bench_of("responses")
     conda:
         "../envs/masters.yaml"
     threads: RES["generate"].threads

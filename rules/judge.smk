@@ -4,15 +4,15 @@
 
 rule judge:
     input:
-        responses=f"{RESULTS}/responses/{{source}}/{{model}}/r{{ratio}}/n{{n}}_s{{seed}}_{{part}}.parquet",
-        questions=DESIGN.questions(),
+        responses=out("responses"),
+        questions=out("questions"),
         judge_model=lambda w: (
             [DESIGN.model_dir(w.judge[4:])] if w.judge.startswith("llm-") else []
         ),
     output:
-        f"{RESULTS}/judged/{{judge}}/{{source}}/{{model}}/r{{ratio}}/n{{n}}_s{{seed}}_{{part}}.parquet",
+        out("judged"),
     log:
-        f"{RESULTS}/logs/judge/{{judge}}_{{source}}_{{model}}_r{{ratio}}_n{{n}}_s{{seed}}_{{part}}.log",
+        log_of("judged"),
     conda:
         "../envs/masters.yaml"
     threads: lambda w: RES[judge_family(w)].threads

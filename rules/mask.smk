@@ -6,11 +6,11 @@ rule mask:
     input:
         lambda w: DESIGN.model_dir(w.model),
     output:
-        directory(f"{RESULTS}/masked/{{model}}/masked_r{{ratio}}"),
+        directory(out("masked")),
     log:
-        f"{RESULTS}/logs/mask/{{model}}_r{{ratio}}.log",
+        log_of("masked"),
     benchmark:
-        f"{RESULTS}/benchmarks/mask/{{model}}_r{{ratio}}.tsv"
+        bench_of("masked")
     conda:
         "../envs/masters.yaml"
     threads: RES["mask"].threads
@@ -18,16 +18,11 @@ rule mask:
         **RES["mask"].resources,
     params:
         root=lambda w, output: os.path.dirname(output[0]),
-        include=lambda w: (
-            "--include " + " ".join(f"'{x}'" for x in config["masking"]["include"])
-            if config["masking"]["include"]
-            else ""
-        ),
-        exclude=lambda w: (
-            "--exclude " + " ".join(f"'{x}'" for x in config["masking"]["exclude"])
-            if config["masking"]["exclude"]
-            else ""
+        patterns=" ".join(
+            f"--{key} {' '.join(map(shlex.quote, config['masking'][key]))}"
+            for key in ("include", "exclude")
+            if config["masking"][key]
         ),
     shell:
         "masters mask --teacher {input} --ratios {wildcards.ratio} --out {params.root}"
-        " {params.include} {params.exclude} --quiet > {log} 2>&1"
+        " {params.patterns} --quiet > {log} 2>&1"

@@ -1,24 +1,25 @@
 # The paper's tables (csv, md, tex) from evaluation summaries only (METHOD.md §8).
+# `masters trace TABLE ROW` prints the files behind a row.
 
 
 rule table:
     input:
-        lambda w: table_inputs(w.table),
+        lambda w: specs.table_inputs(specs.table_spec(DESIGN, w.table, REPO)),
     output:
         csv=report(
-            f"{RESULTS}/tables/{{table}}.csv",
+            paths.pattern(RESULTS, "table") + ".csv",
             category="Tables",
             labels={"table": "{table}", "format": "csv"},
         ),
-        md=f"{RESULTS}/tables/{{table}}.md",
-        tex=f"{RESULTS}/tables/{{table}}.tex",
+        md=paths.pattern(RESULTS, "table") + ".md",
+        tex=paths.pattern(RESULTS, "table") + ".tex",
     log:
-        f"{RESULTS}/logs/tables/{{table}}.log",
+        log_of("table"),
     localrule: True
     conda:
         "../envs/masters.yaml"
     params:
-        spec=lambda w: json.dumps(table_spec(w.table)),
-        stem=lambda w, output: os.path.splitext(output.csv)[0],
+        spec=lambda w: json.dumps(specs.table_spec(DESIGN, w.table, REPO)),
+        stem=lambda w: DESIGN.path("table", table=w.table),
     shell:
-        "masters table --spec '{params.spec}' --out {params.stem} > {log} 2>&1"
+        "masters table --spec {params.spec:q} --out {params.stem} > {log} 2>&1"

@@ -6,20 +6,19 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        directory(f"{RESULTS}/students/{{student}}/{{experiment}}/s{{seed}}"),
+        directory(out("students")),
     log:
-        f"{RESULTS}/logs/train/{{student}}_{{experiment}}_s{{seed}}.log",
+        log_of("students"),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{student}}_{{experiment}}_s{{seed}}.tsv"
+        bench_of("students")
     conda:
         "../envs/masters.yaml"
     threads: RES["train"].threads
     resources:
         **RES["train"].resources,
     params:
-        stages=lambda w, input: train_stage_args(w, input),
-        schedule=train_schedule,
-        settings=train_settings,
+        # computed from the wildcards only, so Snakemake compares it between runs
+        args=lambda w: specs.train_args(DESIGN, w.student, w.experiment, int(w.seed)),
     shell:
-        "masters train --student {input.student} --questions {input.questions} {params.stages}"
-        " {params.settings} --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"
+        "masters train --student {input.student} --questions {input.questions} {params.args}"
+        " --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"

@@ -3,9 +3,9 @@
 
 rule world_data:
     output:
-        data_path("{task}", "{split}"),
+        out("world_data"),
     log:
-        f"{WORLD}/logs/data_{{task}}_{{split}}.log",
+        log_of("world_data"),
     conda:
         "../envs/masters.yaml"
     threads: RES["default"].threads
@@ -24,9 +24,9 @@ rule world_tokenizer:
     input:
         train_data(),
     output:
-        directory(f"{WORLD}/processor"),
+        directory(out("world_processor")),
     log:
-        f"{WORLD}/logs/tokenizer.log",
+        log_of("world_processor"),
     conda:
         "../envs/masters.yaml"
     threads: RES["default"].threads
@@ -46,12 +46,12 @@ rule world_sft:
         processor=rules.world_tokenizer.output,
         train=train_data(),
     output:
-        model=directory(f"{WORLD}/models/{{model}}"),
-        loss=f"{WORLD}/sft/{{model}}_loss.csv",
+        model=directory(out("world_model")),
+        loss=out("world_sft_loss"),
     log:
-        f"{WORLD}/logs/sft_{{model}}.log",
+        log_of("world_model"),
     benchmark:
-        f"{WORLD}/benchmarks/sft_{{model}}.tsv"
+        bench_of("world_model")
     conda:
         "../envs/masters.yaml"
     threads: RES["sft"].threads

@@ -55,8 +55,27 @@ BAD_VALUES = [
 ]
 
 
+def checked(override):
+    """The checks `snakemake` runs before any job (rules/common.smk), without starting it."""
+    from masters.config import merge, validate
+    from masters.experiments import Design
+    from masters.resources import all_families
+
+    config = validate(merge(yaml.safe_load((REPO / "config.yaml").read_text()), override), REPO)
+    Design(config)
+    all_families(config["resources"])
+
+
 @pytest.mark.parametrize("override,key", BAD_VALUES, ids=[k for _, k in BAD_VALUES])
-def test_bad_config_value_names_the_key_before_any_job(override, key, tmp_path):
+def test_bad_config_value_names_the_key(override, key):
+    with pytest.raises(ValueError, match="invalid config") as error:
+        checked(override)
+    assert key in str(error.value)
+
+
+@pytest.mark.parametrize("override,key", [BAD_VALUES[0], BAD_VALUES[8], BAD_VALUES[13]],
+                         ids=["schema", "task file", "design"])
+def test_snakemake_stops_before_any_job_with_the_key(override, key, tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(override))
     run = snakemake("-n", "--cores", "1", "--directory", str(tmp_path / "wd"), "--configfile", str(config))
@@ -65,3 +84,21 @@ def test_bad_config_value_names_the_key_before_any_job(override, key, tmp_path):
     assert "invalid config" in out and key in out, out[-2000:]
     assert "Job stats" not in run.stdout
     assert not (tmp_path / "wd" / "results").exists()
+
+
+def test_every_command_line_default_is_the_schemas():
+    """A default is written once: each `masters` flag that mirrors a config key takes the
+    schema's default (the CLI once said judge `llm` where the schema said `rule`)."""
+    from masters.cli import build_parser
+    from masters.config import default
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    mirrored = {("judge", "kind"): "judge.kind", ("judge", "max_new_tokens"): "judge.max_new_tokens",
+                ("judge", "batch_size"): "judge.batch_size", ("generate", "max_new_tokens"): "generation.max_new_tokens",
+                ("generate", "batch_size"): "generation.batch_size", ("generate", "top_p"): "generation.top_p",
+                ("reward", "batch_size"): "reward.batch_size", ("reward", "alpha"): "reward.alpha",
+                ("train", "lr"): "training.lr", ("train", "batch_size"): "training.batch_size",
+                ("train", "save_every"): "training.save_every", ("evaluate", "batch_size"): "evaluation.batch_size"}
+    for (command, dest), key in mirrored.items():
+        assert sub[command].get_default(dest) == default(key), (command, dest)
+    assert default("judge.kind") == "rule" and "[config judge.kind" in sub["judge"].format_help()

@@ -206,7 +206,7 @@ def test_cli_chain_generate_judge_reward_train(world, tmp_path):
     rewarded = pd.read_parquet(tmp_path / "rewards.parquet")
     assert len(rewarded) == 16 and rewarded.groupby("question_id").size().eq(4).all()
     main(["train", "--student", str(root / "student"), "--questions", str(qfile),
-          "--stage", str(teacher), str(tmp_path / "rewards.parquet"), "2", "0.1",
+          "--stage", "T", str(teacher), str(tmp_path / "rewards.parquet"), "2", "0.1",
           "--lr", "1e-3", "--batch-size", "4", "--out", str(tmp_path / "run")])
     log = pd.read_csv(tmp_path / "run/train_log.csv")
     assert list(log.step) == [1, 2]
@@ -245,7 +245,7 @@ def test_sigkilled_training_resumes_to_the_same_weights(world, rewarded, tmp_pat
 
     def command(out):
         return [sys.executable, "-m", "masters.cli", "train", "--student", str(root / "student"), "--questions", str(qfile),
-                "--stage", str(root / "teacher"), str(path), "24", "0.0", "--lr", "1e-3", "--batch-size", "4",
+                "--stage", "T", str(root / "teacher"), str(path), "24", "0.0", "--lr", "1e-3", "--batch-size", "4",
                 "--save-every", "1", "--seed", "3", "--out", str(out)]
 
     subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True)

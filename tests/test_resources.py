@@ -106,7 +106,7 @@ def test_the_cli_checks_gpus_before_any_work(tmp_path):
     import sys
 
     run = subprocess.run([sys.executable, "-m", "masters.cli", "train", "--student", str(tmp_path / "missing"),
-                          "--questions", str(tmp_path / "q.parquet"), "--stage", "T", "R", "1", "0",
+                          "--questions", str(tmp_path / "q.parquet"), "--stage", "T", "T", "R", "1", "0",
                           "--gpus", "2", "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert run.returncode == 1
     assert "masters train: this job asked for 2 GPU(s)" in run.stderr and "CUDA sees 0" in run.stderr

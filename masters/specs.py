@@ -1,0 +1,195 @@
+"""What each workflow job is given, built from a :class:`~masters.experiments.Design`.
+
+The rules stay thin: ``rules/common.smk`` calls these for the ``input:``, ``params:`` and
+targets of the table, figure, train and evaluate rules, and ``masters trace`` uses the same
+functions to print where a table cell comes from. Everything here is unit-tested without
+running the DAG (``tests/test_specs.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from masters import paths
+from masters.experiments import Design
+from masters.schedule import ratio_str
+
+TABLE_FORMATS = ("csv", "md", "tex")
+FIGURE_FORMATS = ("png", "pdf")
+
+
+# ---------------------------------------------------------------- benchmarks and evaluation
+
+
+def benchmark_entries(design: Design, repo: str | Path) -> dict[str, dict]:
+    """name -> the :class:`masters.evaluation.Benchmark` fields (repo-relative YAMLs made absolute)."""
+    out = {}
+    for name, bench in design.config["benchmarks"].items():
+        task = bench["task"]
+        if task.endswith((".yaml", ".yml")):
+            task = str(Path(repo) / task)
+        entry = {"name": name, "task": task, "metric": bench["metric"]}
+        if "data" in bench:
+            entry["data"] = bench["data"].format(results=design.results)
+        out[name] = entry
+    return out
+
+
+def eval_checkpoint(design: Design, run: str) -> str:
+    """The checkpoint an evaluation run reads."""
+    return design.parse_run(run)["model_dir"]
+
+
+def eval_input(design: Design, run: str) -> str:
+    """What an evaluation waits for: a trained run's directory (a directory output), or the model."""
+    parsed = design.parse_run(run)
+    return parsed["train_dir"] or parsed["model_dir"]
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_stages(design: Design, student: str, experiment: str, seed: int) -> list[dict[str, Any]]:
+    """Each stage of one run with everything ``masters train --stage`` takes, in order."""
+    return [{"name": st.teacher, "teacher": design.teacher_dir(st.teacher, st.ratio),
+             "rewards": design.reward_file(student, experiment, st, seed), "steps": st.steps,
+             "ratio": ratio_str(st.ratio)}
+            for st in design.stages(student, experiment)]
+
+
+def train_args(design: Design, student: str, experiment: str, seed: int) -> str:
+    """The ``masters train`` arguments of one run: its stages and settings (no shell quoting
+    needed: every value is a number, a path built by :mod:`masters.paths`, or a schema enum)."""
+    exp = design.experiments[experiment]
+    t = exp.training
+    stages = " ".join(f"--stage {s['name']} {s['teacher']} {s['rewards']} {s['steps']} {s['ratio']}"
+                      for s in train_stages(design, student, experiment, seed))
+    sources = ["label"] if exp.data == "labels" else list(exp.sources)
+    return (f"{stages} --loss {exp.loss} --sources {' '.join(sources)} --lr {t['lr']}"
+            f" --batch-size {t['batch_size']} --beta {t['beta']} --lam {t['lam']} --grad-clip {t['grad_clip']}"
+            f" --chunk-size {t['chunk_size']} --save-every {t['save_every']} --seed {seed}")
+
+
+# ---------------------------------------------------------------- tables
+
+
+def table_spec(design: Design, name: str, repo: str | Path) -> dict[str, Any]:
+    """The ``masters table`` spec of one table: rows with their evaluation files per seed."""
+    spec = design.tables[name]
+    benchmarks = spec.get("benchmarks") or design.benchmarks
+    rows: list[dict] = []
+    for row in spec["rows"]:
+        for student in design.students:
+            if "model" in row:
+                model = design.teacher_of(student, row["model"])
+                if any(r["model"] == model and r["label"] == row["label"] for r in rows):
+                    continue  # a teacher of several students: one row
+                seeds = [0]
+            else:
+                trained = design.experiments[row["experiment"]].train
+                model, seeds = student, design.table_seeds(name) if trained else [0]  # untrained: one result
+            entry = {"model": model, "label": row["label"],
+                     "results": [[design.evaluation(design.run_of_row(row, student, s), b) for b in benchmarks]
+                                 for s in seeds]}
+            if row.get("columns"):
+                entry["columns"] = row["columns"]
+            rows.append(entry)
+    literature = spec["literature"]
+    return {"caption": spec["caption"], "benchmarks": benchmarks, "average": spec["average"],
+            "literature": str(Path(repo) / literature) if literature else None, "rows": rows}
+
+
+def table_inputs(spec: dict[str, Any]) -> list[str]:
+    files = [f for row in spec["rows"] for seed in row["results"] for f in seed]
+    return files + ([spec["literature"]] if spec["literature"] else [])
+
+
+def table_outputs(design: Design) -> list[str]:
+    return [f"{design.path('table', table=t)}.{ext}" for t in design.tables for ext in TABLE_FORMATS]
+
+
+# ---------------------------------------------------------------- figures
+
+
+def fig2_spec(design: Design) -> dict[str, Any]:
+    """Fig. 2: (a) each run's ratio per iteration, (b) its score per stage, (c) the comparison."""
+    fig = design.config["figures"].get("fig2", {})
+    seed = design.figure_seed()
+    files = lambda run: [design.evaluation(run, b) for b in design.benchmarks]  # noqa: E731
+    runs = [{"label": f"{student} {exp}", "log": f"{design.train_dir(student, exp, seed)}/train_log.csv",
+             "base": files(paths.run("model", model=student)),
+             "stages": [files(design.stage_run(student, exp, st.index)) for st in design.stages(student, exp)]}
+            for exp in fig.get("experiments", []) for student in design.students]
+    compare = {}
+    for label, exp in (fig.get("compare") or {}).items():
+        for student in design.students:
+            key = f"{label} ({student})" if len(design.students) > 1 else label
+            compare[key] = files(design.run_of_row({"experiment": exp}, student, seed))
+    return {"runs": runs, "compare": compare}
+
+
+def fig2_inputs(spec: dict[str, Any]) -> list[str]:
+    out = [str(Path(r["log"]).parent) for r in spec["runs"]]  # the run directory (a directory output)
+    for r in spec["runs"]:
+        out += r["base"] + [f for stage in r["stages"] for f in stage]
+    return out + [f for files in spec["compare"].values() for f in files]
+
+
+def figf4_spec(design: Design) -> dict[str, Any]:
+    """Fig. F.4: the reward files (their ``divergence``) of every stage of these runs."""
+    seed = design.figure_seed()
+    files = [design.reward_file(student, exp, st, seed)
+             for exp in design.config["figures"].get("figF4", {}).get("experiments", [])
+             for student in design.students for st in design.stages(student, exp)]
+    return {"files": list(dict.fromkeys(files))}
+
+
+def figure_outputs(design: Design) -> list[str]:
+    return [f"{design.path('figure', figure=f)}.{ext}" for f in design.config["figures"] for ext in FIGURE_FORMATS]
+
+
+# ---------------------------------------------------------------- where a table cell comes from
+
+
+def trace(design: Design, table: str, label: str) -> list[str]:
+    """The chain of files behind one row of a table, one line per file, indented by depth:
+    table <- evaluation summaries <- checkpoint <- (per stage) masked teacher and reward file
+    <- judged responses <- responses <- the generating model."""
+    if table not in design.tables:
+        raise KeyError(f"no table {table!r} (tables: {sorted(design.tables)})")
+    rows = [r for r in design.tables[table]["rows"] if r["label"] == label]
+    if not rows:
+        raise KeyError(f"table {table} has no row {label!r} (rows: {[r['label'] for r in design.tables[table]['rows']]})")
+    spec = design.tables[table]
+    benchmarks = spec.get("benchmarks") or design.benchmarks
+    lines = [f"{design.path('table', table=table)}.csv  [{table}, row {label!r}]"]
+    for row in rows:
+        for student in design.students:
+            for seed in (design.table_seeds(table) if "experiment" in row else [0]):
+                run = design.run_of_row(row, student, seed)
+                lines += [f"  {design.evaluation(run, b)}" for b in benchmarks]
+                lines += _trace_run(design, row, student, seed, run)
+    return lines
+
+
+def _trace_run(design: Design, row: dict, student: str, seed: int, run: str) -> list[str]:
+    parsed = design.parse_run(run)
+    if parsed["train_dir"] is None:
+        return [f"    {parsed['model_dir']}  [model {parsed['label']}]"]
+    lines = [f"    {parsed['model_dir']}  [checkpoint of {parsed['train_dir']}]",
+             f"      {design.model_dir(student)}  [student, pi_ref]"]
+    exp = row["experiment"]
+    for st in design.stages(student, exp):
+        reward = design.reward_file(student, exp, st, seed)
+        v = paths.parse(design.results, "rewards", reward)
+        inputs = design.reward_inputs(v["student"], v["teacher"], v["ratio"], v["data"], int(v["seed"]),
+                                      v["part"], v["judge"])
+        lines += [f"      stage {st.index}: {st.steps} steps, teacher {st.teacher} masked at {ratio_str(st.ratio)}",
+                  f"        {reward}",
+                  f"          {inputs['teacher']}  [{'masked ' if st.ratio else ''}teacher]"]
+        for judged in inputs["responses"]:
+            j = paths.parse(design.results, "judged", judged)
+            raw = design.responses(j["source"], j["model"], float(j["ratio"]), int(j["n"]), int(j["seed"]), j["part"])
+            lines += [f"          {judged}", f"            {raw}"]
+    return lines

@@ -1,0 +1,122 @@
+"""masters.specs: what the table, figure, train and evaluate jobs are given, without the DAG."""
+
+import copy
+import json
+import shlex
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from masters import paths, specs
+from masters.experiments import Design
+from masters.schedule import ratio_str
+from tests.conftest import REPO
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def two_students():
+    config = copy.deepcopy(CONFIG)
+    config["models"]["S2"] = "{results}/world/models/S"
+    config["students"]["S2"] = {"large": "L", "mid": "M"}
+    return Design(config)
+
+
+def test_table_rows_have_one_result_per_seed_and_benchmark():
+    d = Design(CONFIG)
+    spec = specs.table_spec(d, "table1", REPO)
+    assert [r["label"] for r in spec["rows"]] == ["base", "+Large Teacher", "+Mask-Progressive", "+Reward Feedback"]
+    base, masters = spec["rows"][0], spec["rows"][3]
+    assert len(base["results"]) == 1, "an untrained model has one result, not one per seed"
+    assert len(masters["results"]) == 3 and all(len(seed) == 6 for seed in masters["results"])
+    assert masters["results"][2][0] == f"{d.results}/eval/S/masters/s2/final/tiny_colour.json"
+    assert specs.table_inputs(spec)[0] == f"{d.results}/eval/models/S/tiny_colour.json"
+    assert spec["caption"] == CONFIG["tables"]["table1"]["caption"] and spec["literature"] is None
+
+
+def test_a_teacher_shared_by_two_students_is_one_row_and_5d_keeps_its_columns():
+    d = two_students()
+    spec = specs.table_spec(d, "table3", REPO)
+    assert [(r["label"], r["model"]) for r in spec["rows"]] == [
+        ("mid teacher", "M"), ("student", "S"), ("student", "S2"), ("student + Masters", "S"),
+        ("student + Masters", "S2")]
+    d5 = specs.table_spec(Design(CONFIG), "table5d", REPO)
+    assert d5["average"] and d5["rows"][1]["columns"] == {"Mid Teacher": "-", "Multi-Response": "+",
+                                                          "Reward Feedback": "-"}
+    assert all(len(r["results"]) == 1 for r in d5["rows"]), "table 5d runs one seed"
+
+
+def test_train_args_carry_each_stage_with_its_name_teacher_and_exact_ratio():
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["x"] = {"extends": "mid_masters", "training": {"lr": 0.003, "steps": 40},
+                                  "plan": [{"teacher": "mid", "r_max": 0.05, "step": 0.025},
+                                           {"teacher": "large", "r_max": 0}]}
+    d = Design(config)
+    args = shlex.split(specs.train_args(d, "S", "x", 2))
+    stages = [args[i + 1:i + 6] for i, a in enumerate(args) if a == "--stage"]
+    assert [(s[0], s[4]) for s in stages] == [("M", "0.05"), ("M", "0.025"), ("M", "0.00"), ("L", "0.00")]
+    assert stages[1][1] == d.teacher_dir("M", 0.025) and stages[1][1].endswith("masked_r0.025")
+    assert stages[3][1] == d.model_dir("L")
+    assert stages[0][2] == d.reward_file("S", "x", d.stages("S", "x")[0], 2)
+    assert sum(int(s[3]) for s in stages) == 40
+    assert args[args.index("--lr") + 1] == "0.003" and args[args.index("--seed") + 1] == "2"
+    assert args[args.index("--sources") + 1:args.index("--lr")] == ["teacher", "student"]
+    naive = shlex.split(specs.train_args(d, "S", "naive", 0))
+    assert naive[naive.index("--sources") + 1] == "label" and naive[naive.index("--loss") + 1] == "jsd"
+
+
+def test_fig2_and_figf4_specs():
+    d = Design(CONFIG)
+    fig2 = specs.fig2_spec(d)
+    assert [r["label"] for r in fig2["runs"]] == ["S mid_masters", "S masters"]
+    assert len(fig2["runs"][0]["stages"]) == 10 and fig2["runs"][0]["stages"][-1][0].endswith(
+        "/eval/S/mid_masters/s0/final/tiny_colour.json")
+    assert set(fig2["compare"]) == set(CONFIG["figures"]["fig2"]["compare"])
+    assert f"{d.results}/students/S/masters/s0" in specs.fig2_inputs(fig2)
+    f4 = specs.figf4_spec(d)["files"]
+    ratios = [paths.parse(d.results, "rewards", f)["ratio"] for f in f4]
+    assert ratios == [ratio_str(r / 100) for r in range(50, -1, -5)]
+
+
+def test_trace_names_every_file_behind_a_row():
+    d = Design(CONFIG)
+    lines = specs.trace(d, "table1", "+Reward Feedback")
+    text = "\n".join(lines)
+    assert lines[0].startswith(f"{d.results}/tables/table1.csv")
+    for seed in (0, 1, 2):
+        for st in d.stages("S", "masters"):
+            assert d.reward_file("S", "masters", st, seed) in text
+    assert d.teacher_dir("L", 0.15) in text and d.responses("teacher", "L", 0.15, 4, 1, "all") in text
+    assert d.model_dir("S") in text
+    with pytest.raises(KeyError, match="no row"):
+        specs.trace(d, "table1", "nope")
+    base = specs.trace(d, "table1", "base")
+    assert any("[model S]" in line for line in base) and not any("rewards" in line for line in base)
+
+
+def test_cli_trace_reads_the_config_like_snakemake(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"results": "elsewhere"}))
+    run = subprocess.run([sys.executable, "-m", "masters.cli", "trace", "table5a", "0.3", "--directory", str(REPO),
+                          "--configfile", str(extra)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("elsewhere/tables/table5a.csv") and "masked_r0.30" in run.stdout
+
+
+def test_a_caption_with_quotes_reaches_the_table_command_intact(tmp_path):
+    """Specs go through the shell as one quoted word ({params.spec:q}): an apostrophe in a
+    caption, or a quote in a row label, cannot break the command."""
+    extra = tmp_path / "extra.yaml"
+    caption = "Students' scores: \"mean\" ± std; $HOME `x`"
+    extra.write_text(yaml.safe_dump({"tables": {"table1": {"caption": caption, "rows": [
+        {"label": "it's base", "experiment": "base"}]}}}, allow_unicode=True))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--snakefile",
+                          str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(extra), "--",
+                          "results/tables/table1.csv"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    command = next(line for line in run.stdout.splitlines() if "masters table --spec" in line)
+    words = shlex.split(command[command.index("masters table"):])
+    spec = json.loads(words[words.index("--spec") + 1])
+    assert spec["caption"] == caption and spec["rows"][0]["label"] == "it's base"
