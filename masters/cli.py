@@ -48,6 +48,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> None:
 def cmd_sft(args: argparse.Namespace) -> None:
     from transformers import AutoProcessor
 
+    from masters.checkpoints import save_checkpoint
     from masters.world import models, sft
 
     _runtime(args)
@@ -66,7 +67,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     cfg = sft.SFTConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     Path(args.loss_log).parent.mkdir(parents=True, exist_ok=True)
     sft.train(model, processor, items, cfg, log_path=args.loss_log)
-    models.save_checkpoint(model, processor, args.out)
+    save_checkpoint(model, processor, args.out)
     print(f"saved {args.out}")
 
 
@@ -234,7 +235,7 @@ def cmd_reward(args: argparse.Namespace) -> None:
 
     from masters import rewards
     from masters.generation import check_columns
-    from masters.world.models import load_checkpoint
+    from masters.checkpoints import load_checkpoint
 
     _runtime(args)
     frames = []

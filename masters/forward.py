@@ -1,8 +1,8 @@
 """Teacher-forced forward passes over pre-generated responses, without ever building a full
 batch × sequence × vocabulary logits tensor (METHOD.md §5).
 
-A batch is (image, question) prompts, built with the processor's chat template exactly as
-generation built them, followed by the response tokens. The decoder's hidden states are
+A batch is (image, question) prompts, built by :mod:`masters.prompts` exactly as generation
+built them, followed by the response tokens. The decoder's hidden states are
 taken only at the positions that predict a response token, and the output head is applied
 to them in chunks of positions: peak logits memory is ``chunk × V``.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from masters.world.sft import decode_image, prompt_messages
+from masters.prompts import decode_image, encode_prompts, pad_token_id
 
 
 @dataclass
@@ -35,12 +35,11 @@ def build_batch(processor, images, questions, responses: list[list[int]]) -> Res
     bad = [t for r in responses for t in r if not 0 <= t < vocab]
     if bad:
         raise ValueError(f"token_ids outside the tokenizer's {vocab} ids (e.g. {bad[0]}): wrong tokenizer or padding ids")
-    prompts = [processor.apply_chat_template(prompt_messages(q), add_generation_prompt=True) for q in questions]
-    enc = processor(images=list(images), text=prompts, padding=True, padding_side="right", return_tensors="pt")
+    enc = encode_prompts(processor, images, questions, "right")
     prompt_len = enc["attention_mask"].sum(dim=1).tolist()
     total = max(p + len(r) for p, r in zip(prompt_len, responses))
     rows = len(responses)
-    pad = processor.tokenizer.pad_token_id
+    pad = pad_token_id(processor.tokenizer)
     input_ids = torch.full((rows, total), pad, dtype=enc["input_ids"].dtype)
     attention = torch.zeros((rows, total), dtype=enc["attention_mask"].dtype)
     predicts = torch.zeros((rows, total), dtype=torch.bool)

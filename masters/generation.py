@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 from masters.columns import QUESTION_COLUMNS, check_columns  # noqa: F401 (re-exported)
-from masters.world.sft import decode_image, prompt_messages
+from masters.checkpoints import checkpoint_identity, load_checkpoint
+from masters.prompts import decode_image, encode_prompts, eos_token_ids, pad_token_id
 
 RESPONSE_COLUMNS = [
     "question_id", "source", "model", "ratio", "sample_idx",
@@ -77,26 +78,22 @@ class HFBackend:
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", device: str = "cpu",
                  trust_remote_code: bool = False):
-        from masters.world.models import load_checkpoint
-
         self.model, self.processor = load_checkpoint(model_dir, trust_remote_code=trust_remote_code,
                                                      dtype=getattr(torch, dtype))
         self.model.to(device).eval()
         self.device = device
         self.identity = checkpoint_identity(model_dir)
         tok = self.processor.tokenizer
-        self.eos_ids = set(_as_list(self.model.generation_config.eos_token_id) or [tok.eos_token_id])
-        self.pad_id = tok.pad_token_id
+        self.eos_ids = eos_token_ids(self.model, tok)
+        self.pad_id = pad_token_id(tok)
         # Never sample the embedding's padding rows (ids >= len(tokenizer)): METHOD.md §5.
         width = self.model.get_output_embeddings().weight.shape[0]
         self.suppress = list(range(len(tok), width)) or None
 
     @torch.no_grad()
     def generate(self, questions: pd.DataFrame, params: SamplingParams, seed: int) -> list[list[Completion]]:
-        prompts = [self.processor.apply_chat_template(prompt_messages(q), add_generation_prompt=True)
-                   for q in questions["question"]]
-        enc = self.processor(images=[decode_image(c) for c in questions["image"]], text=prompts,
-                             padding=True, padding_side="left", return_tensors="pt").to(self.device)
+        images = [decode_image(c) for c in questions["image"]]
+        enc = encode_prompts(self.processor, images, questions["question"], "left").to(self.device)
         torch.manual_seed(seed)
         sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         if params.temperature == 0:
@@ -138,14 +135,6 @@ class HFChatBackend(HFBackend):
                                       pad_token_id=self.pad_id, suppress_tokens=self.suppress)
             texts += [self._completion(ids).text for ids in out[:, enc["input_ids"].shape[1]:].tolist()]
         return texts
-
-
-def checkpoint_identity(model_dir: str | Path) -> dict:
-    """What identifies a checkpoint directory's weights without reading them: its resolved
-    path and the name, size and modification time of each weight file."""
-    root = Path(model_dir).resolve()
-    files = sorted(p for p in root.glob("*") if p.suffix in (".safetensors", ".bin", ".json"))
-    return {"path": str(root), "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
 
 
 class VLLMBackend:
@@ -246,9 +235,3 @@ def generate_responses(
     frame.to_parquet(out_path, index=False)
     shutil.rmtree(parts)
     return frame
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]

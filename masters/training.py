@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from masters.checkpoints import load_checkpoint, save_checkpoint
 from masters.config import default
 from masters.forward import build_batch_from_rows, chunked_logits, response_hidden_states
 from masters.generation import check_columns
@@ -168,8 +169,6 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     """Train π_θ (initialised from ``student_dir`` = π_ref) through ``stages``; see module doc.
 
     ``max_steps`` stops after that many steps in this call (to test resuming)."""
-    from masters.world.models import load_checkpoint, save_checkpoint
-
     final_out, out = Path(out_dir), partial_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     student, s_proc = load_checkpoint(student_dir)

@@ -223,7 +223,7 @@ def _check_masked_dir(teacher, out, ratios, weight_files):
 
 
 def test_single_file_checkpoint_and_stats(tiny_model, processor, tmp_path):
-    from masters.world.models import save_checkpoint
+    from masters.checkpoints import save_checkpoint
 
     teacher = tmp_path / "teacher"
     save_checkpoint(tiny_model, processor, teacher)

@@ -4,7 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from masters.world import models, sft
+from masters.checkpoints import save_checkpoint
+from masters.prompts import decode_image, encode_prompts, prompt_messages
+from masters.world import models
 from tests.conftest import TINY
 
 PAPER_SAMPLING = dict(do_sample=True, temperature=1.0, top_p=0.9, top_k=50, repetition_penalty=1.05)
@@ -12,9 +14,7 @@ PAPER_SAMPLING = dict(do_sample=True, temperature=1.0, top_p=0.9, top_k=50, repe
 
 def _batch(processor, items, n=2):
     rows = items.iloc[:n]
-    prompts = [processor.apply_chat_template(sft.prompt_messages(q), add_generation_prompt=True) for q in rows.question]
-    return processor(images=[sft.decode_image(c) for c in rows.image], text=prompts, padding=True,
-                     padding_side="left", return_tensors="pt")
+    return encode_prompts(processor, [decode_image(c) for c in rows.image], rows.question, "left")
 
 
 @pytest.mark.parametrize("architecture", sorted(models.ARCHITECTURES))
@@ -22,14 +22,14 @@ def test_save_load_through_auto_classes_without_remote_code(architecture, tokeni
     image_size = 2 * models.image_multiple(architecture)
     processor = models.build_processor(tokenizer, architecture, image_size)
     model = models.build_model(architecture, models.ModelSize(**TINY, vocab_multiple=64), tokenizer, seed=0)
-    models.save_checkpoint(model, processor, tmp_path)
+    save_checkpoint(model, processor, tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.py"))
     loaded = AutoModelForImageTextToText.from_pretrained(tmp_path, trust_remote_code=False)
     loaded_proc = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=False)
     assert type(loaded).__name__ == type(model).__name__
-    image = sft.decode_image(items.image.iloc[0]).resize((image_size, image_size))
-    text = loaded_proc.apply_chat_template(sft.prompt_messages("Q?"), add_generation_prompt=True)
+    image = decode_image(items.image.iloc[0]).resize((image_size, image_size))
+    text = loaded_proc.apply_chat_template(prompt_messages("Q?"), add_generation_prompt=True)
     enc = loaded_proc(images=[image], text=[text], return_tensors="pt")
     assert int((enc["input_ids"] == loaded.config.image_token_id).sum()) == (image_size // models.image_multiple(architecture)) ** 2
     with torch.no_grad():

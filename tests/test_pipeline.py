@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from masters import generation, rewards, training
+from masters.checkpoints import load_checkpoint, save_checkpoint
 from masters.losses import LossWeights
 from masters.world import models
 from tests.conftest import TINY
@@ -19,7 +20,7 @@ def world(tmp_path_factory, tokenizer, processor, items):
     root = tmp_path_factory.mktemp("pipe")
     for name, multiple, seed in (("teacher", 64, 1), ("student", 128, 2)):
         model = models.build_model("qwen2_5_vl", models.ModelSize(**TINY, vocab_multiple=multiple), tokenizer, seed=seed)
-        models.save_checkpoint(model, processor, root / name)
+        save_checkpoint(model, processor, root / name)
     questions = items.groupby("task").head(2).reset_index(drop=True)
     return root, questions
 
@@ -84,8 +85,8 @@ def rewarded(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("rewarded")
     frames = [_generate(root, questions, out / f"{s}.parquet", s) for s in ("teacher", "student")]
     rows = pd.concat(frames, ignore_index=True).merge(questions[["id", "image", "question"]], left_on="question_id", right_on="id")
-    teacher, t_proc = models.load_checkpoint(root / "teacher")
-    student, s_proc = models.load_checkpoint(root / "student")
+    teacher, t_proc = load_checkpoint(root / "teacher")
+    student, s_proc = load_checkpoint(root / "student")
     divergences, ref_logprobs = rewards.score_responses(teacher, student, t_proc, s_proc, rows, batch_size=5, chunk_size=7)
     rows["divergence"], rows["ref_logprobs"] = divergences, ref_logprobs
     rows["r_acc"] = (rows.index % 2).astype(float)
@@ -166,7 +167,7 @@ def test_tokenizer_mismatch_is_an_error(world, rewarded, tmp_path, items):
     other = train_tokenizer(["completely different corpus"] * 10, vocab_size=300)
     proc = models.build_processor(other, "qwen2_5_vl", 56)
     model = models.build_model("qwen2_5_vl", models.ModelSize(**TINY, vocab_multiple=64), other, seed=0)
-    models.save_checkpoint(model, proc, tmp_path / "alien")
+    save_checkpoint(model, proc, tmp_path / "alien")
     _, path, _ = rewarded
     stages = [training.Stage(str(tmp_path / "alien"), str(path), steps=1)]
     with pytest.raises(ValueError, match="tokenizers differ"):
@@ -305,8 +306,8 @@ def test_each_stage_trains_against_its_own_teacher(world, rewarded, tmp_path, mo
     stages = [training.Stage(str(root / "teacher"), str(path), steps=1, ratio=0.1, name="r0.10"),
               training.Stage(str(tmp_path / "teacher_r0.00"), str(path), steps=1, ratio=0.0, name="r0.00")]
     loaded, teachers_at_step = [], []
-    real_load, real_step = models.load_checkpoint, training.step_loss
-    monkeypatch.setattr(models, "load_checkpoint", lambda d: loaded.append(str(d)) or real_load(d))
+    real_step = training.step_loss
+    monkeypatch.setattr(training, "load_checkpoint", lambda d: loaded.append(str(d)) or load_checkpoint(d))
 
     def step(student, teacher, *args, **kwargs):
         teachers_at_step.append(teacher.name_or_path)

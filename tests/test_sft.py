@@ -2,6 +2,7 @@
 
 import torch
 
+from masters.prompts import decode_image, prompt_messages
 from masters.world import models, sft
 from tests.conftest import TINY
 
@@ -12,14 +13,14 @@ def _fresh(tokenizer, seed=0):
 
 def test_labels_are_the_answer_and_eos(processor, items):
     rows = items.iloc[[0, 30, 60]]
-    batch = sft.encode_batch(processor, [sft.decode_image(c) for c in rows.image], rows.question.tolist(), rows.answer.tolist())
+    batch = sft.encode_batch(processor, [decode_image(c) for c in rows.image], rows.question.tolist(), rows.answer.tolist())
     tok = processor.tokenizer
     for i, answer in enumerate(rows.answer):
         labels = batch["labels"][i]
         assert tok.decode(labels[labels >= 0]) == answer + "<|im_end|>"
     # the prompt part tokenizes exactly as the processor's generation prompt (what lm-eval sends)
-    prompt = processor.apply_chat_template(sft.prompt_messages(rows.question.iloc[0]), add_generation_prompt=True)
-    alone = processor(images=[sft.decode_image(rows.image.iloc[0])], text=[prompt], return_tensors="pt")["input_ids"][0]
+    prompt = processor.apply_chat_template(prompt_messages(rows.question.iloc[0]), add_generation_prompt=True)
+    alone = processor(images=[decode_image(rows.image.iloc[0])], text=[prompt], return_tensors="pt")["input_ids"][0]
     assert torch.equal(batch["input_ids"][0][: len(alone)], alone)
 
 

@@ -12,7 +12,7 @@ import torch
 from masters import rewards, training
 from masters.forward import build_batch
 from masters.losses import LossWeights, k3_kl, token_losses
-from masters.world.sft import decode_image
+from masters.prompts import decode_image
 
 
 def test_k3_kl_value_and_gradient_by_hand():

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from safetensors import safe_open
 
-from masters.world import sft
+from masters.prompts import prompt_messages
 from tests.conftest import SMOKE, snakemake
 
 BENCHMARKS = ["tiny_colour", "tiny_shape", "tiny_count", "tiny_size", "tiny_chart", "tiny_digits"]
@@ -48,7 +48,7 @@ def test_lm_eval_prompts_are_the_sft_prompts(world):
     assert len(digits) == 8
     for sample in digits:
         question = test.question.iloc[sample["doc_id"]]
-        assert sample["prompt"] == processor.apply_chat_template(sft.prompt_messages(question), add_generation_prompt=True)
+        assert sample["prompt"] == processor.apply_chat_template(prompt_messages(question), add_generation_prompt=True)
         assert sample["target"] == test.answer.iloc[sample["doc_id"]]
 
 

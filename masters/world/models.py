@@ -2,18 +2,17 @@
 
 A model is built from a size spec (text hidden size, layers, heads, vision width and depth,
 embedding padding multiple) and the shared tokenizer; it is saved as a stock HF directory
-(safetensors, config, tokenizer, processor) that loads with ``AutoModelForImageTextToText``
-and ``AutoProcessor`` without ``trust_remote_code``.
+(safetensors, config, tokenizer, processor) by :func:`masters.checkpoints.save_checkpoint`,
+and loads like any real checkpoint (:func:`masters.checkpoints.load_checkpoint`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from masters.world.tokenizer import CHAT_TEMPLATE, EOS, PAD, special_token_ids
 
@@ -140,21 +139,6 @@ def build_model(architecture: str, size: ModelSize, tokenizer, seed: int):
     gen.pad_token_id = config.text_config.pad_token_id
     gen.bos_token_id = config.text_config.bos_token_id
     return model
-
-
-def save_checkpoint(model, processor, out_dir: str | Path) -> None:
-    """Save model (safetensors), tokenizer and processor as one stock HF directory."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-
-
-def load_checkpoint(path: str | Path, trust_remote_code: bool = False, dtype=torch.float32):
-    """Load a checkpoint directory through the Auto classes (no remote code unless asked)."""
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return model, processor
 
 
 def num_parameters(model) -> int:

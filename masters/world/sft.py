@@ -1,7 +1,7 @@
 """Supervised fine-tuning of the tiny VLMs on the procedural VQA train split.
 
-Cross-entropy on the assistant tokens only (answer + ``<|im_end|>``); prompts are built by
-the processor's chat template exactly as lm-eval's ``--apply_chat_template`` builds them.
+Cross-entropy on the assistant tokens only (answer + ``<|im_end|>``); prompts are those of
+:mod:`masters.prompts` (the processor's chat template, as lm-eval's ``--apply_chat_template``).
 AdamW, linear warm-up then cosine decay, grad-norm clip. Deterministic for a seed and a
 thread count.
 """
@@ -9,7 +9,6 @@ thread count.
 from __future__ import annotations
 
 import csv
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from masters.world.tokenizer import EOS
+from masters.prompts import decode_image, encode_prompts, prompt_texts
 
 
 @dataclass(frozen=True)
@@ -41,21 +39,12 @@ def load_items(paths: list[str | Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def decode_image(cell) -> Image.Image:
-    """A parquet ``image`` cell (``{"bytes": ..., "path": ...}``) as an RGB PIL image."""
-    return Image.open(io.BytesIO(cell["bytes"])).convert("RGB")
-
-
-def prompt_messages(question: str) -> list[dict]:
-    """The chat turn lm-eval builds from ``doc_to_text: "<image>{{question}}"``."""
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-
-
 def encode_batch(processor, images, questions, answers) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+answer batch with labels on the answer tokens and ``<|im_end|>``."""
+    """Right-padded prompt+answer batch with labels on the answer tokens and the eos token
+    (``<|im_end|>``, which ends a turn in the chat template)."""
     tokenizer = processor.tokenizer
-    prompts = [processor.apply_chat_template(prompt_messages(q), add_generation_prompt=True) for q in questions]
-    targets = [a + EOS for a in answers]
+    prompts = prompt_texts(processor, questions)
+    targets = [a + tokenizer.eos_token for a in answers]
     enc = processor(
         images=list(images),
         text=[p + t for p, t in zip(prompts, targets)],
@@ -130,14 +119,7 @@ def greedy_answers(model, processor, items: pd.DataFrame, batch_size: int = 32, 
     tokenizer = processor.tokenizer
     for start in range(0, len(items), batch_size):
         chunk = items.iloc[start : start + batch_size]
-        prompts = [processor.apply_chat_template(prompt_messages(q), add_generation_prompt=True) for q in chunk["question"]]
-        enc = processor(
-            images=[decode_image(c) for c in chunk["image"]],
-            text=prompts,
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-        )
+        enc = encode_prompts(processor, [decode_image(c) for c in chunk["image"]], chunk["question"], "left")
         gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens)
         texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         out += [t.strip() for t in texts]
