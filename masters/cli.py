@@ -73,31 +73,16 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from masters.evaluation import Benchmark, evaluate
+    from masters.tables import write_results
 
     if not (args.out or args.out_dir):
         raise SystemExit("masters evaluate: give --out and/or --out-dir")
     _runtime(args)
     benchmarks = [Benchmark(**b) for b in json.loads(args.benchmarks)]
-    summary = evaluate(
-        args.model,
-        benchmarks,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        trust_remote_code=args.trust_remote_code,
-        samples_path=args.samples,
-    )
-    summary["label"] = args.label
-    if args.out_dir:  # one summary per benchmark: what the workflow's tables read
-        for bench in benchmarks:
-            one = {"model": summary["model"], "label": args.label, "benchmark": bench.name,
-                   "accuracy": {bench.name: summary["accuracy"][bench.name]}, "n": {bench.name: summary["n"][bench.name]},
-                   "mean_accuracy": summary["accuracy"][bench.name]}
-            Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-            (Path(args.out_dir) / f"{bench.name}.json").write_text(json.dumps(one, indent=2) + "\n")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary["accuracy"], indent=2))
+    summary = evaluate(args.model, benchmarks, batch_size=args.batch_size, limit=args.limit,
+                       trust_remote_code=args.trust_remote_code, samples_path=args.samples)
+    written = write_results(summary, args.label, out=args.out, out_dir=args.out_dir)
+    print(json.dumps(summary["accuracy"], indent=2) + "\n-> " + ", ".join(map(str, written)))
 
 
 def cmd_accuracy_table(args: argparse.Namespace) -> None:
@@ -109,23 +94,11 @@ def cmd_accuracy_table(args: argparse.Namespace) -> None:
 
 
 def cmd_questions(args: argparse.Namespace) -> None:
-    import pandas as pd
+    from masters.questions import draw_questions, write
 
-    from masters.columns import QUESTION_COLUMNS, check_columns
-
-    frames = []
-    for path in args.files:
-        frame = pd.read_parquet(path)
-        check_columns(frame, QUESTION_COLUMNS + ["answer"], path)
-        if args.per_file and args.per_file < len(frame):
-            frame = frame.sample(n=args.per_file, random_state=args.seed).sort_index()
-        frames.append(frame)
-    questions = pd.concat(frames, ignore_index=True)
-    if questions["id"].duplicated().any():
-        raise ValueError(f"question ids repeat across {args.files}: {questions['id'][questions['id'].duplicated()].tolist()[:5]}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    questions.to_parquet(args.out, index=False)
-    print(f"{len(questions)} training questions from {len(frames)} files -> {args.out}")
+    questions = draw_questions(args.files, args.per_file, args.seed)
+    write(questions, args.out)
+    print(f"{len(questions)} training questions from {len(args.files)} files -> {args.out}")
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -153,33 +126,17 @@ def cmd_trace(args: argparse.Namespace) -> None:
     print("\n".join(specs.trace(design, args.table, args.row)))
 
 
-def _questions(paths: list[str]):
-    import pandas as pd
-
-    from masters.columns import QUESTION_COLUMNS, check_columns
-
-    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-    check_columns(frame, QUESTION_COLUMNS, f"questions {paths}")
-    return frame
-
-
 def cmd_generate(args: argparse.Namespace) -> None:
-    from masters.generation import SamplingParams, generate_responses, make_backend
+    from masters.generation import SamplingParams, generate_responses, label_responses, make_backend
+    from masters.questions import load_questions, shard, write
 
     _runtime(args)
-    questions = _questions(args.questions)
-    if args.num_shards > 1:  # stage data `partition`: the k-th of M disjoint question shards
-        questions = questions.iloc[args.shard :: args.num_shards].reset_index(drop=True)
-    if args.limit:
-        questions = questions.iloc[: args.limit]
+    questions = shard(load_questions(args.questions), args.shard, args.num_shards, args.limit)
     if args.source == "label":  # the dataset answers, one per question (data: labels)
         from transformers import AutoTokenizer
 
-        from masters.generation import label_responses
-
         frame = label_responses(questions, AutoTokenizer.from_pretrained(args.model), model_name="dataset")
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(args.out, index=False)
+        write(frame, args.out)
         print(f"{len(frame)} label responses -> {args.out}")
         return
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -196,72 +153,38 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_judge(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from masters import judge
     from masters.columns import check_columns
+    from masters.judge import judge_responses
+    from masters.questions import load_questions, write
 
     _runtime(args)
     responses = pd.read_parquet(args.responses)
     check_columns(responses, ["question_id", "text"], args.responses)
-    questions = _questions(args.questions).set_index("id")
-    missing = sorted(set(responses.question_id) - set(questions.index))
-    if missing:
-        raise KeyError(f"{args.responses}: question ids not in the questions files: {missing[:5]}")
-    q = questions.loc[responses.question_id]
-    if args.kind == "rule":
-        options = [list(o) if o is not None and len(o) else None for o in q["options"]] if "options" in q else [None] * len(q)
-        responses["r_acc"] = [float(judge.rule_score(t, a, o)) for t, a, o in zip(responses.text, q["answer"], options)]
-        responses["judge_raw"], responses["judge_parse_failed"] = "", False
-    else:
-        from masters.generation import HFChatBackend, VLLMBackend
-
-        if not args.judge_model:
-            raise ValueError("--judge-model is required with --kind llm")
-        if args.backend == "vllm":
-            VLLMBackend(args.judge_model)  # clear error until the vLLM backend lands
-        backend = HFChatBackend(args.judge_model, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
-        items = list(zip(q["question"], q["answer"], responses.text))
-        results = judge.llm_judge(items, backend, max_new_tokens=args.max_new_tokens)
-        responses["r_acc"] = [float(r.score) for r in results]
-        responses["judge_raw"] = ["\n---\n".join(r.raw_outputs) for r in results]
-        responses["judge_parse_failed"] = [r.parse_failed for r in results]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    responses.to_parquet(args.out, index=False)
-    print(f"r_acc mean {responses.r_acc.mean():.3f}; parse failures {int(responses.judge_parse_failed.sum())}"
-          f" of {len(responses)} -> {args.out}")
+    judged = judge_responses(responses, load_questions(args.questions).set_index("id"), args.kind,
+                             judge_model=args.judge_model, backend=args.backend, batch_size=args.batch_size,
+                             max_new_tokens=args.max_new_tokens, trust_remote_code=args.trust_remote_code)
+    write(judged, args.out)
+    print(f"r_acc mean {judged.r_acc.mean():.3f}; parse failures {int(judged.judge_parse_failed.sum())}"
+          f" of {len(judged)} -> {args.out}")
 
 
 def cmd_reward(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from masters import rewards
-    from masters.generation import check_columns
-    from masters.checkpoints import load_checkpoint
+    from masters.questions import load_questions, write
+    from masters.rewards import reward_responses
 
     _runtime(args)
-    frames = []
-    for path in args.responses:
-        frame = pd.read_parquet(path)
-        check_columns(frame, ["question_id", "token_ids", "r_acc"], path)
-        frames.append(frame)
-    rows = pd.concat(frames, ignore_index=True)
-    questions = _questions(args.questions).set_index("id")[["image", "question"]]
-    joined = rows.join(questions, on="question_id")
-    teacher, t_proc = load_checkpoint(args.teacher, trust_remote_code=args.trust_remote_code)
-    student, s_proc = load_checkpoint(args.student, trust_remote_code=args.trust_remote_code)
-    divergences, ref_logprobs = rewards.score_responses(teacher, student, t_proc, s_proc, joined,
-                                                        batch_size=args.batch_size, chunk_size=args.chunk_size,
-                                                        progress=True)
-    rows["divergence"], rows["ref_logprobs"] = divergences, ref_logprobs
-    rows = rewards.group_rewards(rows, normalize=args.distill == "normalized", alpha=args.alpha,
-                                 use_acc=args.reward in ("both", "acc"), use_distill=args.reward in ("both", "distill"))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    rows.to_parquet(args.out, index=False)
+    rows = reward_responses(args.responses, load_questions(args.questions).set_index("id"), args.teacher,
+                            args.student, distill=args.distill, use=args.reward, alpha=args.alpha,
+                            batch_size=args.batch_size, chunk_size=args.chunk_size,
+                            trust_remote_code=args.trust_remote_code)
+    write(rows, args.out)
     print(f"{len(rows)} responses; mean D {rows.divergence.mean():.4f}; mean R {rows.r_total.mean():.3f} -> {args.out}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from masters import training
     from masters.losses import LossWeights
+    from masters.questions import load_questions
 
     _runtime(args)
     stages = [training.Stage(teacher=t, responses=r, steps=int(n), ratio=float(ratio), name=name)
@@ -270,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                                chunk_size=args.chunk_size, save_every=args.save_every, seed=args.seed,
                                weights=LossWeights(beta=args.beta, lam=args.lam, kind=args.loss),
                                sources=tuple(args.sources))
-    log = training.train(args.student, stages, _questions(args.questions), cfg, args.out)
+    log = training.train(args.student, stages, load_questions(args.questions), cfg, args.out)
     print(f"trained {len(log)} steps over {len(stages)} stages -> {args.out}/final")
 
 

@@ -237,3 +237,30 @@ def group_rewards(frame, *, normalize: bool, alpha: float, use_acc: bool, use_di
     acc = frame["r_acc"] if use_acc else 0.0
     frame["r_total"] = acc + (alpha * frame["r_distill"] if use_distill else 0.0)
     return frame
+
+
+def reward_responses(response_files: Sequence[str], questions, teacher_dir: str, student_dir: str, *, distill: str,
+                     use: str, alpha: float, batch_size: int, chunk_size: int, trust_remote_code: bool = False):
+    """One stage group's judged responses with ``divergence``, ``ref_logprobs`` (pi_ref) and the
+    rewards of :func:`group_rewards` (``distill``: ``normalized`` Eq. 7 or ``raw``; ``use``:
+    ``both``, ``acc`` or ``distill``). ``questions`` is indexed by id (``image``, ``question``)."""
+    import pandas as pd
+
+    from masters.checkpoints import load_checkpoint
+    from masters.columns import check_columns
+    from masters.questions import questions_of
+
+    frames = []
+    for path in response_files:
+        frame = pd.read_parquet(path)
+        check_columns(frame, ["question_id", "token_ids", "r_acc"], path)
+        frames.append(frame)
+    rows = pd.concat(frames, ignore_index=True)
+    joined = rows.join(questions_of(rows, questions, "responses")[["image", "question"]].reset_index(drop=True))
+    teacher, t_proc = load_checkpoint(teacher_dir, trust_remote_code=trust_remote_code)
+    student, s_proc = load_checkpoint(student_dir, trust_remote_code=trust_remote_code)
+    rows["divergence"], rows["ref_logprobs"] = score_responses(teacher, student, t_proc, s_proc, joined,
+                                                               batch_size=batch_size, chunk_size=chunk_size,
+                                                               progress=True)
+    return group_rewards(rows, normalize=distill == "normalized", alpha=alpha, use_acc=use in ("both", "acc"),
+                         use_distill=use in ("both", "distill"))

@@ -13,8 +13,31 @@ from pathlib import Path
 import pandas as pd
 
 
+def result_record(model: str, label: str | None, accuracy: dict[str, float], n: dict[str, int]) -> dict:
+    """An evaluation summary as this module reads it (:func:`load_result`): the checkpoint, its
+    table label, accuracy (%) and item count per benchmark, and their mean."""
+    return {"model": model, "label": label, "accuracy": dict(accuracy), "n": dict(n),
+            "mean_accuracy": sum(accuracy.values()) / len(accuracy)}
+
+
+def write_results(summary: dict, label: str | None, out: str | Path | None = None,
+                  out_dir: str | Path | None = None) -> list[Path]:
+    """``summary`` (:func:`masters.evaluation.evaluate`) as one file of every benchmark (``out``)
+    and/or one file per benchmark, ``out_dir/<benchmark>.json`` (what the workflow's tables read)."""
+    records = {}
+    if out:
+        records[Path(out)] = result_record(summary["model"], label, summary["accuracy"], summary["n"])
+    for name in summary["accuracy"] if out_dir else []:
+        record = result_record(summary["model"], label, {name: summary["accuracy"][name]}, {name: summary["n"][name]})
+        records[Path(out_dir) / f"{name}.json"] = {**record, "benchmark": name}
+    for path, record in records.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+    return list(records)
+
+
 def load_result(path: str | Path) -> dict:
-    """One summary JSON written by ``masters evaluate``."""
+    """One summary JSON written by :func:`write_results` (``masters evaluate``)."""
     data = json.loads(Path(path).read_text())
     for key in ("accuracy", "mean_accuracy"):
         if key not in data:

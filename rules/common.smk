@@ -19,10 +19,14 @@ envvars:
     "PATH",
 
 
-os.environ["PATH"] = os.pathsep.join([os.environ["PATH"], str(Path(sys.executable).parent)])
+os.environ["PATH"] = os.pathsep.join(
+    [os.environ["PATH"], str(Path(sys.executable).parent)]
+)
 
 REPO = Path(workflow.basedir)
-sys.path.insert(0, str(REPO))  # the masters package of this checkout, also without `pip install -e`
+sys.path.insert(
+    0, str(REPO)
+)  # the masters package of this checkout, also without `pip install -e`
 from masters import paths, specs
 from masters.config import ConfigError, validate
 from masters.experiments import Design, DesignError, part_shard
@@ -31,12 +35,16 @@ from masters.resources import RESOURCE_KEYS, ResourcesError, all_families
 try:
     validate(config, REPO)  # the schema's defaults filled in; errors name the key
     DESIGN = Design(config)
-    RES = all_families(config["resources"])  # family -> JobResources (threads, resources)
+    RES = all_families(
+        config["resources"]
+    )  # family -> JobResources (threads, resources)
 except (ConfigError, DesignError, ResourcesError) as error:
     raise ValueError(str(error)) from None
 
 RESULTS = DESIGN.results
-GEN, JUDGE, REWARD, EVAL = (config[k] for k in ("generation", "judge", "reward", "evaluation"))
+GEN, JUDGE, REWARD, EVAL = (
+    config[k] for k in ("generation", "judge", "reward", "evaluation")
+)
 W = config["world"]
 BENCHMARKS = specs.benchmark_entries(DESIGN, REPO)
 
@@ -60,6 +68,11 @@ def log_of(name):
 
 def bench_of(name):
     return paths.benchmark(RESULTS, name)
+
+
+def output_stem(w, output):
+    """The first output without its extension (`--out STEM` of the table and figure commands)."""
+    return os.path.splitext(output[0])[0]
 
 
 def judge_family(w):
@@ -128,7 +141,9 @@ def eval_outputs():
 
 
 def eval_samples():
-    return out("eval_benchmark_samples" if EVAL["per_benchmark_jobs"] else "eval_samples")
+    return out(
+        "eval_benchmark_samples" if EVAL["per_benchmark_jobs"] else "eval_samples"
+    )
 
 
 def eval_log():
@@ -145,7 +160,9 @@ def eval_benchmarks(w):
 
 
 def eval_data(w):
-    return [BENCHMARKS[b]["data"] for b in eval_benchmarks(w) if "data" in BENCHMARKS[b]]
+    return [
+        BENCHMARKS[b]["data"] for b in eval_benchmarks(w) if "data" in BENCHMARKS[b]
+    ]
 
 
 def table_outputs():

@@ -33,7 +33,7 @@ rule evaluate:
             + (f" --limit {EVAL['limit']}" if EVAL["limit"] else "")
             + (" --trust-remote-code" if EVAL["trust_remote_code"] else "")
         ),
-        out_dir=lambda w: paths.path(RESULTS, "eval_run", run=w.run),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
     shell:
         "masters evaluate --model {params.checkpoint} --label {params.label}"
         " --benchmarks {params.benchmarks:q} {params.flags} --threads {threads} --gpus {resources.job_gpus}"
@@ -55,6 +55,6 @@ rule world_accuracy_table:
     conda:
         "../envs/masters.yaml"
     params:
-        stem=out("world_accuracy"),
+        stem=output_stem,
     shell:
         "masters accuracy-table --results {input} --out {params.stem} > {log} 2>&1"

@@ -16,7 +16,7 @@ rule fig2:
         "../envs/masters.yaml"
     params:
         spec=json.dumps(FIGURE_SPECS["fig2"]),
-        stem=DESIGN.path("figure", figure="fig2"),
+        stem=output_stem,
     shell:
         "masters figure fig2 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
 
@@ -34,6 +34,6 @@ rule figF4:
         "../envs/masters.yaml"
     params:
         spec=json.dumps(FIGURE_SPECS["figF4"]),
-        stem=DESIGN.path("figure", figure="figF4"),
+        stem=output_stem,
     shell:
         "masters figure figF4 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"

@@ -20,6 +20,6 @@ rule table:
         "../envs/masters.yaml"
     params:
         spec=lambda w: json.dumps(specs.table_spec(DESIGN, w.table, REPO)),
-        stem=lambda w: DESIGN.path("table", table=w.table),
+        stem=output_stem,
     shell:
         "masters table --spec {params.spec:q} --out {params.stem} > {log} 2>&1"

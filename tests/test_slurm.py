@@ -267,7 +267,7 @@ def test_a_gpu_request_reaches_sbatch_and_a_job_without_its_gpus_stops(small_wor
     assert other not in call.group(1)  # one request, not two
     jobs = sacct(run_id(output))
     assert len(jobs) == 1 and "gres/gpu:h100=4" in jobs.ReqTRES.iloc[0] and jobs.State.iloc[0] == "FAILED"
-    log = (wd / "results/smoke/world/logs/sft_M.log").read_text()
+    log = (wd / "results/smoke/logs/world/models/M.log").read_text()
     assert "asked for 4 GPU(s)" in log and "CUDA sees 0" in log and "SLURM_GPUS_ON_NODE=4" in log, log[-2000:]
     assert not (wd / "results/smoke/world/models/M").exists()
 

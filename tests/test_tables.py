@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from masters.tables import accuracy_table, seed_table, write_seed_table, write_table
+from masters.tables import accuracy_table, benchmark_results, seed_table, write_seed_table, write_table
 
 
 def _result(path, label, acc):
@@ -174,3 +174,15 @@ def test_paper_table_exact_files_average_only_and_missing_cells(tmp_path):
     csv, md, _ = write_paper_table({"benchmarks": ["a"]}, tmp_path / "e", "Table 9")
     assert csv.read_text() == "model,row,a,Avg,a_std,Avg_std\n"
     assert md.read_text() == "Table 9\n\n|   model |   row |   a |   Avg |\n|---------|-------|-----|-------|\n"
+
+
+def test_evaluation_summaries_are_written_in_the_format_the_tables_read(tmp_path):
+    from masters.tables import load_result, write_results
+
+    summary = {"model": "/ckpt", "accuracy": {"a": 50.0, "b": 100.0}, "n": {"a": 4, "b": 2}}
+    written = write_results(summary, "S", out=tmp_path / "all.json", out_dir=tmp_path / "per")
+    assert sorted(p.name for p in written) == ["a.json", "all.json", "b.json"]
+    assert load_result(tmp_path / "all.json")["mean_accuracy"] == 75.0
+    one = load_result(tmp_path / "per" / "b.json")
+    assert one["accuracy"] == {"b": 100.0} and one["mean_accuracy"] == 100.0 and one["label"] == "S"
+    assert benchmark_results([tmp_path / "per" / "a.json", tmp_path / "per" / "b.json"]) == {"a": 50.0, "b": 100.0}
