@@ -115,7 +115,7 @@ def test_a_step_of_0_025_trains_each_stage_against_the_ratio_its_teacher_was_mas
     import torch
     from safetensors.torch import save_file
 
-    from masters.masking import mask_checkpoint
+    from masters.masked_teacher import mask_checkpoint
 
     config = copy.deepcopy(CONFIG)
     config["experiments"]["masters"]["plan"] = [{"teacher": "L", "r_max": 0.2, "step": 0.025}]
