@@ -30,4 +30,4 @@ rule mask:
         ),
     shell:
         "masters mask --teacher {input} --ratios {wildcards.ratio} --out {params.root}"
-        " {params.include} {params.exclude} --quiet > {log} 2>&1"
+        " {params.include} {params.exclude} --threads {threads} --quiet > {log} 2>&1"
