@@ -207,11 +207,11 @@ def num_masked(r: float, n: int) -> int:
 
 
 class Workers:
-    """``options.threads`` worker threads for one call, shut down when the ``with`` block ends
-    (error or not); with one thread everything runs inline and no thread is started."""
+    """``options.threads`` worker threads for one call (default :class:`MaskingOptions`), shut
+    down when the ``with`` block ends, error or not; with one thread everything runs inline."""
 
     def __init__(self, options: MaskingOptions | None = None) -> None:
-        self.options = options or MaskingOptions(threads=1)
+        self.options = options or MaskingOptions()
         self.threads = self.options.threads
         self._pool = None
         if self.threads > 1:
@@ -306,7 +306,7 @@ def select_bits(bits: np.ndarray, dtype: str, ks: Iterable[int], count_zeros: bo
     zeros that masking at it leaves), ``zeros`` the number of (+-)0 entries (``None`` unless
     ``count_zeros``).  A NaN pattern raises ``ValueError``.
     """
-    workers = workers or Workers()
+    workers = workers or Workers(MaskingOptions(threads=1))
     ks = sorted({int(k) for k in ks if k > 0})
     if ks and ks[-1] > bits.size:
         raise ValueError(f"k = {ks[-1]} > {bits.size} entries")
@@ -518,7 +518,7 @@ def mask_tensor(tensor: "torch.Tensor", threshold: float | None,
     import torch
 
     bits, dtype, held = _tensor_bits(tensor)
-    block = (options or MaskingOptions(threads=1)).block
+    block = (options or MaskingOptions()).block
     [(out, _)], _ = mask_bits(bits, 0, bits.size, dtype, [limit_of(threshold, dtype)], block)
     signed = out.view(np.dtype(f"i{out.itemsize}"))  # torch has no unsigned views of float storage
     masked = torch.from_numpy(signed).view(held).reshape(tensor.shape)
