@@ -18,10 +18,11 @@ tensor is read; a tensor that is not masked is copied as raw bytes in ``copy_chu
 byte-identical by construction.  Masking r ratios in one call rather than r calls saves r - 1
 reads of the teacher and r - 1 selections per tensor.  Measured with
 ``bench/masking_one_pass.py`` (1.47 GB BF16 checkpoint in 3 shards, ratios 0.05/0.1/0.15/0.2,
-2 shared cores): one call 9.3 s wall / 8.1 s CPU against 20.2 s / 17.9 s for four single-ratio
-calls with the teacher evicted from the page cache before each call (46 % of the wall time),
-8.0 s against 19.7 s with it cached (41 %); peak RSS 0.64 GiB either way.  So the multi-ratio
-path is kept: the workflow should mask all ratios of a teacher in one job.
+2 shared cores, fastest of 2): one call 8.95 s wall / 7.9 s CPU against 19.1 s / 17.7 s for
+four single-ratio calls with the teacher evicted from the page cache before each call (47 % of
+the wall time), 7.1 s against 14.5 s with it cached (49 %); peak RSS 0.65 GiB either way (the
+code before the split: 40 % and 53 %).  So the multi-ratio path is kept: the workflow should
+mask all ratios of a teacher in one job.
 
 Memory: about two raw copies of the largest maskable tensor (the one being masked and the
 previous one, still being written), at most ``write_buffer`` bytes queued for the writers, the
