@@ -38,9 +38,8 @@ integers is all ones exactly where |w| > lambda, and the masked tensor is the bi
 Which tensors are maskable is decided by name and shape (:func:`is_maskable`, the patterns
 below): weights with ndim >= 2 of the decoder layers, vision blocks and patch merger(s), in both
 the hub and the in-memory naming of Qwen2/2.5/3-VL; never embeddings, ``lm_head``, norms or
-biases.  Selection and masking run on :attr:`MaskingOptions.threads` worker threads (numpy
-releases the GIL), held by a :class:`Workers` for one call and shut down when it ends, error or
-not.  No knob changes a result.
+biases.  Selection and masking run on the :class:`Workers` threads of one call (numpy releases
+the GIL), shut down when it ends, error or not.  No knob of :class:`MaskingOptions` changes a result.
 """
 
 from __future__ import annotations
@@ -104,13 +103,11 @@ class MaskingOptions:
 
     ``threads``: worker threads for the histograms and masks (default: :func:`default_threads`;
     the CLI passes the job's ``--threads``).  ``block``: elements per block, small enough that a
-    block and its masks stay in the CPU cache.  ``chunk_blocks``: blocks per masking task handed
-    to a worker; up to ``threads + 1`` tasks run ahead of the writers, so the masks in flight are
-    about ``(threads + 1) x ratios x block x chunk_blocks`` elements.  ``copy_chunk``: bytes per
-    read when a tensor is copied unmasked.  ``write_buffer``: bytes queued for the writer threads
-    at most.  ``writers``: writer threads at most (one per output file of a shard: the kernel
-    serializes writes to one file, not to different ones).  ``writeback``: per output file,
-    start writing back to disk every this many bytes and drop the pages written back
+    block and its mask stay in the CPU cache.  ``chunk_blocks``: blocks per masking task handed
+    to a worker; up to ``threads + 1`` tasks run ahead of the writes, so the masked chunks in
+    flight are about ``(threads + 1) x block x chunk_blocks`` elements.  ``copy_chunk``: bytes
+    per read when a tensor is copied unmasked.  ``writeback``: start writing the output file back
+    to disk every this many bytes and drop the pages written back
     (:class:`masters.safetensors_stream.Writeback`; 0: leave it to the kernel).
     """
 
@@ -118,12 +115,10 @@ class MaskingOptions:
     block: int = 1 << 18
     chunk_blocks: int = 8
     copy_chunk: int = 16 << 20
-    write_buffer: int = 128 << 20
-    writers: int = 8
     writeback: int = 32 << 20
 
     def __post_init__(self) -> None:
-        for name in ("threads", "block", "chunk_blocks", "copy_chunk", "write_buffer", "writers"):
+        for name in ("threads", "block", "chunk_blocks", "copy_chunk"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"MaskingOptions.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.writeback < 0:
@@ -370,12 +365,6 @@ def _kth_smallest(absw: np.ndarray, ks: Iterable[int]) -> dict[int, float]:
     return out
 
 
-def _f64_abs32(mag: np.ndarray) -> np.ndarray:
-    """|w| in float32 (a new array) from sign-cleared F64 bits: F64 weights are compared in
-    float32, as the contract says (F32/F16/BF16 are compared on their bit patterns)."""
-    return mag.view(np.float64).astype(np.float32)
-
-
 def select(bits: np.ndarray, dtype: str, ratios: Sequence[float], workers: Workers | None = None) -> list[tuple]:
     """Eq. 1 for every ratio from one selection over raw ``bits``: ``[(threshold, limit, zeros)]``.
 
@@ -386,7 +375,7 @@ def select(bits: np.ndarray, dtype: str, ratios: Sequence[float], workers: Worke
     bits_t, sign_clear = BITS[dtype]
     ks = [num_masked(r, bits.size) for r in ratios]
     if dtype == "F64":
-        values = _kth_smallest(_f64_abs32(bits & bits_t(sign_clear)), ks)
+        values = _kth_smallest((bits & bits_t(sign_clear)).view(np.float64).astype(np.float32), ks)  # |w| in f32
         return [(values[k], values[k], None) if k else (None, None, None) for k in ks]
     pattern, at_most, n_zero = select_bits(bits, dtype, ks, count_zeros=0 in ks, workers=workers)
     return [(pattern_value(pattern[k], dtype), pattern[k], at_most[k]) if k else (None, None, n_zero) for k in ks]
@@ -396,50 +385,36 @@ def select(bits: np.ndarray, dtype: str, ratios: Sequence[float], workers: Worke
 # Masking (Eq. 2)
 
 
-def mask_bits(bits: np.ndarray, lo: int, hi: int, dtype: str, limits: list, block: int,
-              buffers=None) -> tuple[list, list[int] | None]:
-    """``bits[lo:hi]`` masked at every limit, in blocks of ``block`` elements (all limits of a
-    block while it is in the CPU cache).  Returns (outputs, zeros): ``outputs[i]`` is
-    ``(array, pooled buffer or None)`` - a view of ``bits`` where ``limits[i]`` is None
-    (unchanged), else a new array (from ``buffers.get(nbytes)`` when given); ``zeros`` (per
-    limit) only for F64, else None.
+def mask_bits(bits: np.ndarray, lo: int, hi: int, dtype: str, limit: int | float, block: int,
+              buffers=None) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+    """``bits[lo:hi]`` masked at ``limit`` (:func:`select`, :func:`limit_of`), in blocks of
+    ``block`` elements.  Returns ``(masked, pooled buffer or None, zeros)``: a new array (from
+    ``buffers.get(nbytes)`` when given), and its zero count for F64 only (else None).
 
-    F32/F16/BF16: ``limits[i]`` is a magnitude bit pattern (-1: keep all); |w| > lambda <=>
+    F32/F16/BF16: ``limit`` is a magnitude bit pattern (-1: keep all); |w| > lambda <=>
     magnitude bits > pattern, and ``(pattern - magnitude) >> (width - 1)`` in signed integers is
-    all ones exactly there, so each output is ``bits & that`` - integer ops only.
-    F64: ``limits[i]`` is lambda, compared in float32 as the contract says (NaN kept).
+    all ones exactly there, so the output is ``bits & that`` - integer ops only.
+    F64: ``limit`` is lambda, compared in float32 as the contract says (NaN kept).
     """
     bits_t, sign_clear = BITS[dtype]
     count = hi - lo
-    outs: list = []
-    for lim in limits:
-        if lim is None:
-            outs.append((bits[lo:hi], None))
-        elif buffers is None:
-            outs.append((np.empty(count, bits_t), None))
-        else:
-            base = buffers.get(count * bits.itemsize)
-            outs.append((base[:count * bits.itemsize].view(bits_t), base))
+    base = None if buffers is None else buffers.get(count * bits.itemsize)
+    out = np.empty(count, bits_t) if base is None else base[:count * bits.itemsize].view(bits_t)
     step = min(block, count)
     if dtype == "F64":
-        zeros = [0] * len(limits)
+        zeros = 0
         keep = np.empty(step, dtype=bool)
         for s in range(lo, hi, block):
             chunk = bits[s:min(s + block, hi)]
-            mag = chunk & bits_t(sign_clear)
-            abs_f32 = _f64_abs32(mag)
             kp = keep[:chunk.size]
-            for i, ((out, _), lim) in enumerate(zip(outs, limits)):
-                if lim is None:
-                    zeros[i] += chunk.size - int(np.count_nonzero(mag))
-                    continue
-                np.logical_not(np.less_equal(abs_f32, np.float32(lim)), out=kp)  # NaN kept
-                zeros[i] += chunk.size - int(np.count_nonzero(kp))
-                np.multiply(chunk, kp, out=out[s - lo:s - lo + chunk.size])
-        return outs, zeros
+            abs32 = (chunk & bits_t(sign_clear)).view(np.float64).astype(np.float32)  # compared in float32
+            np.logical_not(np.less_equal(abs32, np.float32(limit)), out=kp)  # NaN kept
+            zeros += chunk.size - int(np.count_nonzero(kp))
+            np.multiply(chunk, kp, out=out[s - lo:s - lo + chunk.size])
+        return out, base, zeros
     signed_t = np.int16 if bits_t is np.uint16 else np.int32
     shift = signed_t(8 * np.dtype(signed_t).itemsize - 1)
-    limits_s = [None if lim is None else signed_t(lim) for lim in limits]
+    lim = signed_t(limit)
     mag_buf = np.empty(step, signed_t)
     sel_buf = np.empty(step, signed_t)
     for s in range(lo, hi, block):
@@ -447,13 +422,10 @@ def mask_bits(bits: np.ndarray, lo: int, hi: int, dtype: str, limits: list, bloc
         mag = mag_buf[:chunk.size]
         sel = sel_buf[:chunk.size]
         np.bitwise_and(chunk.view(signed_t), signed_t(sign_clear), out=mag)
-        for (out, _), lim in zip(outs, limits_s):
-            if lim is None:
-                continue
-            np.subtract(lim, mag, out=sel)  # < 0 exactly where magnitude > pattern (no overflow: both >= -1)
-            np.right_shift(sel, shift, out=sel)  # all ones there, else 0
-            np.bitwise_and(chunk, sel.view(bits_t), out=out[s - lo:s - lo + chunk.size])
-    return outs, None
+        np.subtract(lim, mag, out=sel)  # < 0 exactly where magnitude > pattern (no overflow: both >= -1)
+        np.right_shift(sel, shift, out=sel)  # all ones there, else 0
+        np.bitwise_and(chunk, sel.view(bits_t), out=out[s - lo:s - lo + chunk.size])
+    return out, base, None
 
 
 def limit_of(threshold: float, dtype: str) -> int | float:
@@ -519,7 +491,7 @@ def mask_tensor(tensor: "torch.Tensor", threshold: float | None,
 
     bits, dtype, held = _tensor_bits(tensor)
     block = (options or MaskingOptions()).block
-    [(out, _)], _ = mask_bits(bits, 0, bits.size, dtype, [limit_of(threshold, dtype)], block)
+    out, _, _ = mask_bits(bits, 0, bits.size, dtype, limit_of(threshold, dtype), block)
     signed = out.view(np.dtype(f"i{out.itemsize}"))  # torch has no unsigned views of float storage
     masked = torch.from_numpy(signed).view(held).reshape(tensor.shape)
     return masked.to(dtype=tensor.dtype, device=tensor.device)

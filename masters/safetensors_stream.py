@@ -6,12 +6,11 @@ shape or name, so an output file is the input's header bytes verbatim followed b
 the same offsets: this module reads headers and raw bytes, and writes raw bytes - it never
 parses a tensor.
 
-Writing dominates the run time, so it runs on background threads (:class:`Writer`): every
-output file of a shard has its own writer thread (the kernel serializes buffered writes to one
-file, not to different ones), and the writers serve all shards of a run (no pause between
-shards).  Read and output buffers are recycled (:class:`Buffers`: a freshly allocated buffer
-page-faults on every page), and each output file is written back as it grows, its written-back
-pages dropped from the page cache (:class:`Writeback`).
+Writes are synchronous (:class:`Writer`; the worker threads mask the next chunks meanwhile: a
+background writer thread measured no faster, see :mod:`masters.masked_teacher`).  Read and output
+buffers are recycled (:class:`Buffers`: a freshly allocated buffer page-faults on every page),
+and the output file is written back as it grows, its written-back pages dropped from the page
+cache (:class:`Writeback`).
 """
 
 from __future__ import annotations
@@ -100,7 +99,7 @@ def read_chunks(fin, nbytes: int, chunk: int, buffers: "Buffers"):
 
 
 class Buffers:
-    """Reusable byte buffers (uint8 numpy arrays), handed back by the writer once written.
+    """Reusable byte buffers (uint8 numpy arrays), handed back once written.
 
     Freshly allocated buffers page-fault on first touch, which costs more than the masking
     itself; recycled ones are already mapped.  ``get`` returns the smallest free buffer that
@@ -195,155 +194,22 @@ class Writeback:
 
 
 class Writer:
-    """Background threads writing queued buffers to their file handles, each handle's in order.
+    """Writes buffers to one output file in order, written back to disk as it grows
+    (:class:`Writeback` every ``writeback`` bytes)."""
 
-    :meth:`register` gives the i-th file of a shard thread ``i % threads``: buffered writes to
-    one file are serialized by the kernel, writes to different files run in parallel.  At most
-    ``max_bytes`` wait in the queues in total (a larger buffer waits until they are empty).  An
-    item's ``done`` callback runs once every file it goes to has it written (or dropped after an
-    error); ``write([], b"", done)`` runs ``done`` once everything queued before it is written.
-    Output files are written back as they grow (:class:`Writeback` every ``writeback`` bytes).
-    Used as a context manager, its threads are stopped and joined on leaving, error or not.
-    """
+    def __init__(self, fout, writeback: int = 0) -> None:
+        self._fout = fout
+        self._writeback = Writeback(fout.fileno(), writeback)
 
-    def __init__(self, max_bytes: int, threads: int, writeback: int = 0) -> None:
-        self._cv = threading.Condition()
-        self._n = max(1, threads)
-        self._queues: list[collections.deque] = []
-        self._slots: dict[int, int] = {}  # id(handle) -> queue index
-        self._pending = 0
-        self._max = max_bytes
-        self._writeback_step = writeback
-        self._closed = False
-        self._error: BaseException | None = None
-        self._writeback: dict[int, Writeback] = {}
-        self._threads: list[threading.Thread] = []
-
-    def __enter__(self) -> "Writer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.abort()
-
-    def register(self, handles) -> None:
-        """Give ``handles`` (the files of one shard) threads 0, 1, ... in order."""
-        with self._cv:
-            for i, handle in enumerate(handles):
-                self._slots[id(handle)] = self._thread_for(i % self._n)
-                self._writeback.pop(id(handle), None)
-
-    def close_files(self, handles) -> None:
-        """Close ``handles`` once everything queued so far is written (an error is re-raised
-        by a later ``write``/``close``)."""
-        def done() -> None:
-            with self._cv:
-                for handle in handles:
-                    self._slots.pop(id(handle), None)
-                    self._writeback.pop(id(handle), None)
-            for handle in handles:
-                handle.close()
-
-        self.write([], b"", done=done)
-
-    def _thread_for(self, slot: int) -> int:
-        while len(self._queues) <= slot:  # start the threads up to this one
-            self._queues.append(collections.deque())
-            thread = threading.Thread(target=self._run, args=(len(self._queues) - 1,),
-                                      name=f"mask-writer-{len(self._queues) - 1}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-        return slot
-
-    def _run(self, slot: int) -> None:
-        queue = self._queues[slot]
-        while True:
-            with self._cv:
-                while not queue and not self._closed:
-                    self._cv.wait()
-                if not queue:
-                    return
-                handles, buf, ticket = queue.popleft()
-            if self._error is None:
-                try:
-                    for handle in handles:
-                        handle.write(buf)
-                        self._wrote(handle, ticket[1])
-                except BaseException as e:  # reported by the next write() or close()
-                    self._error = e
-            done = None
-            with self._cv:
-                ticket[0] -= 1
-                if ticket[0] == 0:  # the last queue holding this buffer
-                    self._pending -= ticket[1]
-                    done = ticket[2]
-                    self._cv.notify_all()
-            if done is not None:
-                try:
-                    done()
-                except BaseException as e:  # e.g. closing a file failed to flush
-                    self._error = self._error or e
-
-    def _wrote(self, handle, nbytes: int) -> None:
-        state = self._writeback.get(id(handle))
-        if state is None:
-            try:
-                fd = handle.fileno()
-            except (AttributeError, OSError, ValueError):
-                return
-            with self._cv:
-                state = self._writeback.setdefault(id(handle), Writeback(fd, self._writeback_step))
-        state.wrote(nbytes)
-
-    def write(self, handles, buf, done=None) -> None:
-        """Queue ``buf`` for every one of ``handles`` (registered); it must stay unchanged until ``done``."""
-        nbytes = memoryview(buf).nbytes
-        with self._cv:
-            while self._pending and self._pending + nbytes > self._max and self._error is None:
-                self._cv.wait()
-            if self._error is not None:
-                raise self._error
-            groups: dict[int, list] = {}
-            for handle in handles:
-                groups.setdefault(self._slots[id(handle)], []).append(handle)
-            if not groups:  # a marker: behind everything queued so far, on every queue
-                groups = {slot: [] for slot in range(len(self._queues))}
-            if not groups:
-                if done is not None:
-                    done()
-                return
-            ticket = [len(groups), nbytes, done]  # queues left, bytes, callback
-            for slot, hs in groups.items():
-                self._queues[slot].append((hs, buf, ticket))
-            self._pending += nbytes
-            self._cv.notify_all()
-
-    def close(self) -> None:
-        """Wait until everything queued is written; re-raise a write error."""
-        self._stop()
-        if self._error is not None:
-            raise self._error
-
-    def abort(self) -> None:
-        """Drop what is still queued and stop (error path; never raises, idempotent)."""
-        with self._cv:
-            if not self._closed:
-                self._error = self._error or RuntimeError("aborted")
-        self._stop()
-
-    def _stop(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        for thread in self._threads:
-            thread.join()
+    def write(self, buf) -> None:
+        self._fout.write(buf)
+        self._writeback.wrote(memoryview(buf).nbytes)
 
 
-def check_sizes(src: Path, outs: list[Path]) -> None:
-    """Every output of ``src`` has its size (same header, same offsets)."""
-    size = src.stat().st_size
-    for p in outs:
-        if p.stat().st_size != size:
-            raise RuntimeError(f"internal error: {p} has {p.stat().st_size} bytes, {src} has {size}")
+def check_size(src: Path, out: Path) -> None:
+    """``out`` has the size of ``src`` (same header, same offsets)."""
+    if out.stat().st_size != src.stat().st_size:
+        raise RuntimeError(f"internal error: {out} has {out.stat().st_size} bytes, {src} has {src.stat().st_size}")
 
 
 def copy_other_files(checkpoint: Path, dest: Path, skip: set[Path]) -> None:
