@@ -1,29 +1,29 @@
-"""One pass over a teacher for all its ratios vs one ``mask_checkpoint`` call per ratio.
+"""Masking one teacher at one ratio (``mask_checkpoint``, one workflow job) against copying it.
 
-The workflow can mask a teacher in one job per ratio (``rules/mask.smk``) or in one job per
-teacher that reads the checkpoint once and writes every ratio.  This script times both on a
-synthetic sharded safetensors checkpoint whose tensors carry maskable names
-(``model.layers.{i}.mlp.down_proj.weight`` ...), plus an embedding and norms that are copied:
+Writes a synthetic sharded checkpoint of about ``--gb`` GB (an embedding, LLaMA/Qwen-like
+decoder layers: q/k/v/o, gate/up/down, two norms; N(0, 0.02) weights), then times, on the same
+disk, fastest of ``--repeat``:
 
-* ``one pass``: one ``mask_checkpoint(teacher, out, ratios)`` call;
-* ``per ratio``: ``mask_checkpoint(teacher, out, [r])`` for every ratio, one after the other
-  (what one job per ratio costs in total; its peak RSS is that of the largest call).
+* copy: the checkpoint copied once (``shutil.copy`` per file; the same bytes written as masking
+  writes), the floor for a job that must write a full checkpoint;
+* mask: ``mask_checkpoint(teacher, out, ratio)`` in a fresh child process (its peak RSS is its
+  own), for each ``--ratios`` value (default 0.2).
 
-Every call runs in a fresh child process (its own ``ru_maxrss``).  Page cache, per ``--cache``:
-``cold`` drops the teacher's pages before *every* call (``posix_fadvise(DONTNEED)`` after a
-``sync``: only this checkpoint's pages, nothing else on the machine is evicted), as at paper
-scale where a 15-64 GB teacher does not stay cached between jobs; ``warm`` reads the teacher
-once before timing, so every call finds it in memory.  Outputs are deleted and synced (untimed)
-between variants.  ``--code DIR`` benchmarks the ``masters`` package found in DIR (e.g. an
-older revision exported with ``git archive``), default this repository.
+``cold``: the teacher is evicted from the page cache before each run (after a ``sync``);
+``warm``: read once before.  Wall times run until the output is on disk (``sync`` included);
+every output is deleted before the next run.  Prints wall and CPU seconds, peak RSS, throughput
+(checkpoint GB / wall s) and wall vs copy.  ``--code DIR``
+benchmarks another checkout of the package (e.g. ``git worktree add /tmp/old 60b21a4``; code
+whose ``mask_checkpoint`` takes a list of ratios is called with ``[ratio]``).
 
-    python bench/masking_one_pass.py --gb 1.5 --shards 3
+    python bench/bench_masking.py --gb 0.75 --shards 2
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import resource
@@ -131,16 +131,20 @@ def child(args: argparse.Namespace) -> None:
         from masters.masking import MaskingOptions
 
         kwargs["options"] = MaskingOptions(threads=args.threads)
+    ratio = float(args.child_ratio)
+    if "ratios" in inspect.signature(mask_checkpoint).parameters:  # the multi-ratio revisions
+        ratio = [ratio]
     t0 = time.perf_counter()
-    mask_checkpoint(args.child_teacher, args.child_out, json.loads(args.child_ratios), progress=False, **kwargs)
+    mask_checkpoint(args.child_teacher, args.child_out, ratio, progress=False, **kwargs)
+    os.sync()  # until the output is on disk
     wall = time.perf_counter() - t0
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "rss": ru.ru_maxrss * 1024}))
 
 
-def run_call(args, teacher: Path, out: Path, ratios: list[float]) -> dict:
+def run_mask(args, teacher: Path, out: Path, ratio: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--code", args.code, "--child-teacher", str(teacher),
-           "--child-out", str(out), "--child-ratios", json.dumps(ratios)]
+           "--child-out", str(out), "--child-ratio", repr(ratio)]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -149,34 +153,40 @@ def run_call(args, teacher: Path, out: Path, ratios: list[float]) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def variant(args, teacher: Path, out: Path, calls: list[list[float]], cold: bool) -> dict:
-    """Run ``calls`` one after the other; total wall and CPU seconds, largest peak RSS."""
-    if not cold:
-        warm_up(teacher)
-    results = []
-    for ratios in calls:
-        if cold:
-            evict(teacher)
-        results.append(run_call(args, teacher, out, ratios))
+def run_copy(teacher: Path, out: Path) -> dict:
+    out.mkdir()
+    ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for p in sorted(teacher.iterdir()):
+        shutil.copy(p, out / p.name)
+    os.sync()
+    wall, ru = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    cpu = ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime
+    return {"wall_s": wall, "cpu_s": cpu, "rss": None}
+
+
+def timed(run, teacher: Path, out: Path, cold: bool) -> dict:
+    """``run()`` after evicting (cold) or reading (warm) the teacher; its output deleted and synced after."""
+    evict(teacher) if cold else warm_up(teacher)
+    os.sync()
+    result = run()
     shutil.rmtree(out)
     os.sync()
-    return {"wall_s": sum(r["wall_s"] for r in results), "cpu_s": sum(r["cpu_s"] for r in results),
-            "rss": max(r["rss"] for r in results)}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gb", type=float, default=1.5, help="checkpoint size in GB (1e9 bytes); default 1.5")
-    ap.add_argument("--shards", type=int, default=3, help="number of safetensors shards; default 3")
+    ap.add_argument("--gb", type=float, default=0.75, help="checkpoint size in GB (1e9 bytes); default 0.75")
+    ap.add_argument("--shards", type=int, default=2, help="number of safetensors shards; default 2")
     ap.add_argument("--dtype", choices=sorted(ITEMSIZE), default="BF16", help="dtype of every tensor; default BF16")
     ap.add_argument("--hidden", type=int, default=2048, help="hidden size of the synthetic layers; default 2048")
     ap.add_argument("--intermediate", type=int, default=5632, help="MLP width of the synthetic layers; default 5632")
     ap.add_argument("--vocab", type=int, default=32000, help="rows of the (copied, not masked) embedding")
-    ap.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2],
-                    help="masking ratios; default 0.05 0.1 0.15 0.2")
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.2],
+                    help="masking ratios, one call (one workflow job) each; default 0.2")
     ap.add_argument("--cache", choices=["cold", "warm"], nargs="+", default=["cold", "warm"],
-                    help="page-cache states to time: cold (teacher evicted before every call), warm "
-                         "(teacher read once before timing); default both")
+                    help="page-cache states to time: cold (teacher evicted before every run), warm "
+                         "(teacher read before every run); default both")
     ap.add_argument("--repeat", type=int, default=1,
                     help="time each (cache, variant) this many times and report the fastest; default 1")
     ap.add_argument("--threads", type=int, default=None,
@@ -187,46 +197,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (and its checkpoint)")
     ap.add_argument("--child-teacher", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
-    ap.add_argument("--child-ratios", help=argparse.SUPPRESS)
+    ap.add_argument("--child-ratio", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.code = str(Path(args.code).resolve())
     if args.child_teacher:
         child(args)
         return 0
 
-    work = Path(tempfile.mkdtemp(prefix="masking_one_pass_", dir=args.dir))
+    work = Path(tempfile.mkdtemp(prefix="bench_masking_", dir=args.dir))
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(print, f"kept {work}") if args.keep else cleanup.callback(shutil.rmtree, work, True)
-        print_table(args, measure(args, work))
+        print_table(*measure(args, work))
     return 0
 
 
-def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, int, dict]]:
-    """Write the checkpoint under ``work``, then time every (cache, variant): (cache, variant, calls, figures)."""
+def measure(args: argparse.Namespace, work: Path) -> tuple[int, list[tuple[str, str, dict]]]:
+    """Write the checkpoint under ``work``, then time every (cache, variant): its size, [(cache, variant, figures)]."""
     teacher, out = work / "teacher", work / "out"
     shapes = plan(args.gb, args.hidden, args.intermediate, args.vocab, ITEMSIZE[args.dtype])
     t0 = time.perf_counter()
     write_checkpoint(teacher, shapes, args.dtype, args.shards)
     size = sum(p.stat().st_size for p in teacher.glob("*.safetensors"))
     print(f"checkpoint: {size / 1e9:.2f} GB {args.dtype} in {args.shards} shards, {len(shapes)} tensors "
-          f"(written in {time.perf_counter() - t0:.0f} s); code: {args.code}; ratios: {args.ratios}; "
+          f"(written in {time.perf_counter() - t0:.0f} s); code: {args.code}; "
           f"cores: {len(os.sched_getaffinity(0))}")
-    variants = {"one pass": [list(args.ratios)], "per ratio": [[r] for r in args.ratios]}
+    variants = {"copy": lambda: run_copy(teacher, out)}
+    for r in args.ratios:
+        variants[f"mask {r:g}"] = lambda r=r: run_mask(args, teacher, out, r)
     rows = []
     for cache in args.cache:
-        for name, calls in variants.items():
-            runs = [variant(args, teacher, out, calls, cache == "cold") for _ in range(max(1, args.repeat))]
-            rows.append((cache, name, len(calls), min(runs, key=lambda r: r["wall_s"])))
-    return rows
+        for name, run in variants.items():
+            runs = [timed(run, teacher, out, cache == "cold") for _ in range(max(1, args.repeat))]
+            rows.append((cache, name, min(runs, key=lambda r: r["wall_s"])))
+    return size, rows
 
 
-def print_table(args: argparse.Namespace, rows: list[tuple[str, str, int, dict]]) -> None:
-    print(f"{'cache':6} {'variant':10} {'calls':>5} {'wall s':>8} {'cpu s':>8} {'peak RSS GiB':>13} "
-          f"{'wall vs per ratio':>18}")
-    for cache, name, calls, r in rows:
-        base = next(b for c, n, _, b in rows if c == cache and n == "per ratio")
-        print(f"{cache:6} {name:10} {calls:5d} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} "
-              f"{r['rss'] / 2**30:13.2f} {r['wall_s'] / base['wall_s']:17.0%}")
+def print_table(size: int, rows: list[tuple[str, str, dict]]) -> None:
+    print(f"{'cache':6} {'variant':10} {'wall s':>8} {'cpu s':>8} {'peak RSS GiB':>13} {'GB/s':>6} {'vs copy':>8}")
+    for cache, name, r in rows:
+        base = next(b for c, n, b in rows if c == cache and n == "copy")
+        rss = "" if r["rss"] is None else f"{r['rss'] / 2**30:.2f}"
+        print(f"{cache:6} {name:10} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} {rss:>13} "
+              f"{size / 1e9 / r['wall_s']:6.2f} {r['wall_s'] / base['wall_s']:7.2f}x")
 
 
 if __name__ == "__main__":
