@@ -1,32 +1,29 @@
-"""Benchmark ``masters.masking.mask_checkpoint`` against copying the checkpoint once per ratio.
+"""Masking one teacher at one ratio (``mask_checkpoint``, one workflow job) against copying it.
 
-Writes a synthetic sharded bf16 checkpoint of about ``--gb`` GB with realistic shapes (a
-LLaMA/Qwen-7B-like decoder: embedding, per layer q/k/v/o (hidden x hidden), gate/up
-(intermediate x hidden), down (hidden x intermediate), q/k/v biases and two norms, then the
-final norm and lm_head), then on the same disk:
+Writes a synthetic sharded checkpoint of about ``--gb`` GB (an embedding, LLaMA/Qwen-like
+decoder layers: q/k/v/o, gate/up/down, two norms; N(0, 0.02) weights), then times, on the same
+disk, fastest of ``--repeat``:
 
-* copy kept: the checkpoint copied once per ratio (``shutil.copy`` per file), all copies kept
-  until the end - "copying that checkpoint 5 times on the same disk", the target's baseline:
-  the same output volume as masking, so the same page-cache / disk-writeback load;
-* copy deleted (for information): the same copies, each deleted (untimed) before the next - a
-  deleted copy never reaches the disk and its page-cache pages are reused by the next one, so
-  this measures memory bandwidth rather than writing five checkpoints;
-* mask: ``mask_checkpoint`` at the ratios ``r_max, r_max - step, ..., 0`` (default 5 ratios),
-  run in a fresh child process so that its peak RSS (``ru_maxrss``) is its own.
+* copy: the checkpoint copied once (``shutil.copy`` per file; the same bytes written as masking
+  writes), the floor for a job that must write a full checkpoint;
+* mask: ``mask_checkpoint(teacher, out, ratio)`` in a fresh child process (its peak RSS is its
+  own), for each ``--ratios`` value (default 0.2).
 
-Every timed phase starts after an untimed ``sync`` (no writeback left from the phase before).
-It prints the wall times, mask / copy kept (target <= 1.3x), mask / copy deleted, and the peak RSS of
-masking (target <= 2 x largest tensor + 1 GiB).  Disk use peaks at about (1 + number of ratios)
-x ``--gb``.
-If ``--gb`` is too small for the embedding, lm_head and two layers at the given widths, all
-widths are halved until they fit (printed).
+``cold``: the teacher is evicted from the page cache before each run (after a ``sync``);
+``warm``: read once before.  Wall times run until the output is on disk (``sync`` included);
+every output is deleted before the next run.  Prints wall and CPU seconds, peak RSS, throughput
+(checkpoint GB / wall s) and wall vs copy.  ``--code DIR``
+benchmarks another checkout of the package (e.g. ``git worktree add /tmp/old 60b21a4``; code
+whose ``mask_checkpoint`` takes a list of ratios is called with ``[ratio]``).
 
-    python bench/bench_masking.py --gb 0.2
+    python bench/bench_masking.py --gb 0.75 --shards 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
 import os
 import resource
@@ -37,224 +34,212 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
+ITEMSIZE = {"BF16": 2, "F32": 4}
 
 
-def _layer_shapes(i: int, hidden: int, inter: int) -> list[tuple[str, tuple[int, ...]]]:
+def layer_tensors(i: int, hidden: int, inter: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of one decoder layer (7 maskable linears, 2 norms)."""
     p = f"model.layers.{i}."
-    return [
-        (p + "input_layernorm.weight", (hidden,)),
-        (p + "self_attn.q_proj.weight", (hidden, hidden)),
-        (p + "self_attn.q_proj.bias", (hidden,)),
-        (p + "self_attn.k_proj.weight", (hidden, hidden)),
-        (p + "self_attn.k_proj.bias", (hidden,)),
-        (p + "self_attn.v_proj.weight", (hidden, hidden)),
-        (p + "self_attn.v_proj.bias", (hidden,)),
-        (p + "self_attn.o_proj.weight", (hidden, hidden)),
-        (p + "post_attention_layernorm.weight", (hidden,)),
-        (p + "mlp.gate_proj.weight", (inter, hidden)),
-        (p + "mlp.up_proj.weight", (inter, hidden)),
-        (p + "mlp.down_proj.weight", (hidden, inter)),
-    ]
+    return [(p + "input_layernorm.weight", (hidden,)),
+            (p + "self_attn.q_proj.weight", (hidden, hidden)), (p + "self_attn.k_proj.weight", (hidden, hidden)),
+            (p + "self_attn.v_proj.weight", (hidden, hidden)), (p + "self_attn.o_proj.weight", (hidden, hidden)),
+            (p + "post_attention_layernorm.weight", (hidden,)),
+            (p + "mlp.gate_proj.weight", (inter, hidden)), (p + "mlp.up_proj.weight", (inter, hidden)),
+            (p + "mlp.down_proj.weight", (hidden, inter))]
 
 
-def _nbytes(shapes) -> int:
-    total = 0
-    for _, s in shapes:
-        n = 1
-        for d in s:
-            n *= d
-        total += 2 * n  # bf16
-    return total
-
-
-def plan(gb: float, hidden: int, inter: int, vocab: int) -> tuple[list[tuple[str, tuple[int, ...]]], dict]:
-    """Tensor names and shapes of a checkpoint of at least gb GB (widths halved until 2 layers fit)."""
-    budget = int(gb * 1e9)
-    while True:
-        fixed = [("model.embed_tokens.weight", (vocab, hidden)), ("model.norm.weight", (hidden,)),
-                 ("lm_head.weight", (vocab, hidden))]
-        layer = _nbytes(_layer_shapes(0, hidden, inter))
-        if _nbytes(fixed) + 2 * layer <= budget or hidden <= 64:
-            break
-        hidden, inter, vocab = hidden // 2, inter // 2, vocab // 2
-    n_layers = max(2, -(-(budget - _nbytes(fixed)) // layer))  # ceil: at least gb GB
-    shapes = [fixed[0]]
+def plan(gb: float, hidden: int, inter: int, vocab: int, itemsize: int) -> list[tuple[str, tuple[int, ...]]]:
+    """An embedding, as many layers as make ``gb`` GB, and the final norm."""
+    layer = sum(itemsize * int(np.prod(s)) for _, s in layer_tensors(0, hidden, inter))
+    n_layers = max(1, round((gb * 1e9 - itemsize * vocab * hidden) / layer))
+    shapes = [("model.embed_tokens.weight", (vocab, hidden))]
     for i in range(n_layers):
-        shapes += _layer_shapes(i, hidden, inter)
-    shapes += fixed[1:]
-    return shapes, dict(hidden=hidden, intermediate=inter, vocab=vocab, layers=int(n_layers))
+        shapes += layer_tensors(i, hidden, inter)
+    return shapes + [("model.norm.weight", (hidden,))]
 
 
-def write_checkpoint(out: Path, shapes, shard_bytes: int, seed: int = 0) -> None:
-    """Sharded bf16 safetensors + index + a config.json, one shard in memory at a time."""
-    import torch
-    from safetensors.torch import save_file
+def _random_bytes(shape, dtype: str, rng: np.random.Generator) -> bytes:
+    """N(0, 0.02) weights (norms: ones) as raw little-endian BF16 (truncated float32) or F32."""
+    n = int(np.prod(shape))
+    w = np.ones(n, np.float32) if len(shape) == 1 else rng.standard_normal(n, np.float32) * np.float32(0.02)
+    return (w.view(np.uint32) >> 16).astype(np.uint16).tobytes() if dtype == "BF16" else w.tobytes()
 
-    torch.manual_seed(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    groups, cur, size = [], [], 0
+
+def write_checkpoint(out: Path, shapes, dtype: str, shards: int, seed: int = 0) -> None:
+    """``shards`` safetensors files of about equal size, the index and a config.json."""
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    total = sum(ITEMSIZE[dtype] * int(np.prod(s)) for _, s in shapes)
+    groups: list[list] = [[]]
+    size = 0
     for name, shape in shapes:
-        nb = _nbytes([(name, shape)])
-        if cur and size + nb > shard_bytes:
-            groups.append(cur)
-            cur, size = [], 0
-        cur.append((name, shape))
-        size += nb
-    groups.append(cur)
-    weight_map, total = {}, 0
+        if size >= total * len(groups) / shards and len(groups) < shards:
+            groups.append([])
+        groups[-1].append((name, shape))
+        size += ITEMSIZE[dtype] * int(np.prod(shape))
+    weight_map = {}
     for i, group in enumerate(groups, 1):
         fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        tensors = {}
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
         for name, shape in group:
-            if name.endswith("norm.weight"):
-                t = torch.ones(shape, dtype=torch.bfloat16)
-            else:
-                t = (torch.randn(shape) * 0.02).to(torch.bfloat16)
-            tensors[name] = t
+            nbytes = ITEMSIZE[dtype] * int(np.prod(shape))
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
             weight_map[name] = fname
-            total += t.numel() * 2
-        save_file(tensors, str(out / fname), metadata={"format": "pt"})
-        del tensors
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                    "weight_map": weight_map}, indent=2))
-    (out / "config.json").write_text(json.dumps({"model_type": "synthetic", "torch_dtype": "bfloat16"}))
+        head = json.dumps(header).encode()
+        head += b" " * (-len(head) % 8)
+        with open(out / fname, "wb") as f:
+            f.write(len(head).to_bytes(8, "little") + head)
+            for name, shape in group:
+                f.write(_random_bytes(shape, dtype, rng))
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (out / "config.json").write_text(json.dumps({"model_type": "synthetic"}))
 
 
-def _peak_rss_bytes() -> tuple[int, int]:
-    """(ru_maxrss, VmHWM) of this process in bytes (VmHWM: -1 where /proc is missing)."""
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    hwm = -1
+def evict(teacher: Path) -> None:
+    """Drop the teacher's pages from the page cache (after a sync: clean pages only)."""
+    os.sync()
+    for p in teacher.iterdir():
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def warm_up(teacher: Path) -> None:
+    """Read every teacher file once, so that it is in the page cache."""
+    for p in teacher.iterdir():
+        with open(p, "rb") as f:
+            while f.read(64 << 20):
+                pass
+
+
+def child(args: argparse.Namespace) -> None:
+    """In a fresh process: one ``mask_checkpoint`` call; print wall, CPU time and peak RSS as JSON."""
+    sys.path.insert(0, args.code)
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return maxrss, hwm
+        from masters.masked_teacher import mask_checkpoint
+    except ImportError:  # revisions before the split into masking / masked_teacher / safetensors_stream
+        from masters.masking import mask_checkpoint
+    kwargs = {}
+    if args.threads is not None:
+        from masters.masking import MaskingOptions
 
-
-def _child(args: argparse.Namespace) -> None:
-    """Child process: write the checkpoint, or run mask_checkpoint and print a JSON line."""
-    sys.path.insert(0, str(REPO))
-    if args.child_generate:
-        spec = json.loads(Path(args.child_generate).read_text())
-        write_checkpoint(Path(spec["out"]), [(n, tuple(s)) for n, s in spec["shapes"]], spec["shard_bytes"])
-        return
-    from masters.masking import mask_checkpoint
-
-    base = _peak_rss_bytes()
+        kwargs["options"] = MaskingOptions(threads=args.threads)
+    ratio = float(args.child_ratio)
+    if "ratios" in inspect.signature(mask_checkpoint).parameters:  # the multi-ratio revisions
+        ratio = [ratio]
     t0 = time.perf_counter()
-    mask_checkpoint(args.child_teacher, args.child_out, json.loads(args.child_ratios), progress=False)
+    mask_checkpoint(args.child_teacher, args.child_out, ratio, progress=False, **kwargs)
+    os.sync()  # until the output is on disk
     wall = time.perf_counter() - t0
-    maxrss, hwm = _peak_rss_bytes()
-    print(json.dumps({"wall_s": wall, "ru_maxrss": maxrss, "vm_hwm": hwm, "ru_maxrss_after_imports": base[0]}))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "rss": ru.ru_maxrss * 1024}))
+
+
+def run_mask(args, teacher: Path, out: Path, ratio: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--code", args.code, "--child-teacher", str(teacher),
+           "--child-out", str(out), "--child-ratio", repr(ratio)]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"mask_checkpoint failed ({res.returncode}):\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run_copy(teacher: Path, out: Path) -> dict:
+    out.mkdir()
+    ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for p in sorted(teacher.iterdir()):
+        shutil.copy(p, out / p.name)
+    os.sync()
+    wall, ru = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    cpu = ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime
+    return {"wall_s": wall, "cpu_s": cpu, "rss": None}
+
+
+def timed(run, teacher: Path, out: Path, cold: bool) -> dict:
+    """``run()`` after evicting (cold) or reading (warm) the teacher; its output deleted and synced after."""
+    evict(teacher) if cold else warm_up(teacher)
+    os.sync()
+    result = run()
+    shutil.rmtree(out)
+    os.sync()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gb", type=float, default=2.0, help="checkpoint size in GB (1e9 bytes); default 2")
-    ap.add_argument("--hidden", type=int, default=4096, help="hidden size of the synthetic layers")
-    ap.add_argument("--intermediate", type=int, default=11008, help="MLP width of the synthetic layers")
-    ap.add_argument("--vocab", type=int, default=32000, help="embedding / lm_head rows")
-    ap.add_argument("--shard-gb", type=float, default=None,
-                    help="shard size in GB (default: --gb / 4, so the checkpoint has about 4 shards)")
-    ap.add_argument("--r-max", type=float, default=0.2, help="largest masking ratio")
-    ap.add_argument("--step", type=float, default=0.05, help="ratio step (0.2/0.05 -> 5 ratios)")
-    ap.add_argument("--dir", default=None, help="work directory on the disk to test (default: a temp dir in $TMPDIR)")
+    ap.add_argument("--gb", type=float, default=0.75, help="checkpoint size in GB (1e9 bytes); default 0.75")
+    ap.add_argument("--shards", type=int, default=2, help="number of safetensors shards; default 2")
+    ap.add_argument("--dtype", choices=sorted(ITEMSIZE), default="BF16", help="dtype of every tensor; default BF16")
+    ap.add_argument("--hidden", type=int, default=2048, help="hidden size of the synthetic layers; default 2048")
+    ap.add_argument("--intermediate", type=int, default=5632, help="MLP width of the synthetic layers; default 5632")
+    ap.add_argument("--vocab", type=int, default=32000, help="rows of the (copied, not masked) embedding")
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.2],
+                    help="masking ratios, one call (one workflow job) each; default 0.2")
+    ap.add_argument("--cache", choices=["cold", "warm"], nargs="+", default=["cold", "warm"],
+                    help="page-cache states to time: cold (teacher evicted before every run), warm "
+                         "(teacher read before every run); default both")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="time copy and mask this many times each (alternating) and report the fastest of each")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--child-generate", help=argparse.SUPPRESS)
+                    help="time each (cache, variant) this many times and report the fastest; default 1")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="MaskingOptions(threads=...) for every call; default: the module's own default")
+    ap.add_argument("--code", default=str(REPO),
+                    help="directory holding the masters package to benchmark; default this repository")
+    ap.add_argument("--dir", default=None, help="work directory on the disk to test; default a temp dir in $TMPDIR")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (and its checkpoint)")
     ap.add_argument("--child-teacher", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
-    ap.add_argument("--child-ratios", help=argparse.SUPPRESS)
+    ap.add_argument("--child-ratio", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.child_teacher or args.child_generate:
-        _child(args)
+    args.code = str(Path(args.code).resolve())
+    if args.child_teacher:
+        child(args)
         return 0
 
-    sys.path.insert(0, str(REPO))
-    from masters.schedule import ratios as schedule_ratios
-
-    ratios = schedule_ratios(args.r_max, args.step)
-    shapes, dims = plan(args.gb, args.hidden, args.intermediate, args.vocab)
     work = Path(tempfile.mkdtemp(prefix="bench_masking_", dir=args.dir))
-    try:
-        teacher = work / "teacher"
-        t0 = time.perf_counter()
-        shard = int((args.shard_gb if args.shard_gb else args.gb / 4) * 1e9)
-        # written by a child process, so that this process stays small: a child's ru_maxrss
-        # starts from its parent's RSS at fork time on Linux
-        spec = work / "spec.json"
-        spec.write_text(json.dumps({"out": str(teacher), "shapes": shapes, "shard_bytes": shard}))
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child-generate", str(spec)], check=True)
-        files = sorted(p for p in teacher.iterdir() if p.is_file())
-        spec.unlink()
-        size = sum(p.stat().st_size for p in files)
-        largest = max(_nbytes([s]) for s in shapes)
-        print(f"synthetic checkpoint: {size / 1e9:.3f} GB in {len(list(teacher.glob('*.safetensors')))} shards, "
-              f"{dims}, largest tensor {largest / 2**20:.1f} MiB (written in {time.perf_counter() - t0:.1f}s)")
-        print(f"ratios: {ratios}")
-
-        copies, kept, masks, children = [], [], [], []
-        for _ in range(max(1, args.repeat)):
-            os.sync()
-            copy_s = 0.0
-            for i in range(len(ratios)):  # timed copies; each removed (untimed) before the next
-                dst = work / f"copy{i}"
-                dst.mkdir()
-                t = time.perf_counter()
-                for p in files:
-                    shutil.copy(p, dst / p.name)
-                copy_s += time.perf_counter() - t
-                shutil.rmtree(dst)
-            copies.append(copy_s)
-
-            os.sync()
-            t = time.perf_counter()
-            for i in range(len(ratios)):  # timed copies, all kept until the end
-                dst = work / f"kept{i}"
-                dst.mkdir()
-                for p in files:
-                    shutil.copy(p, dst / p.name)
-            kept.append(time.perf_counter() - t)
-            for i in range(len(ratios)):
-                shutil.rmtree(work / f"kept{i}")
-
-            os.sync()
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child-teacher", str(teacher),
-                   "--child-out", str(work / "masked"), "--child-ratios", json.dumps(ratios)]
-            res = subprocess.run(cmd, check=True, capture_output=True, text=True)
-            children.append(json.loads(res.stdout.strip().splitlines()[-1]))
-            masks.append(children[-1]["wall_s"])
-            shutil.rmtree(work / "masked")
-        if len(copies) > 1:
-            print(f"copy runs: {[round(c, 3) for c in copies]} s; copy-kept runs: {[round(c, 3) for c in kept]} s; "
-                  f"mask runs: {[round(m, 3) for m in masks]} s")
-        copy_s = min(copies)
-        kept_s = min(kept)
-        child = max(children, key=lambda c: c["ru_maxrss"])
-        child["wall_s"] = min(masks)
-        mask_s = child["wall_s"]
-        peak = child["ru_maxrss"]
-        target_rss = 2 * largest + 2**30
-        print(f"copy x{len(ratios)} kept (shutil.copy per file, same volume as mask): {kept_s:8.2f} s")
-        print(f"copy x{len(ratios)} each deleted before the next (page cache reused): {copy_s:8.2f} s")
-        print(f"mask_checkpoint at {len(ratios)} ratios: {mask_s:8.2f} s")
-        print(f"mask / copy kept: {mask_s / kept_s:.2f}x (target <= 1.3x) -> "
-              f"{'OK' if mask_s <= 1.3 * kept_s else 'MISSED'}; mask / copy deleted: {mask_s / copy_s:.2f}x")
-        print(f"peak RSS of masking (ru_maxrss): {peak / 2**30:.3f} GiB (VmHWM {child['vm_hwm'] / 2**30:.3f} GiB, "
-              f"after imports {child['ru_maxrss_after_imports'] / 2**30:.3f} GiB); "
-              f"target <= 2 x largest tensor + 1 GiB = {target_rss / 2**30:.3f} GiB -> "
-              f"{'OK' if peak <= target_rss else 'MISSED'}")
-    finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(print, f"kept {work}") if args.keep else cleanup.callback(shutil.rmtree, work, True)
+        print_table(*measure(args, work))
     return 0
 
 
+def measure(args: argparse.Namespace, work: Path) -> tuple[int, list[tuple[str, str, dict]]]:
+    """Write the checkpoint under ``work``, then time every (cache, variant): its size, [(cache, variant, figures)]."""
+    teacher, out = work / "teacher", work / "out"
+    shapes = plan(args.gb, args.hidden, args.intermediate, args.vocab, ITEMSIZE[args.dtype])
+    t0 = time.perf_counter()
+    write_checkpoint(teacher, shapes, args.dtype, args.shards)
+    size = sum(p.stat().st_size for p in teacher.glob("*.safetensors"))
+    print(f"checkpoint: {size / 1e9:.2f} GB {args.dtype} in {args.shards} shards, {len(shapes)} tensors "
+          f"(written in {time.perf_counter() - t0:.0f} s); code: {args.code}; "
+          f"cores: {len(os.sched_getaffinity(0))}")
+    variants = {"copy": lambda: run_copy(teacher, out)}
+    for r in args.ratios:
+        variants[f"mask {r:g}"] = lambda r=r: run_mask(args, teacher, out, r)
+    rows = []
+    for cache in args.cache:
+        for name, run in variants.items():
+            runs = [timed(run, teacher, out, cache == "cold") for _ in range(max(1, args.repeat))]
+            rows.append((cache, name, min(runs, key=lambda r: r["wall_s"])))
+    return size, rows
+
+
+def print_table(size: int, rows: list[tuple[str, str, dict]]) -> None:
+    print(f"{'cache':6} {'variant':10} {'wall s':>8} {'cpu s':>8} {'peak RSS GiB':>13} {'GB/s':>6} {'vs copy':>8}")
+    for cache, name, r in rows:
+        base = next(b for c, n, b in rows if c == cache and n == "copy")
+        rss = "" if r["rss"] is None else f"{r['rss'] / 2**30:.2f}"
+        print(f"{cache:6} {name:10} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} {rss:>13} "
+              f"{size / 1e9 / r['wall_s']:6.2f} {r['wall_s'] / base['wall_s']:7.2f}x")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

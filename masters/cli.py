@@ -298,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output path stem: writes STEM.csv, STEM.md, STEM.tex")
     p.set_defaults(func=cmd_accuracy_table)
 
-    from masters import masking
+    from masters import masked_teacher
 
-    masking.register(sub)
+    masked_teacher.register(sub)
 
     p = sub.add_parser("generate", help="pre-generate sampled responses per question (METHOD.md §3)")
     p.add_argument("--model", required=True, help="checkpoint directory (a masked teacher or the student)")

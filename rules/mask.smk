@@ -1,5 +1,6 @@
 # Magnitude-masked teachers (METHOD.md §1): one job per (teacher, ratio > 0); ratio 0 is the
-# teacher's own checkpoint, never copied.
+# teacher's own checkpoint, never copied. One ratio per job, not all of a teacher's in one pass
+# (figures and reasons: masters/masked_teacher.py).
 
 
 rule mask:
@@ -25,4 +26,4 @@ rule mask:
         ),
     shell:
         "masters mask --teacher {input} --ratios {wildcards.ratio} --out {params.root}"
-        " {params.patterns} --quiet > {log} 2>&1"
+        " {params.patterns} --threads {threads} --quiet > {log} 2>&1"

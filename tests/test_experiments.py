@@ -140,7 +140,7 @@ def test_a_step_of_0_025_trains_each_stage_against_the_ratio_its_teacher_was_mas
     import torch
     from safetensors.torch import save_file
 
-    from masters.masking import mask_checkpoint
+    from masters.masked_teacher import mask_checkpoint
 
     config = copy.deepcopy(CONFIG)
     config["experiments"]["masters"]["plan"] = [{"teacher": "L", "r_max": 0.2, "step": 0.025}]
@@ -157,6 +157,6 @@ def test_a_step_of_0_025_trains_each_stage_against_the_ratio_its_teacher_was_mas
     for stage, path in zip(stages[:-1], dirs):
         ratio_in_name = float(path.rsplit("masked_r", 1)[1])
         assert ratio_in_name == stage.ratio
-        stats = mask_checkpoint(teacher, tmp_path / "out", [ratio_in_name], progress=False)
+        stats = mask_checkpoint(teacher, tmp_path / "out", ratio_in_name, progress=False)
         assert stats.zeros.item() == round(stage.ratio * 1000)  # 175, not 170
         assert (tmp_path / "out" / path.rsplit("/", 1)[1]).is_dir()

@@ -7,7 +7,9 @@ import argparse
 import filecmp
 import json
 import math
+import os
 import struct
+import threading
 
 import numpy as np
 import pandas as pd
@@ -16,8 +18,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from masters import masking
-from masters.masking import is_maskable, mask_checkpoint, mask_tensor, ratio_dirname, thresholds
+from masters import masked_teacher, masking, safetensors_stream
+from masters.masked_teacher import mask_checkpoint
+from masters.masking import MaskingOptions, is_maskable, mask_tensor, ratio_dirname, thresholds
 
 RATIOS = [0.2, 0.15, 0.1, 0.05, 0.0]
 
@@ -43,6 +46,16 @@ def _raw_tensors(path):
         data = f.read()
     return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]])
             for k, v in header.items() if k != "__metadata__"}
+
+
+def _masked_reference(w, lam):
+    """Eq. 2 by the definition, in torch: entries with float32 |w| <= lambda set to +0 (NaN kept)."""
+    return w if lam is None else w.masked_fill(w.to(torch.float32).abs() <= lam, 0).contiguous()
+
+
+def _mask_all(teacher, out, ratios, **kwargs):
+    """``mask_checkpoint`` once per ratio (one pass each, as the workflow's jobs); all stats."""
+    return pd.concat([mask_checkpoint(teacher, out, r, **kwargs) for r in ratios], ignore_index=True)
 
 
 def _metadata(path):
@@ -93,7 +106,7 @@ def test_ratio_dirname_names_the_exact_ratio():
     with pytest.raises(ValueError, match="more than 6 decimals"):
         ratio_dirname(0.1234567)  # no name would be its exact ratio
     with pytest.raises(ValueError, match="more than 6 decimals"):
-        masking._validate_ratios([0.1 + 0.2])  # 0.30000000000000004: computed, not a schedule ratio
+        masking.validate_ratios([0.1 + 0.2])  # 0.30000000000000004: computed, not a schedule ratio
     # the schedule's ratios at a step of 0.025 get eight distinct exact names (regression: 0.17/0.12/...)
     from masters.schedule import ratios
 
@@ -105,12 +118,12 @@ def test_ratio_dirname_names_the_exact_ratio():
 def test_cli_ratio_list_is_the_schedule_and_errors_name_the_flags():
     from masters import schedule
 
-    assert masking.schedule_ratios is schedule.ratios
-    assert masking._stage_ratios(0.2, 0.05) == [0.2, 0.15, 0.1, 0.05, 0.0]
-    assert masking._stage_ratios(0.0, None) == [0.0]
+    assert masked_teacher.schedule_ratios is schedule.ratios
+    assert masked_teacher._stage_ratios(0.2, 0.05) == [0.2, 0.15, 0.1, 0.05, 0.0]
+    assert masked_teacher._stage_ratios(0.0, None) == [0.0]
     for bad in ((-0.1, 0.05), (0.2, 0.0), (0.2, -0.05), (0.1, 0.2), (0.2, None), (0.2, 0.15)):
         with pytest.raises(ValueError, match="--r-max .* / --step"):
-            masking._stage_ratios(*bad)
+            masked_teacher._stage_ratios(*bad)
 
 
 # ------------------------------------------------------------------ one tensor
@@ -196,7 +209,7 @@ def _check_masked_dir(teacher, out, ratios, weight_files):
     zeroed = {}
     for r in sorted(ratios):
         d = out / ratio_dirname(r)
-        assert {p.name for p in d.iterdir()} == teacher_files | {masking.STATS_FILE}
+        assert {p.name for p in d.iterdir()} == teacher_files | {masked_teacher.STATS_FILE}
         for name in teacher_files - set(weight_files):
             assert filecmp.cmp(teacher / name, d / name, shallow=False), name
         for f in weight_files:
@@ -228,7 +241,7 @@ def test_single_file_checkpoint_and_stats(tiny_model, processor, tmp_path):
     teacher = tmp_path / "teacher"
     save_checkpoint(tiny_model, processor, teacher)
     out = tmp_path / "masked"
-    stats = mask_checkpoint(teacher, out, [0.2, 0.1, 0.0], progress=False)
+    stats = _mask_all(teacher, out, [0.2, 0.1, 0.0], progress=False)
     _check_masked_dir(teacher, out, [0.2, 0.1, 0.0], ["model.safetensors"])
 
     assert list(stats.columns[:6]) == ["name", "numel", "ratio", "threshold", "zeros", "masked"]
@@ -245,7 +258,7 @@ def test_single_file_checkpoint_and_stats(tiny_model, processor, tmp_path):
         for row in stats[stats.ratio == 0.2].itertuples():
             assert int((f.get_tensor(row.name) == 0).sum()) == row.zeros
     for r in (0.2, 0.1, 0.0):
-        csv = pd.read_csv(out / ratio_dirname(r) / masking.STATS_FILE)
+        csv = pd.read_csv(out / ratio_dirname(r) / masked_teacher.STATS_FILE)
         assert len(csv) == n_tensors and (csv.ratio == r).all()
         assert csv.zeros.tolist() == stats[stats.ratio == r].zeros.tolist()
 
@@ -259,15 +272,15 @@ def test_sharded_bf16_checkpoint_loads_and_runs(tiny_model, processor, tmp_path)
     bf16.save_pretrained(teacher, max_shard_size="200KB")
     processor.save_pretrained(teacher)
     shards = sorted(p.name for p in teacher.glob("*.safetensors"))
-    assert len(shards) > 1 and (teacher / masking.INDEX_FILE).is_file()
+    assert len(shards) > 1 and (teacher / safetensors_stream.INDEX_FILE).is_file()
 
     out = tmp_path / "masked"
-    stats = mask_checkpoint(teacher, out, [0.2, 0.05, 0.0], progress=False)
+    stats = _mask_all(teacher, out, [0.2, 0.05, 0.0], progress=False)
     _check_masked_dir(teacher, out, [0.2, 0.05, 0.0], shards)
     d = out / "masked_r0.20"
     assert sorted(p.name for p in d.glob("*.safetensors")) == shards
-    assert (d / masking.INDEX_FILE).read_bytes() == (teacher / masking.INDEX_FILE).read_bytes()
-    weight_map = json.loads((teacher / masking.INDEX_FILE).read_text())["weight_map"]
+    assert (d / safetensors_stream.INDEX_FILE).read_bytes() == (teacher / safetensors_stream.INDEX_FILE).read_bytes()
+    weight_map = json.loads((teacher / safetensors_stream.INDEX_FILE).read_text())["weight_map"]
     assert all(weight_map[row.name] == row.shard for row in stats.itertuples())
     assert set(stats.dtype) == {"BF16"}
 
@@ -289,11 +302,9 @@ def _synthetic(dirpath, tensors):
     return dirpath
 
 
-def test_streaming_bit_path_matches_reference_for_every_float_dtype(tmp_path, monkeypatch):
-    # small blocks, copy chunks and writer budget: many blocks per tensor, many queued writes
-    monkeypatch.setattr(masking, "_BLOCK", 1000)
-    monkeypatch.setattr(masking, "_CHUNK", 4096)
-    monkeypatch.setattr(masking, "_WRITE_BUFFER", 8192)
+def test_streaming_bit_path_matches_reference_for_every_float_dtype(tmp_path):
+    # small blocks and copy chunks: many blocks per tensor, many writes
+    options = MaskingOptions(block=1000, copy_chunk=4096)
     g = torch.Generator().manual_seed(4)
     tensors = {f"model.layers.0.mlp.{d}_proj.weight": (torch.randn(70, 90, generator=g) * 0.02).to(dt)
                for d, dt in (("up", torch.bfloat16), ("down", torch.float16), ("gate", torch.float32))}
@@ -303,7 +314,8 @@ def test_streaming_bit_path_matches_reference_for_every_float_dtype(tmp_path, mo
     tensors["model.layers.0.self_attn.k_proj.weight"] = with_nan
     tensors["model.embed_tokens.weight"] = torch.randn(3000, 8, generator=g).to(torch.bfloat16)  # 12 copy chunks
     teacher = _synthetic(tmp_path / "t", tensors)
-    stats = mask_checkpoint(teacher, tmp_path / "o", [0.3, 0.1, 0.0], progress=False).set_index(["name", "ratio"])
+    stats = _mask_all(teacher, tmp_path / "o", [0.3, 0.1, 0.0], progress=False,
+                      options=options).set_index(["name", "ratio"])
     for r in (0.3, 0.1, 0.0):
         with safe_open(str(tmp_path / "o" / ratio_dirname(r) / "model.safetensors"), "pt") as f:
             for name, w in tensors.items():
@@ -312,7 +324,8 @@ def test_streaming_bit_path_matches_reference_for_every_float_dtype(tmp_path, mo
                     assert torch.equal(got.view(torch.int16), w.view(torch.int16))
                     continue
                 lam = thresholds(w, [r])[r]
-                want = mask_tensor(w, lam)
+                assert lam == _sorted_reference(w, [r])[0][r]
+                want = _masked_reference(w, lam)
                 assert got.dtype == w.dtype
                 assert torch.equal(got.view(torch.uint8), want.contiguous().view(torch.uint8)), (name, r)
                 row = stats.loc[(name, r)]
@@ -328,7 +341,7 @@ def test_custom_include_exclude(tmp_path):
     emb = _distinct((32, 16), seed=5)
     lin = _distinct((16, 16), seed=6)
     teacher = _synthetic(tmp_path / "t", {"model.embed_tokens.weight": emb, "model.layers.0.mlp.up_proj.weight": lin})
-    stats = mask_checkpoint(teacher, tmp_path / "o", [0.25], include=["embed_tokens"], exclude=[], progress=False)
+    stats = mask_checkpoint(teacher, tmp_path / "o", 0.25, include=["embed_tokens"], exclude=[], progress=False)
     assert stats.set_index("name").masked.to_dict() == {"model.embed_tokens.weight": True,
                                                         "model.layers.0.mlp.up_proj.weight": False}
     with safe_open(str(tmp_path / "o" / "masked_r0.25" / "model.safetensors"), "pt") as f:
@@ -338,14 +351,14 @@ def test_custom_include_exclude(tmp_path):
 
 def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        mask_checkpoint(tmp_path / "nowhere", tmp_path / "o", [0.1])
+        mask_checkpoint(tmp_path / "nowhere", tmp_path / "o", 0.1)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="no .safetensors"):
-        mask_checkpoint(tmp_path / "empty", tmp_path / "o", [0.1])
+        mask_checkpoint(tmp_path / "empty", tmp_path / "o", 0.1)
 
     teacher = _synthetic(tmp_path / "t", {"model.layers.0.mlp.up_proj.weight": torch.randn(64, 64)})
-    for bad in ([1.0], [-0.1], [0.2, 0.2000001], []):  # 0.2000001: no directory names it exactly
+    for bad in (1.0, -0.1, float("nan"), 0.1 + 0.2, [0.1]):  # 0.1 + 0.2: no directory names it exactly
         with pytest.raises(ValueError):
             mask_checkpoint(teacher, tmp_path / "o", bad, progress=False)
 
@@ -355,7 +368,7 @@ def test_clear_errors(tmp_path):
         broken.mkdir()
         (broken / "model.safetensors").write_bytes(data[:cut])
         with pytest.raises(ValueError, match=r"model\.safetensors"):
-            mask_checkpoint(broken, tmp_path / "o", [0.1], progress=False)
+            mask_checkpoint(broken, tmp_path / "o", 0.1, progress=False)
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())  # validated before writing
 
 
@@ -364,7 +377,7 @@ def test_cli_subcommand(tmp_path, capsys):
                                           "model.norm.weight": torch.ones(20)})
     parser = argparse.ArgumentParser(prog="masters")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = masking.register(sub)
+    p = masked_teacher.register(sub)
     assert all(a.help for a in p._actions)
     args = parser.parse_args(["mask", "--teacher", str(teacher), "--r-max", "0.2", "--step", "0.1",
                               "--out", str(tmp_path / "o"), "--stats", str(tmp_path / "s" / "stats.csv"), "--quiet"])
@@ -402,7 +415,7 @@ def _sorted_reference(w, ratios):
     ref = np.sort(np.abs(w.detach().reshape(-1).to(torch.float32).numpy()))
     out = {}
     for r in ratios:
-        k = masking._num_masked(r, ref.size)
+        k = masking.num_masked(r, ref.size)
         out[r] = None if k == 0 else float(ref[k - 1])
     return out, ref
 
@@ -430,7 +443,7 @@ def _tie_ratios(ref):
         k = int(target * n)
         if ref[k - 1] == ref[k]:
             r = float(f"{k / n:.6f}")
-            k2 = masking._num_masked(r, n)
+            k2 = masking.num_masked(r, n)
             if 0 < k2 < n and ref[k2 - 1] == ref[k2] and (k2 < 2 or ref[k2 - 2] == ref[k2 - 1]):
                 out.append(r)
     return out
@@ -449,16 +462,17 @@ def test_16bit_histogram_selection_matches_sorted_reference(dtype):
     # counts from the histogram: entries <= threshold (the zeros masking leaves) and exact zeros
     bits = w.reshape(-1).view(torch.int16).numpy().view(np.uint16)
     name = "BF16" if dtype == torch.bfloat16 else "F16"
-    ks = [masking._num_masked(r, bits.size) for r in ratios]
-    pattern, at_most, zeros = masking._select_bits(bits, name, ks, count_zeros=True)
+    ks = [masking.num_masked(r, bits.size) for r in ratios]
+    pattern, at_most, zeros = masking.select_bits(bits, name, ks, count_zeros=True)
     assert zeros == int((ref == 0).sum())
     for r, k in zip(ratios, ks):
         if k:
-            assert masking._pattern_value(pattern[k], name) == ref_thr[r]
+            assert masking.pattern_value(pattern[k], name) == ref_thr[r]
             assert at_most[k] == int((ref <= ref_thr[r]).sum()) >= k
     # the bit-pattern thresholds are the values the float path (numpy.partition) selects
     absw = np.abs(w.reshape(-1).to(torch.float32).numpy())
-    assert masking._thresholds_from_abs(absw, ratios) == ref_thr
+    values = masking._kth_smallest(absw, [masking.num_masked(r, absw.size) for r in ratios])
+    assert {r: values.get(masking.num_masked(r, absw.size)) for r in ratios} == ref_thr
 
 
 def test_f32_radix_selection_matches_sorted_reference():
@@ -475,8 +489,8 @@ def test_f32_radix_selection_matches_sorted_reference():
     assert len(ratios) >= 13
     ref_thr, ref = _sorted_reference(w, ratios)
     assert thresholds(w.reshape(500, 600), ratios) == ref_thr
-    ks = [masking._num_masked(r, n) for r in ratios]
-    pattern, at_most, zeros = masking._select_bits(w.view(torch.int32).numpy().view(np.uint32), "F32", ks, True)
+    ks = [masking.num_masked(r, n) for r in ratios]
+    pattern, at_most, zeros = masking.select_bits(w.view(torch.int32).numpy().view(np.uint32), "F32", ks, True)
     assert zeros == int((ref == 0).sum())
     for r, k in zip(ratios, ks):
         if k:
@@ -484,8 +498,7 @@ def test_f32_radix_selection_matches_sorted_reference():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_selection_above_2_pow_24_elements_with_ties(dtype, monkeypatch):
-    monkeypatch.setattr(masking, "_THREADS", 2)  # the histogram split over two worker threads
+def test_selection_above_2_pow_24_elements_with_ties(dtype):
     n = 4099 * 4097  # > 2**24
     g = torch.Generator().manual_seed(13)
     w = (torch.randn(n, generator=g) * 0.02).to(dtype)  # 16-bit: every magnitude repeats many times
@@ -494,8 +507,9 @@ def test_selection_above_2_pow_24_elements_with_ties(dtype, monkeypatch):
     w[torch.randperm(n, generator=g)[:500_000]] = 0.0
     ratios = [0.2, 0.15, 0.1, 0.05, 1e-7, 0.0, 0.5]
     ref_thr, ref = _sorted_reference(w, ratios)
-    assert thresholds(w, ratios) == ref_thr
-    assert thresholds(w.reshape(4099, 4097).t(), ratios) == ref_thr  # non-contiguous input
+    two = MaskingOptions(threads=2)  # the histogram split over two worker threads
+    assert thresholds(w, ratios, two) == ref_thr
+    assert thresholds(w.reshape(4099, 4097).t(), ratios, two) == ref_thr  # non-contiguous input
 
 
 def test_nan_threshold_is_an_error_on_the_bit_path(tmp_path):
@@ -507,19 +521,13 @@ def test_nan_threshold_is_an_error_on_the_bit_path(tmp_path):
             thresholds(w, [0.5])
     teacher = _synthetic(tmp_path / "t", {"model.layers.0.mlp.up_proj.weight": w})
     with pytest.raises(ValueError, match="NaN"):
-        mask_checkpoint(teacher, tmp_path / "o", [0.5], progress=False)
+        mask_checkpoint(teacher, tmp_path / "o", 0.5, progress=False)
     assert not list((tmp_path / "o").iterdir())
 
 
-def test_streaming_threads_and_writeback_match_reference_with_special_values(tmp_path, monkeypatch):
-    # tiny blocks and chunks, two worker threads, two writer threads, writeback advice every 4 KiB
-    monkeypatch.setattr(masking, "_BLOCK", 777)
-    monkeypatch.setattr(masking, "_MASK_CHUNK_BLOCKS", 3)
-    monkeypatch.setattr(masking, "_THREADS", 2)
-    monkeypatch.setattr(masking, "_WRITERS", 2)
-    monkeypatch.setattr(masking, "_WRITEBACK", 4096)
-    monkeypatch.setattr(masking, "_CHUNK", 8192)
-    monkeypatch.setattr(masking, "_WRITE_BUFFER", 32768)
+def test_streaming_threads_and_writeback_match_reference_with_special_values(tmp_path):
+    # tiny blocks and chunks, two worker threads, writeback advice every 4 KiB
+    options = MaskingOptions(block=777, chunk_blocks=3, threads=2, writeback=4096, copy_chunk=8192)
     g = torch.Generator().manual_seed(15)
     f32 = torch.randint(-30, 31, (90, 110), generator=g).to(torch.float32) * 0.01
     f32.view(-1)[:500] = -0.0
@@ -535,7 +543,8 @@ def test_streaming_threads_and_writeback_match_reference_with_special_values(tmp
     }
     teacher = _synthetic(tmp_path / "t", tensors)
     ratios = [0.45, 0.3, 0.2, 0.05, 0.0]
-    stats = mask_checkpoint(teacher, tmp_path / "o", ratios, progress=False).set_index(["name", "ratio"])
+    stats = _mask_all(teacher, tmp_path / "o", ratios, progress=False, options=options)
+    stats = stats.set_index(["name", "ratio"])
     _check_masked_dir(teacher, tmp_path / "o", ratios, ["model.safetensors"])
     for r in ratios:
         with safe_open(str(tmp_path / "o" / ratio_dirname(r) / "model.safetensors"), "pt") as f:
@@ -546,40 +555,30 @@ def test_streaming_threads_and_writeback_match_reference_with_special_values(tmp
                     continue
                 lam = thresholds(w, [r])[r]
                 assert lam == _sorted_reference(w, [r])[0][r]
-                want = mask_tensor(w, lam)
+                want = _masked_reference(w, lam)
+                assert torch.equal(mask_tensor(w, lam).view(torch.uint8), want.view(torch.uint8))
                 assert torch.equal(got.contiguous().view(torch.uint8), want.contiguous().view(torch.uint8)), (name, r)
                 row = stats.loc[(name, r)]
                 assert (math.isnan(row.threshold) and lam is None) or row.threshold == lam
                 assert row.zeros == int((got == 0).sum())
 
 
-def test_writer_threads_keep_each_file_in_order_and_run_callbacks(tmp_path):
+def test_writer_keeps_the_order_and_writes_back_as_the_file_grows(tmp_path):
     rng = np.random.default_rng(18)
-    files = [open(tmp_path / f"f{i}", "wb") for i in range(5)]
-    expected = [bytearray() for _ in files]
-    done = []
-    writer = masking._Writer(max_bytes=10_000, threads=2)
-    for step in range(400):
-        targets = sorted(set(rng.integers(0, 5, size=rng.integers(1, 4)).tolist()))
-        buf = rng.integers(0, 256, size=int(rng.integers(1, 3000)), dtype=np.uint8)
-        writer.write([files[i] for i in targets], buf, done=lambda step=step: done.append(step))
-        for i in targets:
-            expected[i] += buf.tobytes()
-        if step % 97 == 0:  # a marker runs after everything queued before it
-            queued = step + 1
-            writer.write([], b"", done=lambda queued=queued: done.append(("marker", queued, len(done))))
-    writer.close()
-    for f, want in zip(files, expected):
-        f.close()
-        assert (tmp_path / f.name.split("/")[-1]).read_bytes() == bytes(want)
-    steps = [d for d in done if not isinstance(d, tuple)]
-    assert sorted(steps) == list(range(400))
-    for _, queued, seen in (d for d in done if isinstance(d, tuple)):
-        assert seen >= queued + sum(1 for d in done[:seen] if isinstance(d, tuple))
+    expected = bytearray()
+    with open(tmp_path / "f", "wb") as f:
+        writer = safetensors_stream.Writer(f, writeback=4096)
+        for _ in range(100):
+            buf = rng.integers(0, 256, size=int(rng.integers(1, 3000)), dtype=np.uint8)
+            writer.write(buf)
+            expected += buf.tobytes()
+    assert (tmp_path / "f").read_bytes() == bytes(expected)
+    wb = writer._writeback
+    assert wb.written == len(expected) and wb.started > len(expected) - 4096 - 3000
+    assert 0 < wb.dropped < wb.steps[0] and len(wb.steps) == safetensors_stream.WRITEBACK_LAG  # pages dropped behind
 
 
 def test_write_error_in_a_later_shard_propagates_and_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(masking, "_WRITE_BUFFER", 4096)
     g = torch.Generator().manual_seed(19)
     teacher = tmp_path / "t"
     teacher.mkdir()
@@ -588,7 +587,7 @@ def test_write_error_in_a_later_shard_propagates_and_leaves_nothing(tmp_path, mo
         name = f"model.layers.{i}.mlp.up_proj.weight"
         save_file({name: torch.randn(64, 64, generator=g).to(torch.bfloat16)}, str(teacher / f"s{i}.safetensors"))
         weight_map[name] = f"s{i}.safetensors"
-    (teacher / masking.INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (teacher / safetensors_stream.INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     real_open = open
 
     class Full:
@@ -601,16 +600,22 @@ def test_write_error_in_a_later_shard_propagates_and_leaves_nothing(tmp_path, mo
                 raise OSError(28, "No space left on device")
             return self.f.write(b)
 
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
         def __getattr__(self, name):
             return getattr(self.f, name)
 
     def fake_open(path, mode="r", *a, **k):
         f = real_open(path, mode, *a, **k)
-        return Full(f) if "w" in mode and str(path).endswith("s1.safetensors") and "r0.10" in str(path) else f
+        return Full(f) if "w" in mode and str(path).endswith("s1.safetensors") else f
 
-    monkeypatch.setattr(masking, "open", fake_open, raising=False)
+    monkeypatch.setattr(masked_teacher, "open", fake_open, raising=False)
     with pytest.raises(OSError, match="No space"):
-        mask_checkpoint(teacher, tmp_path / "o", [0.2, 0.1, 0.0], progress=False)
+        mask_checkpoint(teacher, tmp_path / "o", 0.1, progress=False)
     assert not list((tmp_path / "o").iterdir())
 
 
@@ -635,7 +640,7 @@ def test_zero_counts_of_copied_tensors_of_every_dtype(tmp_path):
                "d.i16": torch.tensor([0, 0, 0, 9], dtype=torch.int16),
                "e.u8": torch.tensor([0, 255, 1, 0, 0, 0, 2, 3], dtype=torch.uint8)}
     teacher = _synthetic(tmp_path / "t", tensors)
-    stats = mask_checkpoint(teacher, tmp_path / "o", [0.0], progress=False).set_index("name")
+    stats = mask_checkpoint(teacher, tmp_path / "o", 0.0, progress=False).set_index("name")
     assert stats.zeros.to_dict() == {"a.f8_e4m3": 3, "b.f8_e5m2": 4, "c.i64": 2, "d.i16": 3, "e.u8": 4}
     assert not stats.masked.any()
     with safe_open(str(tmp_path / "o" / "masked_r0.00" / "model.safetensors"), "pt") as f:
@@ -644,7 +649,7 @@ def test_zero_counts_of_copied_tensors_of_every_dtype(tmp_path):
 
 
 def test_buffer_pool_reuses_what_fits_and_drops_beyond_its_budget():
-    pool = masking._Buffers(keep_bytes=3 << 20)
+    pool = safetensors_stream.Buffers(keep_bytes=3 << 20)
     exact = np.empty(1000, np.uint8)
     pool.put(exact)
     assert pool.get(1000) is exact  # a free buffer of exactly the size is reused
@@ -656,3 +661,91 @@ def test_buffer_pool_reuses_what_fits_and_drops_beyond_its_budget():
     pool.put(np.empty(1 << 20, np.uint8))
     pool.put(big)  # 6 MiB free > 3 MiB budget: the largest are dropped until it fits
     assert [b.size for b in pool._free] == [1 << 20, 2 << 20]  # exactly at the budget: kept
+
+
+# ------------------------------------------------------------------ options and threads
+
+
+def _mixed_teacher(tmp_path):
+    g = torch.Generator().manual_seed(20)
+    return _synthetic(tmp_path / "t", {
+        "model.layers.0.mlp.up_proj.weight": (torch.randn(300, 200, generator=g) * 0.02).to(torch.bfloat16),
+        "model.layers.0.mlp.down_proj.weight": torch.randn(200, 300, generator=g),
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(50, 40, generator=g, dtype=torch.float64),
+        "model.embed_tokens.weight": torch.randn(400, 30, generator=g).to(torch.float16)})
+
+
+def test_options_change_no_byte(tmp_path):
+    """Threads, blocks, chunks and writeback are knobs: the outputs and
+    stats of one and of three worker threads (tiny pieces) are identical to the defaults'."""
+    teacher = _mixed_teacher(tmp_path)
+    ratios = [0.3, 0.1, 0.0]
+    runs = {"default": None, "one": MaskingOptions(threads=1),
+            "three": MaskingOptions(threads=3, block=1000, chunk_blocks=2, copy_chunk=3000, writeback=0)}
+    stats = {k: _mask_all(teacher, tmp_path / k, ratios, progress=False, options=o) for k, o in runs.items()}
+    for k in ("one", "three"):
+        pd.testing.assert_frame_equal(stats[k], stats["default"])
+        for r in ratios:
+            for f in ("model.safetensors", masked_teacher.STATS_FILE):
+                a, b = tmp_path / k / ratio_dirname(r) / f, tmp_path / "default" / ratio_dirname(r) / f
+                assert a.read_bytes() == b.read_bytes(), (k, r, f)
+    with pytest.raises(ValueError, match="threads"):
+        MaskingOptions(threads=0)
+
+
+def _threads_after(fn) -> set[str]:
+    """Names of the threads that ``fn()`` leaves running (it may raise)."""
+    before = set(threading.enumerate())
+    try:
+        fn()
+    except (OSError, ValueError):
+        pass
+    return {t.name for t in set(threading.enumerate()) - before}
+
+
+def test_worker_threads_are_shut_down_after_a_call_and_after_an_error(tmp_path, monkeypatch):
+    teacher = _mixed_teacher(tmp_path)
+    opts = MaskingOptions(threads=3, block=1000)
+    assert _threads_after(lambda: mask_checkpoint(teacher, tmp_path / "o", 0.2, progress=False,
+                                                  options=opts)) == set()
+    assert _threads_after(lambda: thresholds(torch.randn(3000, 300), [0.1], opts)) == set()
+
+    def failing_select(*args, **kwargs):
+        raise ValueError("selection failed")
+
+    monkeypatch.setattr(masked_teacher, "select", failing_select)
+    with pytest.raises(ValueError, match="selection failed"):
+        mask_checkpoint(teacher, tmp_path / "o2", 0.2, progress=False, options=opts)
+    assert _threads_after(lambda: mask_checkpoint(teacher, tmp_path / "o2", 0.2, progress=False,
+                                                  options=opts)) == set()
+    assert not list((tmp_path / "o2").iterdir())
+
+
+def test_cli_threads_reach_the_options(tmp_path, monkeypatch):
+    teacher = _synthetic(tmp_path / "t", {"model.layers.0.mlp.up_proj.weight": _distinct((20, 20), seed=8)})
+    seen = []
+    real = masked_teacher.mask_checkpoint
+    monkeypatch.setattr(masked_teacher, "mask_checkpoint",
+                        lambda *a, options=None, **k: seen.append(options) or real(*a, options=options, **k))
+    parser = argparse.ArgumentParser(prog="masters")
+    masked_teacher.register(parser.add_subparsers(dest="command"))
+    for flags, threads in ((["--threads", "3"], 3), ([], masking.default_threads())):
+        args = parser.parse_args(["mask", "--teacher", str(teacher), "--out", str(tmp_path / "x"), "--quiet",
+                                  "--ratios", "0.1", *flags])
+        args.func(args)
+        assert seen[-1].threads == threads
+    assert masking.default_threads() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_mask_tensor_at_any_threshold_matches_the_definition(dtype):
+    """Thresholds that are no value of the tensor's dtype (between two patterns, above the
+    largest finite, negative, infinite) mask like the float32 comparison of Eq. 2."""
+    w = _special_16bit(5000, torch.float16, 21).to(dtype) if dtype != torch.bfloat16 \
+        else _special_16bit(5000, dtype, 21)
+    for lam in (0.0, 1e-7, 0.3, 0.30001, 1.5, 70000.0, 3e38, float("inf"), -1.0):
+        want = _masked_reference(w, lam)
+        got = mask_tensor(w, lam)
+        assert got.dtype == w.dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8)), (dtype, lam)
+    with pytest.raises(ValueError, match="NaN"):
+        mask_tensor(w, float("nan"))
