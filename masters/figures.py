@@ -63,21 +63,21 @@ def fig2(spec: dict, stem: str | Path) -> list[Path]:
     return _save(fig, stem)
 
 
-def divergence_by_ratio(files: list[str]) -> pd.DataFrame:
-    """Mean and count of ``divergence`` per (teacher, ratio) over reward files."""
+def divergence_by_ratio(rewards: list[dict]) -> pd.DataFrame:
+    """Mean and count of ``divergence`` per (teacher, ratio) over reward files, each given as
+    ``{"file", "teacher", "ratio"}`` (the spec names them; nothing is read out of a path)."""
     frames = []
-    for path in files:
-        frame = pd.read_parquet(path, columns=["divergence"])
-        parts = Path(path).parts  # .../rewards/{student}/{teacher}/r{ratio}/...
-        frame["teacher"], frame["ratio"] = parts[-4], float(parts[-3][1:])
+    for entry in rewards:
+        frame = pd.read_parquet(entry["file"], columns=["divergence"])
+        frame["teacher"], frame["ratio"] = entry["teacher"], float(entry["ratio"])
         frames.append(frame)
     data = pd.concat(frames, ignore_index=True)
     return data.groupby(["teacher", "ratio"])["divergence"].agg(["mean", "count"]).reset_index()
 
 
-def fig_f4(files: list[str], stem: str | Path) -> list[Path]:
+def fig_f4(rewards: list[dict], stem: str | Path) -> list[Path]:
     """Mean JSD(masked teacher ‖ student) against the mask ratio, one line per teacher."""
-    table = divergence_by_ratio(files)
+    table = divergence_by_ratio(rewards)
     fig, ax = plt.subplots(figsize=(5, 4))
     for teacher, rows in table.groupby("teacher"):
         ax.plot(rows["ratio"], rows["mean"], marker="o", label=f"teacher {teacher}")

@@ -137,12 +137,17 @@ def fig2_inputs(spec: dict[str, Any]) -> list[str]:
 
 
 def figf4_spec(design: Design) -> dict[str, Any]:
-    """Fig. F.4: the reward files (their ``divergence``) of every stage of these runs."""
+    """Fig. F.4: the reward files (their ``divergence``) of every stage of these runs, each with
+    its teacher and ratio."""
     seed = design.figure_seed()
-    files = [design.reward_file(student, exp, st, seed)
-             for exp in design.config["figures"].get("figF4", {}).get("experiments", [])
-             for student in design.students for st in design.stages(student, exp)]
-    return {"files": list(dict.fromkeys(files))}
+    rewards = {design.reward_file(student, exp, st, seed): {"teacher": st.teacher, "ratio": ratio_str(st.ratio)}
+               for exp in design.config["figures"].get("figF4", {}).get("experiments", [])
+               for student in design.students for st in design.stages(student, exp)}
+    return {"rewards": [{"file": f, **v} for f, v in rewards.items()]}
+
+
+def figf4_inputs(spec: dict[str, Any]) -> list[str]:
+    return [r["file"] for r in spec["rewards"]]
 
 
 def figure_outputs(design: Design) -> list[str]:

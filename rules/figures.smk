@@ -23,7 +23,7 @@ rule fig2:
 
 rule figF4:
     input:
-        FIGURE_SPECS["figF4"]["files"],
+        specs.figf4_inputs(FIGURE_SPECS["figF4"]),
     output:
         png=report(f"{DESIGN.path('figure', figure='figF4')}.png", category="Figures"),
         pdf=f"{DESIGN.path('figure', figure='figF4')}.pdf",

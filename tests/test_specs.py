@@ -75,9 +75,10 @@ def test_fig2_and_figf4_specs():
         "/eval/S/mid_masters/s0/final/tiny_colour.json")
     assert set(fig2["compare"]) == set(CONFIG["figures"]["fig2"]["compare"])
     assert f"{d.results}/students/S/masters/s0" in specs.fig2_inputs(fig2)
-    f4 = specs.figf4_spec(d)["files"]
-    ratios = [paths.parse(d.results, "rewards", f)["ratio"] for f in f4]
-    assert ratios == [ratio_str(r / 100) for r in range(50, -1, -5)]
+    f4 = specs.figf4_spec(d)["rewards"]
+    assert [paths.parse(d.results, "rewards", r["file"])["ratio"] for r in f4] == [r["ratio"] for r in f4] == [
+        ratio_str(r / 100) for r in range(50, -1, -5)]
+    assert {r["teacher"] for r in f4} == {"L"} and specs.figf4_inputs({"rewards": f4}) == [r["file"] for r in f4]
 
 
 def test_trace_names_every_file_behind_a_row():
@@ -120,3 +121,19 @@ def test_a_caption_with_quotes_reaches_the_table_command_intact(tmp_path):
     words = shlex.split(command[command.index("masters table"):])
     spec = json.loads(words[words.index("--spec") + 1])
     assert spec["caption"] == caption and spec["rows"][0]["label"] == "it's base"
+
+
+def test_figf4_takes_teacher_and_ratio_from_its_spec_not_from_the_file_names(tmp_path):
+    import pandas as pd
+
+    from masters.figures import divergence_by_ratio
+
+    rewards = []
+    for i, (teacher, ratio, values) in enumerate([("big_T", "0.175", [0.2, 0.4]), ("big_T", "0.00", [0.1]),
+                                                  ("M", "0.175", [0.5])]):
+        path = tmp_path / f"r{i}_s0_x.parquet"  # a name that parses as nothing
+        pd.DataFrame({"divergence": values}).to_parquet(path)
+        rewards.append({"file": str(path), "teacher": teacher, "ratio": ratio})
+    table = divergence_by_ratio(rewards)
+    assert table[["teacher", "ratio", "count"]].values.tolist() == [["M", 0.175, 1], ["big_T", 0.0, 1], ["big_T", 0.175, 2]]
+    assert table["mean"].tolist() == pytest.approx([0.5, 0.1, 0.3])
