@@ -59,3 +59,12 @@ def checkpoint_identity(model_dir: str | Path) -> dict:
     root = Path(model_dir).resolve()
     files = sorted(p for p in root.glob("*") if p.suffix in (".safetensors", ".bin", ".json"))
     return {"path": str(root), "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
+
+
+def fingerprint(spec: dict) -> str:
+    """A short stable hash of what a resumable result depends on (JSON of ``spec``, keys sorted):
+    a generation part or a training state of another fingerprint is discarded, not reused."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -31,43 +31,22 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from masters.world import models, tokenizer
 
-    frames = [pd.read_parquet(p, columns=["question", "answer", "options"]) for p in args.train]
-    corpus = []
-    for frame in frames:
-        corpus += (frame["question"] + " " + frame["answer"]).tolist()
-    tok = tokenizer.train_tokenizer(corpus, args.vocab_size)
-    processor = models.build_processor(tok, args.architecture, args.image_size)
-    processor.save_pretrained(args.out)
+    tok = tokenizer.train_tokenizer(tokenizer.corpus_of(args.train), args.vocab_size)
+    models.build_processor(tok, args.architecture, args.image_size).save_pretrained(args.out)
     print(f"tokenizer: {len(tok)} tokens; processor for {args.architecture} @ {args.image_size}px -> {args.out}")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
-    from transformers import AutoProcessor
-
-    from masters.checkpoints import save_checkpoint
     from masters.world import models, sft
 
     _runtime(args)
-    processor = AutoProcessor.from_pretrained(args.processor)
-    size = models.ModelSize(
-        hidden_size=args.hidden_size,
-        num_layers=args.num_layers,
-        intermediate_size=args.intermediate_size,
-        vision_hidden_size=args.vision_hidden_size,
-        vision_depth=args.vision_depth,
-        vocab_multiple=args.vocab_multiple,
-    )
-    model = models.build_model(args.architecture, size, processor.tokenizer, seed=args.seed)
-    print(f"{args.architecture} {size}: {models.num_parameters(model):,} parameters")
-    items = sft.load_items(args.train)
+    size = models.ModelSize(hidden_size=args.hidden_size, num_layers=args.num_layers,
+                            intermediate_size=args.intermediate_size, vision_hidden_size=args.vision_hidden_size,
+                            vision_depth=args.vision_depth, vocab_multiple=args.vocab_multiple)
     cfg = sft.SFTConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    Path(args.loss_log).parent.mkdir(parents=True, exist_ok=True)
-    sft.train(model, processor, items, cfg, log_path=args.loss_log)
-    save_checkpoint(model, processor, args.out)
+    sft.build_and_train(args.architecture, size, args.processor, args.train, cfg, args.loss_log, args.out)
     print(f"saved {args.out}")
 
 

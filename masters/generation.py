@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from masters.columns import QUESTION_COLUMNS, check_columns  # noqa: F401 (re-exported)
-from masters.checkpoints import checkpoint_identity, load_checkpoint
+from masters.checkpoints import checkpoint_identity, fingerprint, load_checkpoint
 from masters.prompts import decode_image, encode_prompts, eos_token_ids, pad_token_id
 
 RESPONSE_COLUMNS = [
@@ -188,7 +188,7 @@ def generation_fingerprint(backend, questions: pd.DataFrame, params: SamplingPar
             "questions": hashlib.sha256("\x00".join(map(str, questions["id"])).encode()).hexdigest(),
             "params": asdict(params), "source": source, "model_name": model_name, "ratio": float(ratio),
             "batch_size": int(batch_size)}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint(spec)
 
 
 def generate_responses(

@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from masters.checkpoints import fingerprint as checkpoint_fingerprint
 from masters.checkpoints import load_checkpoint, save_checkpoint
 from masters.config import default
 from masters.forward import build_batch_from_rows, chunked_logits, response_hidden_states
@@ -151,11 +152,10 @@ def load_state(model, optimizer, out: Path) -> dict | None:
 
 def fingerprint(student_dir: str, stages: list[Stage], cfg: TrainConfig) -> str:
     """Hash of what a run's result depends on (not the file contents: a workflow reruns on those)."""
-    import hashlib
     from dataclasses import asdict
 
-    spec = {"student": str(student_dir), "stages": [asdict(s) for s in stages], "config": asdict(cfg)}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return checkpoint_fingerprint({"student": str(student_dir), "stages": [asdict(s) for s in stages],
+                                   "config": asdict(cfg)})
 
 
 def partial_dir(out_dir: str | Path) -> Path:

@@ -124,3 +124,20 @@ def greedy_answers(model, processor, items: pd.DataFrame, batch_size: int = 32, 
         texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         out += [t.strip() for t in texts]
     return out
+
+
+def build_and_train(architecture: str, size, processor_dir: str | Path, train_files: list[str], cfg: SFTConfig,
+                    loss_log: str | Path, out: str | Path) -> None:
+    """One tiny VLM of the world: built from ``size`` (seeded), fine-tuned, saved as a stock HF
+    checkpoint (``masters sft``)."""
+    from transformers import AutoProcessor
+
+    from masters.checkpoints import save_checkpoint
+    from masters.world import models
+
+    processor = AutoProcessor.from_pretrained(processor_dir)
+    model = models.build_model(architecture, size, processor.tokenizer, seed=cfg.seed)
+    print(f"{architecture} {size}: {models.num_parameters(model):,} parameters")
+    Path(loss_log).parent.mkdir(parents=True, exist_ok=True)
+    train(model, processor, load_items(train_files), cfg, log_path=loss_log)
+    save_checkpoint(model, processor, out)

@@ -92,3 +92,14 @@ def special_token_ids(tokenizer) -> dict[str, int]:
     if missing:
         raise ValueError(f"tokenizer lacks special tokens {missing}")
     return ids
+
+
+def corpus_of(paths: Iterable[str]) -> list[str]:
+    """The tokenizer's training text: every ``question answer`` of the world's train files."""
+    import pandas as pd
+
+    corpus: list[str] = []
+    for path in paths:
+        frame = pd.read_parquet(path, columns=["question", "answer"])
+        corpus += (frame["question"] + " " + frame["answer"]).tolist()
+    return corpus
