@@ -113,6 +113,12 @@ def default(key: str) -> Any:
     return node["default"]
 
 
+def plan_entry(teacher: str) -> dict[str, Any]:
+    """A teacher-plan entry with the schema's defaults (the plan of an experiment that names none)."""
+    props = schema()["definitions"]["plan_entry"]["properties"]
+    return {"teacher": teacher, **{k: v["default"] for k, v in props.items() if "default" in v}}
+
+
 def describe(key: str) -> str:
     """The schema's description of a dotted key (for a command-line flag's help)."""
     return " ".join(_resolve_ref(_node(key)).get("description", "").split())

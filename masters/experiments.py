@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from masters import paths
-from masters.config import ConfigError, validated
+from masters.config import ConfigError, plan_entry, validated
 from masters.schedule import plan_stages, ratio_str, ratios
 
 ROLES = ("large", "mid")
@@ -108,7 +108,7 @@ class Design:
             merged.pop("name")
         else:
             c = self.config
-            merged = {"train": True, "data": "generated", "plan": [{"teacher": "large", "r_max": 0.0}],
+            merged = {"train": True, "data": "generated", "plan": [plan_entry("large")],
                       "loss": "masters", "sources": ["teacher", "student"], "judge": c["judge"]["kind"],
                       "distill": c["reward"]["distill"], "reward": c["reward"]["use"], "alpha": c["reward"]["alpha"],
                       "n_teacher": c["generation"]["n_teacher"], "n_student": c["generation"]["n_student"],
@@ -148,7 +148,7 @@ class Design:
                     if teacher not in (roles or {}):
                         errors.append(f"{where}.teacher: role {teacher!r} is not set for student {student!r}"
                                       f" (students.{student}.{teacher})")
-            r_max, step = entry.get("r_max", 0.0), entry.get("step", 0.05)
+            r_max, step = entry["r_max"], entry["step"]  # schema defaults filled in
             if r_max > 0 and step > r_max + 1e-12:
                 errors.append(f"{where}.step: {step} is larger than r_max {r_max}")
                 continue
@@ -190,7 +190,7 @@ class Design:
         return self.students[student][teacher] if teacher in ROLES else teacher
 
     def _stage_plan(self, exp: Experiment):
-        return plan_stages([{"step": 0.05, **p} for p in exp.plan], int(exp.training["steps"]))
+        return plan_stages(exp.plan, int(exp.training["steps"]))
 
     def stages(self, student: str, experiment: str) -> list[StageJob]:
         exp = self.experiments[experiment]
