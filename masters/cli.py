@@ -133,15 +133,17 @@ def cmd_judge(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from masters.columns import check_columns
-    from masters.judge import judge_responses
+    from masters.judge import chat_backend, judge_responses
     from masters.questions import load_questions, write
 
     _runtime(args)
     responses = pd.read_parquet(args.responses)
     check_columns(responses, ["question_id", "text"], args.responses)
-    judged = judge_responses(responses, load_questions(args.questions).set_index("id"), args.kind,
-                             judge_model=args.judge_model, backend=args.backend, batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens, trust_remote_code=args.trust_remote_code)
+    if args.kind == "llm" and not args.judge_model:
+        raise SystemExit("masters judge: --kind llm needs --judge-model")
+    chat = chat_backend(args.judge_model, args.backend, args.batch_size, args.trust_remote_code) \
+        if args.kind == "llm" else None
+    judged = judge_responses(responses, load_questions(args.questions).set_index("id"), chat, args.max_new_tokens)
     write(judged, args.out)
     print(f"r_acc mean {judged.r_acc.mean():.3f}; parse failures {int(judged.judge_parse_failed.sum())}"
           f" of {len(judged)} -> {args.out}")

@@ -306,30 +306,32 @@ def rule_score(
 # ---------------------------------------------------------------- a responses file, judged
 
 
-def judge_responses(responses, questions, kind: str, *, judge_model: str | None = None, backend: str = "hf",
-                    batch_size: int = 16, max_new_tokens: int = 256, trust_remote_code: bool = False):
+def chat_backend(judge_model: str, backend: str, batch_size: int, trust_remote_code: bool = False):
+    """The LLM judge's chat backend: ``hf`` (batched transformers) or ``vllm``."""
+    from masters.generation import HFChatBackend, VLLMBackend
+
+    if backend == "vllm":
+        VLLMBackend(judge_model)  # clear error until the vLLM backend lands
+    return HFChatBackend(judge_model, batch_size=batch_size, trust_remote_code=trust_remote_code)
+
+
+def judge_responses(responses, questions, chat: JudgeBackend | None = None, max_new_tokens: int | None = None):
     """``responses`` (a DataFrame with ``question_id``, ``text``) with ``r_acc``, ``judge_raw`` and
     ``judge_parse_failed`` added; ``questions`` is indexed by id (``question``, ``answer``[, ``options``]).
 
-    ``kind`` ``rule``: :func:`rule_score`; ``llm``: :func:`llm_judge` with ``judge_model`` (App. D).
+    Without ``chat``: the rule judge (:func:`rule_score`); with it: :func:`llm_judge` (App. D),
+    which needs ``max_new_tokens``.
     """
     from masters.questions import questions_of
 
     q = questions_of(responses, questions, "responses")
     out = responses.copy()
-    if kind == "rule":
+    if chat is None:
         options = [list(o) if o is not None and len(o) else None for o in q["options"]] if "options" in q \
             else [None] * len(q)
         out["r_acc"] = [float(rule_score(t, a, o)) for t, a, o in zip(out.text, q["answer"], options)]
         out["judge_raw"], out["judge_parse_failed"] = "", False
         return out
-    from masters.generation import HFChatBackend, VLLMBackend
-
-    if not judge_model:
-        raise ValueError("an LLM judge needs a judge model (--judge-model)")
-    if backend == "vllm":
-        VLLMBackend(judge_model)  # clear error until the vLLM backend lands
-    chat = HFChatBackend(judge_model, batch_size=batch_size, trust_remote_code=trust_remote_code)
     results = llm_judge(list(zip(q["question"], q["answer"], out.text)), chat, max_new_tokens=max_new_tokens)
     out["r_acc"] = [float(r.score) for r in results]
     out["judge_raw"] = ["\n---\n".join(r.raw_outputs) for r in results]

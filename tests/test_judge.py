@@ -216,3 +216,38 @@ def test_rule_score_empty_sides_and_many_options():
     assert rule_score(None, "XXXX") == 0 and rule_score("XXXX", None) == 0  # nothing never matches
     options = [f"option {j}" for j in range(30)]  # more options than letters: the first 26 get one
     assert rule_score("Z", "option 25", options) == 1 and rule_score("option 27", "Z", options) == 0
+
+
+def test_judge_responses_rule_and_llm_over_a_responses_frame():
+    import pandas as pd
+
+    from masters.judge import judge_responses
+
+    questions = pd.DataFrame({"id": ["q1", "q2"], "question": ["Which shape?", "How many?"],
+                              "answer": ["B", "3"], "options": [["circle", "square"], None]}).set_index("id")
+    responses = pd.DataFrame({"question_id": ["q2", "q1", "q1", "q2"],
+                              "text": ["three? no, 3", "square", "circle", "4"], "extra": [1, 2, 3, 4]})
+    ruled = judge_responses(responses, questions)
+    assert ruled.r_acc.tolist() == [1.0, 1.0, 0.0, 0.0]  # "square" is option B by its text
+    assert ruled.judge_raw.eq("").all() and not ruled.judge_parse_failed.any()
+    assert ruled.extra.tolist() == [1, 2, 3, 4] and "r_acc" not in responses, "a copy, the input is untouched"
+    no_options = judge_responses(responses, questions.drop(columns="options"))
+    assert no_options.r_acc.tolist() == [1.0, 0.0, 0.0, 0.0]  # without options, "square" is not "B"
+
+    seen = []
+
+    class Chat:
+        def __init__(self):
+            self.calls = [["<answer>1</answer>", "<answer>0</answer>", "no tag", "<answer>1</answer>"], ["garbled"]]
+
+        def generate(self, prompts, max_new_tokens):
+            seen.append((prompts, max_new_tokens))
+            return self.calls.pop(0)
+
+    judged = judge_responses(responses, questions, Chat(), 33)
+    assert judged.r_acc.tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert judged.judge_parse_failed.tolist() == [False, False, True, False]
+    assert judged.judge_raw.tolist()[2] == "no tag\n---\ngarbled" and judged.judge_raw.tolist()[0] == "<answer>1</answer>"
+    assert [m for _, m in seen] == [33, 33] and "How many?" in str(seen[0][0][0]) and "three? no, 3" in str(seen[0][0][0])
+    with pytest.raises(KeyError, match="responses: question ids not in the questions files: \\['q9'\\]"):
+        judge_responses(pd.DataFrame({"question_id": ["q9"], "text": ["x"]}), questions)

@@ -180,9 +180,12 @@ def test_evaluation_summaries_are_written_in_the_format_the_tables_read(tmp_path
     from masters.tables import load_result, write_results
 
     summary = {"model": "/ckpt", "accuracy": {"a": 50.0, "b": 100.0}, "n": {"a": 4, "b": 2}}
-    written = write_results(summary, "S", out=tmp_path / "all.json", out_dir=tmp_path / "per")
-    assert sorted(p.name for p in written) == ["a.json", "all.json", "b.json"]
-    assert load_result(tmp_path / "all.json")["mean_accuracy"] == 75.0
-    one = load_result(tmp_path / "per" / "b.json")
-    assert one["accuracy"] == {"b": 100.0} and one["mean_accuracy"] == 100.0 and one["label"] == "S"
-    assert benchmark_results([tmp_path / "per" / "a.json", tmp_path / "per" / "b.json"]) == {"a": 50.0, "b": 100.0}
+    only_all = write_results(summary, "S", out=tmp_path / "x/y/all.json")  # parent directories made
+    assert only_all == [tmp_path / "x/y/all.json"] and sorted(p.name for p in tmp_path.rglob("*.json")) == ["all.json"]
+    assert load_result(tmp_path / "x/y/all.json") == {"model": "/ckpt", "label": "S", "accuracy": summary["accuracy"],
+                                                      "n": summary["n"], "mean_accuracy": 75.0}
+    written = write_results(summary, "S", out_dir=tmp_path / "per/run")
+    assert sorted(p.name for p in written) == ["a.json", "b.json"]
+    assert load_result(tmp_path / "per/run/b.json") == {"model": "/ckpt", "label": "S", "accuracy": {"b": 100.0},
+                                                        "n": {"b": 2}, "mean_accuracy": 100.0, "benchmark": "b"}
+    assert benchmark_results([tmp_path / "per/run/a.json", tmp_path / "per/run/b.json"]) == {"a": 50.0, "b": 100.0}
