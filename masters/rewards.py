@@ -256,7 +256,8 @@ def reward_responses(response_files: Sequence[str], questions, teacher_dir: str,
         check_columns(frame, ["question_id", "token_ids", "r_acc"], path)
         frames.append(frame)
     rows = pd.concat(frames, ignore_index=True)
-    joined = rows.join(questions_of(rows, questions, "responses")[["image", "question"]].reset_index(drop=True))
+    questions_of(rows, questions, "responses")  # every question is there
+    joined = rows.join(questions[["image", "question"]], on="question_id")
     teacher, t_proc = load_checkpoint(teacher_dir, trust_remote_code=trust_remote_code)
     student, s_proc = load_checkpoint(student_dir, trust_remote_code=trust_remote_code)
     rows["divergence"], rows["ref_logprobs"] = score_responses(teacher, student, t_proc, s_proc, joined,

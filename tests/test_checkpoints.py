@@ -161,3 +161,17 @@ def test_paper_scale_modules_do_not_import_the_world():
             "print(sorted(m for m in sys.modules if m.startswith('masters.world')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_decode_image_gives_rgb_whatever_the_stored_mode():
+    import io
+
+    from PIL import Image
+
+    from masters.prompts import decode_image
+
+    for mode in ("L", "RGBA", "P"):
+        buf = io.BytesIO()
+        Image.new(mode, (4, 3)).save(buf, format="PNG")
+        image = decode_image({"bytes": buf.getvalue()})
+        assert image.mode == "RGB" and image.size == (4, 3), mode

@@ -166,3 +166,52 @@ def test_token_jsd_shapes_bounds_and_chunking():
             token_jsd(t, s, **kwargs)
     with pytest.raises(ValueError, match="vocabulary dimension"):
         token_jsd(torch.tensor(1.0), torch.zeros(3))
+
+
+@pytest.mark.parametrize("distill,use,normalize,use_acc,use_distill", [
+    ("normalized", "both", True, True, True), ("raw", "both", False, True, True),
+    ("normalized", "acc", True, True, False), ("raw", "distill", False, False, True),
+])
+def test_reward_responses_maps_each_setting_and_joins_each_response_to_its_question(
+        tmp_path, monkeypatch, distill, use, normalize, use_acc, use_distill):
+    """The reward job's wiring, without models: two judged files in, each response scored with
+    its own question's image, the settings reaching group_rewards, no remote code unless asked."""
+    import pandas as pd
+
+    import masters.checkpoints
+    from masters import rewards
+
+    loaded, scored = [], {}
+    monkeypatch.setattr(masters.checkpoints, "load_checkpoint",
+                        lambda path, **kw: loaded.append((path, kw)) or (f"model:{path}", f"proc:{path}"))
+
+    def score(teacher, student, t_proc, s_proc, joined, **kw):
+        scored.update(models=(teacher, student, t_proc, s_proc), joined=joined.copy(), kw=kw)
+        return [0.1 * (i + 1) for i in range(len(joined))], [[-0.5]] * len(joined)
+
+    monkeypatch.setattr(rewards, "score_responses", score)
+    questions = pd.DataFrame({"id": ["a", "b"], "image": ["img-a", "img-b"], "question": ["qa", "qb"]}).set_index("id")
+    files = []
+    for name, qids, acc in (("t", ["a", "b"], [1.0, 0.0]), ("s", ["b", "a"], [1.0, 1.0])):
+        path = tmp_path / f"{name}.parquet"
+        pd.DataFrame({"question_id": qids, "token_ids": [[1, 2]] * 2, "r_acc": acc}).to_parquet(path)
+        files.append(str(path))
+    out = rewards.reward_responses(files, questions, "T", "S", distill=distill, use=use, alpha=0.5,
+                                   batch_size=3, chunk_size=7)
+    assert [p for p, _ in loaded] == ["T", "S"] and all(kw == {"trust_remote_code": False} for _, kw in loaded)
+    assert scored["models"] == ("model:T", "model:S", "proc:T", "proc:S")
+    assert scored["joined"].image.tolist() == ["img-a", "img-b", "img-b", "img-a"]
+    assert scored["joined"].question.tolist() == ["qa", "qb", "qb", "qa"]
+    assert scored["kw"] == {"batch_size": 3, "chunk_size": 7, "progress": True}
+    expected = rewards.group_rewards(pd.DataFrame({"question_id": ["a", "b", "b", "a"], "r_acc": [1.0, 0.0, 1.0, 1.0],
+                                                   "divergence": [0.1, 0.2, 0.3, 0.4]}),
+                                     normalize=normalize, alpha=0.5, use_acc=use_acc, use_distill=use_distill)
+    assert out.r_total.tolist() == pytest.approx(expected.r_total.tolist())
+    assert out.r_distill.tolist() == pytest.approx(expected.r_distill.tolist())
+    assert out.ref_logprobs.tolist() == [[-0.5]] * 4 and list(out.index) == [0, 1, 2, 3]
+    rewards.reward_responses(files, questions, "T", "S", distill=distill, use=use, alpha=0.5, batch_size=3,
+                             chunk_size=7, trust_remote_code=True)
+    assert all(kw == {"trust_remote_code": True} for _, kw in loaded[2:])
+    with pytest.raises(KeyError, match="responses: question ids not in the questions files"):
+        rewards.reward_responses(files, questions.drop(index="b"), "T", "S", distill=distill, use=use, alpha=0.5,
+                                 batch_size=3, chunk_size=7)
