@@ -26,5 +26,11 @@ for meta in pathlib.Path("mutants").rglob("*.py.meta"):
 PY
         ;;
 esac
+if [ -d mutants/masters ]; then
+    # mutmut refreshes the Python files of its copy, not the others: the config schema (read by
+    # masters.config) and the also_copy files could be stale, and the clean run would fail
+    (cd masters && find . -type f ! -name '*.py' ! -path '*/__pycache__/*' -exec cp --parents {} ../mutants/masters/ \;)
+    cp -r config.yaml configs benchmarks rules Snakefile mutants/
+fi
 .venv/bin/mutmut run --max-children "${MUTMUT_CHILDREN:-$(nproc)}" "$@"
 .venv/bin/python scripts/mutation_report.py
