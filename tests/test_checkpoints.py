@@ -175,3 +175,22 @@ def test_decode_image_gives_rgb_whatever_the_stored_mode():
         Image.new(mode, (4, 3)).save(buf, format="PNG")
         image = decode_image({"bytes": buf.getvalue()})
         assert image.mode == "RGB" and image.size == (4, 3), mode
+
+
+def test_prompt_turn_is_hf_typed_content_and_texts_come_from_the_chat_template():
+    from masters.prompts import prompt_messages, prompt_texts
+
+    assert prompt_messages("How many?") == [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}]
+
+    class Processor:
+        chat_template = "{{ messages }}"
+
+        def apply_chat_template(self, messages, add_generation_prompt):
+            assert add_generation_prompt is True
+            return f"<{messages[0]['role']}>{messages[0]['content'][1]['text']}<assistant>"
+
+    assert prompt_texts(Processor(), ["a?", "b?"]) == ["<user>a?<assistant>", "<user>b?<assistant>"]
+    for missing in (type("NoTemplate", (), {})(), type("NoneTemplate", (), {"chat_template": None})()):
+        with pytest.raises(ValueError, match="has no chat template"):
+            prompt_texts(missing, ["a?"])
