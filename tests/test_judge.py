@@ -251,3 +251,25 @@ def test_judge_responses_rule_and_llm_over_a_responses_frame():
     assert [m for _, m in seen] == [33, 33] and "How many?" in str(seen[0][0][0]) and "three? no, 3" in str(seen[0][0][0])
     with pytest.raises(KeyError, match="responses: question ids not in the questions files: \\['q9'\\]"):
         judge_responses(pd.DataFrame({"question_id": ["q9"], "text": ["x"]}), questions)
+
+
+def test_chat_backend_builds_the_named_backend_with_the_settings(monkeypatch):
+    import masters.generation
+    from masters.judge import chat_backend
+
+    built = []
+    monkeypatch.setattr(masters.generation, "HFChatBackend",
+                        lambda model, **kw: built.append(("hf", model, kw)) or "hf-backend")
+
+    def vllm(model):
+        built.append(("vllm", model))
+        raise NotImplementedError("vllm backend: not installed")
+
+    monkeypatch.setattr(masters.generation, "VLLMBackend", vllm)
+    assert chat_backend("/judge", "hf", 12) == "hf-backend"
+    assert built == [("hf", "/judge", {"batch_size": 12, "trust_remote_code": False})]
+    chat_backend("/judge", "hf", 3, trust_remote_code=True)
+    assert built[-1] == ("hf", "/judge", {"batch_size": 3, "trust_remote_code": True})
+    with pytest.raises(NotImplementedError, match="vllm"):
+        chat_backend("/judge", "vllm", 12)
+    assert built[-1] == ("vllm", "/judge")
