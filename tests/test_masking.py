@@ -628,6 +628,10 @@ def test_f64_selection_of_every_k_matches_sorted_reference():
         ratios = [k / 41 for k in range(41)]
         ref, _ = _sorted_reference(w, ratios)
         assert masking.thresholds(w, ratios) == ref
+        # far-apart k (one k alone, and two): each partition must place exactly its own k-th value
+        for few in ([5 / 41], [1 / 41, 17 / 41], [9 / 41, 40 / 41]):
+            ref, _ = _sorted_reference(w, few)
+            assert masking.thresholds(w, few) == ref, few
 
 
 def test_zero_counts_of_copied_tensors_of_every_dtype(tmp_path):
