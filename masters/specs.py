@@ -8,6 +8,7 @@ running the DAG (``tests/test_specs.py``).
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,12 @@ def train_stages(design: Design, student: str, experiment: str, seed: int) -> li
 
 
 def train_args(design: Design, student: str, experiment: str, seed: int) -> str:
-    """The ``masters train`` arguments of one run: its stages and settings (no shell quoting
-    needed: every value is a number, a path built by :mod:`masters.paths`, or a schema enum)."""
+    """The ``masters train`` arguments of one run: its stages and settings. The teacher
+    directories are quoted (an unmasked teacher's is the config's ``models`` entry, any text);
+    every other value is a number, a name, a path built by :mod:`masters.paths` or a schema enum."""
     exp = design.experiments[experiment]
     t = exp.training
-    stages = " ".join(f"--stage {s['name']} {s['teacher']} {s['rewards']} {s['steps']} {s['ratio']}"
+    stages = " ".join(f"--stage {s['name']} {shlex.quote(s['teacher'])} {s['rewards']} {s['steps']} {s['ratio']}"
                       for s in train_stages(design, student, experiment, seed))
     sources = ["label"] if exp.data == "labels" else list(exp.sources)
     return (f"{stages} --loss {exp.loss} --sources {' '.join(sources)} --lr {t['lr']}"
