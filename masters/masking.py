@@ -29,9 +29,10 @@ floats from one histogram of the 2**15 magnitude patterns (``np.bincount``) and 
 sum (the first pattern whose cumulative count reaches k); for F32 by a two-pass radix select
 (histogram of the high 16 magnitude bits, then of the low 16 bits inside each selected bucket).
 Exact at any size, O(n), ties and zeros handled by construction; the cumulative counts also give
-every ratio's zero count.  F64 is selected with ``numpy.partition`` over its float32 magnitudes
-and compared in float32, as the contract says; other floating torch dtypes (float8) are widened
-to float32, which holds each of their values exactly.  :func:`mask_bits` applies the masks:
+every ratio's zero count (the entries at or below its pattern).  F64 is selected with
+``numpy.partition`` over its float32 magnitudes and compared in float32, as the contract says;
+other floating torch dtypes (float8) are widened to float32, which holds each of their values
+exactly.  :func:`mask_bits` applies the masks:
 with ``m`` the magnitude bits and ``p`` the limit pattern, ``(p - m) >> (width-1)`` in signed
 integers is all ones exactly where |w| > lambda, and the masked tensor is the bits AND that.
 
@@ -292,14 +293,12 @@ def _hist(bits: np.ndarray, workers: Workers, buckets: Sequence[int] | None = No
     return {b: sum(p[b] for p in parts) for b in buckets}
 
 
-def select_bits(bits: np.ndarray, dtype: str, ks: Iterable[int], count_zeros: bool = False,
-                workers: Workers | None = None):
+def select_bits(bits: np.ndarray, dtype: str, ks: Iterable[int], workers: Workers | None = None):
     """Exact k-th smallest magnitude pattern of raw ``bits`` (F32/F16/BF16) for every k >= 1.
 
-    Returns ``(pattern, at_most, zeros)``: ``pattern[k]`` the k-th smallest magnitude bit
-    pattern (sign cleared), ``at_most[k]`` the number of entries whose magnitude is <= it (the
-    zeros that masking at it leaves), ``zeros`` the number of (+-)0 entries (``None`` unless
-    ``count_zeros``).  A NaN pattern raises ``ValueError``.
+    Returns ``(pattern, at_most)``: ``pattern[k]`` the k-th smallest magnitude bit pattern (sign
+    cleared), ``at_most[k]`` the number of entries whose magnitude is <= it (the zeros that
+    masking at it leaves).  A NaN pattern raises ``ValueError``.
     """
     workers = workers or Workers(MaskingOptions(threads=1))
     ks = sorted({int(k) for k in ks if k > 0})
@@ -307,14 +306,11 @@ def select_bits(bits: np.ndarray, dtype: str, ks: Iterable[int], count_zeros: bo
         raise ValueError(f"k = {ks[-1]} > {bits.size} entries")
     pattern: dict[int, int] = {}
     at_most: dict[int, int] = {}
-    zeros = None
     if dtype in ("BF16", "F16"):
-        if ks or count_zeros:
-            hist = _hist(bits, workers)
-            cum = np.cumsum(hist)
+        if ks:
+            cum = np.cumsum(_hist(bits, workers))
             for k, p in zip(ks, np.searchsorted(cum, ks, side="left")):
                 pattern[k], at_most[k] = int(p), int(cum[p])
-            zeros = int(hist[0]) if count_zeros else None
     elif dtype == "F32":
         high = np.cumsum(_hist(bits, workers)) if ks else None
         below: dict[int, int] = {}
@@ -322,18 +318,17 @@ def select_bits(bits: np.ndarray, dtype: str, ks: Iterable[int], count_zeros: bo
         for k in ks:
             b = int(np.searchsorted(high, k, side="left"))
             bucket_of[k], below[k] = b, (int(high[b - 1]) if b > 0 else 0)
-        wanted = sorted(set(bucket_of.values()) | ({0} if count_zeros else set()))
+        wanted = sorted(set(bucket_of.values()))
         low = {b: np.cumsum(h) for b, h in (_hist(bits, workers, wanted).items() if wanted else ())}
         for k in ks:
             b = bucket_of[k]
             lo = int(np.searchsorted(low[b], k - below[k], side="left"))
             pattern[k], at_most[k] = (b << 16) | lo, below[k] + int(low[b][lo])
-        zeros = int(low[0][0]) if count_zeros else None
     else:
         raise ValueError(f"no bit-pattern selection for dtype {dtype}")
     if any(p >= _NAN_BITS[dtype] for p in pattern.values()):
         raise ValueError("masking threshold is NaN: the tensor holds NaN weights")
-    return pattern, at_most, zeros
+    return pattern, at_most
 
 
 def pattern_value(pattern: int, dtype: str) -> float:
@@ -368,17 +363,17 @@ def _kth_smallest(absw: np.ndarray, ks: Iterable[int]) -> dict[int, float]:
 def select(bits: np.ndarray, dtype: str, ratios: Sequence[float], workers: Workers | None = None) -> list[tuple]:
     """Eq. 1 for every ratio from one selection over raw ``bits``: ``[(threshold, limit, zeros)]``.
 
-    ``threshold`` is lambda_r (``None`` where k = 0), ``limit`` what :func:`mask_bits` compares
-    with (a magnitude bit pattern; for F64 lambda_r itself), ``zeros`` the zero count of the
-    masked tensor (``None`` for F64: counted while masking).
+    ``threshold`` is lambda_r, ``limit`` what :func:`mask_bits` compares with (a magnitude bit
+    pattern; for F64 lambda_r itself), ``zeros`` the zero count of the masked tensor (``None``
+    for F64: counted while masking); all three ``None`` where k = 0 (nothing is masked).
     """
     bits_t, sign_clear = BITS[dtype]
     ks = [num_masked(r, bits.size) for r in ratios]
     if dtype == "F64":
         values = _kth_smallest((bits & bits_t(sign_clear)).view(np.float64).astype(np.float32), ks)  # |w| in f32
         return [(values[k], values[k], None) if k else (None, None, None) for k in ks]
-    pattern, at_most, n_zero = select_bits(bits, dtype, ks, count_zeros=0 in ks, workers=workers)
-    return [(pattern_value(pattern[k], dtype), pattern[k], at_most[k]) if k else (None, None, n_zero) for k in ks]
+    pattern, at_most = select_bits(bits, dtype, ks, workers=workers)
+    return [(pattern_value(pattern[k], dtype), pattern[k], at_most[k]) if k else (None, None, None) for k in ks]
 
 
 # --------------------------------------------------------------------------------------------

@@ -459,12 +459,12 @@ def test_16bit_histogram_selection_matches_sorted_reference(dtype):
     ref_thr, ref = _sorted_reference(w, ratios)
     got = thresholds(w, ratios)
     assert got == ref_thr
-    # counts from the histogram: entries <= threshold (the zeros masking leaves) and exact zeros
+    # counts from the histogram: entries <= threshold (the zeros masking leaves)
     bits = w.reshape(-1).view(torch.int16).numpy().view(np.uint16)
     name = "BF16" if dtype == torch.bfloat16 else "F16"
     ks = [masking.num_masked(r, bits.size) for r in ratios]
-    pattern, at_most, zeros = masking.select_bits(bits, name, ks, count_zeros=True)
-    assert zeros == int((ref == 0).sum())
+    pattern, at_most = masking.select_bits(bits, name, ks)
+    assert set(pattern) == {k for k in ks if k}
     for r, k in zip(ratios, ks):
         if k:
             assert masking.pattern_value(pattern[k], name) == ref_thr[r]
@@ -490,8 +490,8 @@ def test_f32_radix_selection_matches_sorted_reference():
     ref_thr, ref = _sorted_reference(w, ratios)
     assert thresholds(w.reshape(500, 600), ratios) == ref_thr
     ks = [masking.num_masked(r, n) for r in ratios]
-    pattern, at_most, zeros = masking.select_bits(w.view(torch.int32).numpy().view(np.uint32), "F32", ks, True)
-    assert zeros == int((ref == 0).sum())
+    pattern, at_most = masking.select_bits(w.view(torch.int32).numpy().view(np.uint32), "F32", ks)
+    assert set(pattern) == {k for k in ks if k}
     for r, k in zip(ratios, ks):
         if k:
             assert at_most[k] == int((ref <= ref_thr[r]).sum())
@@ -753,3 +753,135 @@ def test_mask_tensor_at_any_threshold_matches_the_definition(dtype):
         assert got.dtype == w.dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8)), (dtype, lam)
     with pytest.raises(ValueError, match="NaN"):
         mask_tensor(w, float("nan"))
+
+
+# ---- plumbing and edge contracts (found by mutation testing) ----------------------------------
+
+
+def test_default_threads_is_the_affinity_else_the_cpu_count(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert masking.default_threads() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5}, raising=False)
+    assert masking.default_threads() == 1
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    for count, threads in ((5, 5), (1, 1), (None, 1)):  # cpu_count() may be None
+        monkeypatch.setattr(os, "cpu_count", lambda: count)
+        assert masking.default_threads() == threads
+
+
+def test_workers_cut_whole_blocks_one_part_per_thread_on_named_threads():
+    def parts(threads, n, block=4):
+        with masking.Workers(MaskingOptions(threads=threads, block=block)) as w:
+            return w.map_parts(lambda lo, hi: (lo, hi, threading.current_thread().name), n)
+
+    main = threading.current_thread().name
+    assert parts(1, 100) == [(0, 100, main)]  # one thread: inline, one part
+    assert parts(3, 7) == [(0, 7, main)]  # under two blocks: not worth a split
+    got = parts(2, 8)  # exactly two blocks: split
+    assert [p[:2] for p in got] == [(0, 4), (4, 8)]
+    assert all(p[2].startswith("mask-worker") for p in got)
+    assert [p[:2] for p in parts(3, 12)] == [(0, 4), (4, 8), (8, 12)]
+    assert [p[:2] for p in parts(3, 10)] == [(0, 4), (4, 8), (8, 10)]  # the last block is short
+    assert [p[:2] for p in parts(4, 9)] == [(0, 4), (4, 8), (8, 9)]  # no empty part for a 4th thread
+    assert [p[:2] for p in parts(3, 5, block=1000)] == [(0, 5)]
+
+
+def test_workers_run_at_most_their_threads_at_once():
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def task(i):
+        def run():
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            threading.Event().wait(0.02)
+            with lock:
+                running[0] -= 1
+            return i
+        return run
+
+    with masking.Workers(MaskingOptions(threads=2)) as w:
+        assert list(w.ordered(task(i) for i in range(12))) == list(range(12))
+    assert 1 <= peak[0] <= 2
+
+
+def test_pattern_and_ratio_inputs_and_their_errors():
+    assert [p.pattern for p in masking.compile_patterns(r"a\.b", "include")] == [r"a\.b"]  # one regex
+    with pytest.raises(ValueError, match=r"invalid exclude regex '\('"):
+        masking.name_filter(None, ["("])
+    with pytest.raises(ValueError, match=r"invalid include regex '\['"):
+        masking.name_filter(["["], None)
+    assert masking.validate_ratios(0.25) == [0.25]  # one number
+    assert math.copysign(1.0, masking.validate_ratios([-0.0])[0]) == 1.0  # -0.0 -> +0.0
+    with pytest.raises(ValueError, match="masking ratio 'x' is not a number"):
+        masking.validate_ratios([0.1, "x"])
+    with pytest.raises(ValueError, match="masking ratios 0.2 and 0.2 both map to directory masked_r0.20"):
+        masking.validate_ratios([0.1, 0.2, 0.2])
+    assert masking.validate_ratios([0.2, 0.2], unique_dirs=False) == [0.2, 0.2]
+
+
+def test_select_bits_keys_limits_and_buckets():
+    """Hand-made F32 patterns: k inside the second high-16 bucket (below it: the first bucket's
+    count), k = n, k = 0 ignored, the bound on k named in the error, the first NaN pattern."""
+    bits = np.array([0x00010002, 0x00000005, 0x00020000, 0x00000003, 0x80010001], np.uint32)
+    pattern, at_most = masking.select_bits(bits, "F32", [0, 3, 4, 5])
+    assert pattern == {3: 0x00010001, 4: 0x00010002, 5: 0x00020000}  # sign cleared
+    assert at_most == {3: 3, 4: 4, 5: 5}
+    with pytest.raises(ValueError, match="k = 7 > 5 entries"):
+        masking.select_bits(bits, "F32", [1, 2, 7])
+    for dtype, nan in (("F32", np.uint32(0x7F800001)), ("F16", np.uint16(0x7C01)), ("BF16", np.uint16(0x7F81))):
+        b = np.array([1, 2, nan], nan.dtype)
+        with pytest.raises(ValueError, match="NaN"):
+            masking.select_bits(b, dtype, [3])
+        assert masking.select_bits(b, dtype, [2])[0] == {2: 2}  # the NaN itself is never selected
+
+
+def test_kth_smallest_where_a_neighbouring_partition_would_be_wrong():
+    """numpy.partition at k-2 leaves a wrong value at k-1 for this permutation (seed 138, k =
+    1000: found by search); the selection must partition at exactly k-1."""
+    absw = np.random.default_rng(138).permutation(5000).astype(np.float32)
+    assert masking._kth_smallest(absw.copy(), [1000]) == {1000: 999.0}
+    assert masking._kth_smallest(absw.copy(), [4999, 1000, 3]) == {4999: 4998.0, 1000: 999.0, 3: 2.0}
+
+
+def test_limit_of_negative_and_overflowing_thresholds(recwarn):
+    assert masking.limit_of(-0.5, "F32") == masking.limit_of(-0.5, "BF16") == masking.limit_of(-1e-3, "F16") == -1
+    assert masking.limit_of(1e6, "F16") == 0x7BFF  # above float16's largest finite: inf, then one below
+    assert masking.limit_of(float("inf"), "F16") == 0x7C00
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no overflow warning
+
+
+def test_mask_bits_into_a_pooled_buffer_and_at_an_offset():
+    """Output into the buffer handed out (no new allocation); a part [lo, hi) of the tensor masks
+    like the same slice masked alone, in several blocks, for the bit path and F64 alike."""
+    class Pool:
+        def __init__(self):
+            self.given = []
+
+        def get(self, nbytes):
+            self.given.append(np.empty(nbytes + 8, np.uint8))
+            return self.given[-1]
+
+    g = torch.Generator().manual_seed(4)
+    for torch_dtype, dtype in ((torch.float32, "F32"), (torch.float64, "F64"), (torch.bfloat16, "BF16")):
+        bits, name, _ = masking._tensor_bits(torch.randn(101, generator=g).to(torch_dtype))
+        limit = masking.limit_of(0.5, name)
+        alone, _, zeros_alone = masking.mask_bits(bits[7:90].copy(), 0, 83, name, limit, block=83)
+        pool = Pool()
+        out, base, zeros = masking.mask_bits(bits, 7, 90, name, limit, block=10, buffers=pool)
+        assert base is pool.given[-1] and np.shares_memory(out, base)
+        assert np.array_equal(out, alone) and zeros == zeros_alone
+        assert (zeros is None) == (dtype != "F64")
+
+
+def test_mask_tensor_keeps_float8_and_odd_sizes():
+    """float8 is widened to float32 to mask and written back as float8; a tensor of an odd number
+    of elements keeps its shape."""
+    w8 = torch.tensor([0.5, -0.25, 2.0, -0.0625, 1.0, 0.125, -4.0], dtype=torch.float8_e4m3fn)
+    got = mask_tensor(w8, 0.25)
+    assert got.dtype == torch.float8_e4m3fn
+    assert got.to(torch.float32).tolist() == [0.5, 0.0, 2.0, 0.0, 1.0, 0.0, -4.0]
+    w = torch.tensor([[0.5, -0.1, 0.3], [0.2, -0.7, 0.05], [0.9, 0.0, -0.4]], dtype=torch.bfloat16)
+    got = mask_tensor(w, 0.3)
+    assert got.shape == (3, 3) and got.dtype == torch.bfloat16
+    assert torch.equal(got, torch.where(w.float().abs() > 0.3, w, torch.zeros_like(w)))
