@@ -43,6 +43,7 @@ class Experiment:
     loss: str
     sources: tuple[str, ...]
     judge: str
+    judge_model: str | None  # a model name or a teacher role; None: judge.model, else the student
     distill: str
     reward: str
     alpha: float
@@ -88,6 +89,7 @@ class Design:
                 errors.append(str(error))
         for exp in self.experiments.values():
             self._check_plan(exp, errors)
+            self._check_judge(exp, errors)
         self._check_tables(errors)
         self._check_figures(errors)
         if errors:
@@ -110,6 +112,7 @@ class Design:
             c = self.config
             merged = {"train": True, "data": "generated", "plan": [plan_entry("large")],
                       "loss": "masters", "sources": ["teacher", "student"], "judge": c["judge"]["kind"],
+                      "judge_model": c["judge"]["model"],
                       "distill": c["reward"]["distill"], "reward": c["reward"]["use"], "alpha": c["reward"]["alpha"],
                       "n_teacher": c["generation"]["n_teacher"], "n_student": c["generation"]["n_student"],
                       "stage_data": c["training"]["stage_data"],
@@ -117,6 +120,13 @@ class Design:
         training = {**merged["training"], **entry.pop("training", {})}
         merged = {**merged, **entry, "training": training}
         merged["plan"] = tuple(dict(p) for p in merged["plan"])
+        counts = {"teacher": merged["n_teacher"], "student": merged["n_student"]}
+        if merged["data"] == "generated":  # a source with no responses is not trained on (Table 5c)
+            asked = list(merged["sources"])
+            merged["sources"] = [s for s in asked if counts[s] > 0]
+            if not merged["sources"]:
+                raise DesignError(f"experiments.{name}: no responses to train on (n_teacher = {counts['teacher']},"
+                                  f" n_student = {counts['student']}, sources = {asked})")
         merged["sources"] = tuple(merged["sources"])
         return Experiment(name=name, **merged)
 
@@ -161,6 +171,21 @@ class Design:
                 self._stage_plan(exp)
             except ValueError as error:
                 errors.append(f"{key}.training.steps: {error}")
+
+    def _check_judge(self, exp: Experiment, errors: list[str]) -> None:
+        """The LLM judge is a model, or a teacher role every student has."""
+        model = exp.judge_model
+        if exp.judge != "llm" or model is None or model in self.models:
+            return
+        key = f"experiments.{exp.name}.judge_model" if "judge_model" in (self.config["experiments"][exp.name] or {}) \
+            else "judge.model"
+        if model not in ROLES:
+            errors.append(f"{key}: unknown judge {model!r} (a role {list(ROLES)} or a model in `models`:"
+                          f" {sorted(self.models)})")
+            return
+        for student, roles in self.students.items():
+            if model not in (roles or {}):
+                errors.append(f"{key}: role {model!r} is not set for student {student!r} (students.{student}.{model})")
 
     def _check_tables(self, errors: list[str]) -> None:
         for table, spec in self.tables.items():
@@ -256,7 +281,7 @@ class Design:
         """``rule``, or ``llm-<judge model>`` (the student by default, App. F.7)."""
         if exp.judge == "rule":
             return "rule"
-        return f"llm-{self.config['judge']['model'] or student}"
+        return f"llm-{self.teacher_of(student, exp.judge_model) if exp.judge_model else student}"
 
     def reward_file(self, student: str, experiment: str, stage: StageJob, seed: int) -> str:
         exp = self.experiments[experiment]
@@ -274,8 +299,10 @@ class Design:
         if counts is None:
             responses = [self.responses("label", student, 0.0, 1, 0, part, judge=judge)]
         else:
-            responses = [self.responses("teacher", teacher, float(ratio), counts[0], seed, part, judge=judge),
-                         self.responses("student", student, 0.0, counts[1], seed, part, judge=judge)]
+            # only the sources with responses: R_distill is normalized over the group trained on
+            responses = [self.responses(source, model, r, n, seed, part, judge=judge)
+                         for source, model, r, n in (("teacher", teacher, float(ratio), counts[0]),
+                                                     ("student", student, 0.0, counts[1])) if n > 0]
         return {"responses": responses, "teacher": self.teacher_dir(teacher, float(ratio)),
                 "student": self.model_dir(student), "questions": self.questions()}
 

@@ -20,7 +20,7 @@ def test_dry_run_plans_the_world(extra, tmp_path):
     run = snakemake("-n", "--cores", "2", "--directory", str(tmp_path), *extra)
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout + run.stderr
-    counts = {"world_data": 12, "world_sft": 3, "world_tokenizer": 1, "table": 10, "fig2": 1, "figF4": 1,
+    counts = {"world_data": 12, "world_sft": 3, "world_tokenizer": 1, "table": 11, "fig2": 1, "figF4": 1,
               "train_questions": 1, "mask": 14}  # 10 L ratios (0.05..0.50) + 4 M ratios; 0 = the teacher
     for rule, count in counts.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), rule

@@ -43,8 +43,11 @@ def test_stages_follow_the_plan_and_schedule():
 def test_outputs_are_shared_where_the_inputs_are():
     d = design()
     st = {e: d.stages("S", e) for e in ("masters", "mask_progressive", "rmax_0.3", "reward_distill")}
-    # the r_max grid reuses the masked teachers of the main run
-    assert d.teacher_dir("L", st["masters"][0].ratio) == d.teacher_dir("L", st["rmax_0.3"][2].ratio)
+    # the r_max grid reuses the masked teachers of the main run (after the mid teacher's 5 stages)
+    assert (st["rmax_0.3"][7].teacher, ratio_str(st["rmax_0.3"][7].ratio)) == ("L", "0.20")
+    assert d.teacher_dir("L", st["masters"][0].ratio) == d.teacher_dir("L", st["rmax_0.3"][7].ratio)
+    assert d.reward_file("S", "rmax_0.3", st["rmax_0.3"][0], 0) == d.reward_file(
+        "S", "mid_masters", d.stages("S", "mid_masters")[0], 0)  # and the mid teacher's reward files
     assert d.teacher_dir("L", 0.0) == d.model_dir("L"), "ratio 0 is the teacher itself"
     # jsd-only and masters runs with the same reward settings share the reward files
     assert d.reward_file("S", "masters", st["masters"][1], 0) == d.reward_file("S", "mask_progressive",
@@ -65,9 +68,9 @@ def test_reward_file_names_what_it_reads():
     v = paths.parse(d.results, "rewards", path)
     assert (v["judge"], v["distill"], v["use"], float(v["alpha"])) == ("llm-S", "normalized", "acc", 1.0)
     got = d.reward_inputs(v["student"], v["teacher"], v["ratio"], v["data"], int(v["seed"]), v["part"], v["judge"])
-    assert got["responses"] == [d.responses("teacher", "L", 0.2, 4, 1, "all", judge="llm-S"),
+    assert got["responses"] == [d.responses("teacher", "M", 0.2, 4, 1, "all", judge="llm-S"),
                                 d.responses("student", "S", 0.0, 4, 1, "all", judge="llm-S")]
-    assert got["teacher"] == d.teacher_dir("L", 0.2) and got["student"] == d.model_dir("S")
+    assert got["teacher"] == d.teacher_dir("M", 0.2) and got["student"] == d.model_dir("S")
 
 
 def test_a_student_with_underscores_and_the_llm_judge_round_trips():
@@ -80,7 +83,7 @@ def test_a_student_with_underscores_and_the_llm_judge_round_trips():
     config["reward"]["alpha"] = 0.25
     d = Design(config)
     for exp in ("reward_acc", "naive", "masters"):
-        stage = d.stages("my_S", exp)[1 if exp == "masters" else 0]
+        stage = d.stages("my_S", exp)[{"masters": 1, "reward_acc": 5}.get(exp, 0)]  # a stage of big_T-1.5
         path = d.reward_file("my_S", exp, stage, 2)
         v = paths.parse(d.results, "rewards", path)
         assert v["student"] == "my_S" and v["teacher"] == "big_T-1.5" and float(v["alpha"]) == 0.25
@@ -160,3 +163,124 @@ def test_a_step_of_0_025_trains_each_stage_against_the_ratio_its_teacher_was_mas
         stats = mask_checkpoint(teacher, tmp_path / "out", ratio_in_name, progress=False)
         assert stats.zeros.item() == round(stage.ratio * 1000)  # 175, not 170
         assert (tmp_path / "out" / path.rsplit("/", 1)[1]).is_dir()
+
+
+def _differences(d, a: str, b: str) -> dict:
+    """The settings in which experiments ``a`` and ``b`` differ (plan entries compared per teacher)."""
+    ea, eb = d.experiments[a].__dict__, d.experiments[b].__dict__
+    out = {k: (ea[k], eb[k]) for k in ea if k not in ("name", "plan") and ea[k] != eb[k]}
+    pa, pb = ({p["teacher"]: p for p in d.experiments[x].plan} for x in (a, b))
+    for teacher in sorted(set(pa) | set(pb)):
+        if pa.get(teacher) != pb.get(teacher):
+            out[f"plan.{teacher}"] = (pa.get(teacher), pb.get(teacher))
+    return out
+
+
+def _rows(table: str) -> dict[str, str]:
+    return {r["label"]: r.get("experiment") or f"model:{r['model']}" for r in CONFIG["tables"][table]["rows"]}
+
+
+def test_paper_tables_rows_are_the_paper_rows():
+    """Each row of the paper's tables resolves to the intended experiment: the paper's Masters is
+    the mid -> large run (Table 2's +Reward Feedback = Table 5a's 0.2 = 5c's S(#4)+T(#4) = 5e's
+    R_acc + R_distill = Tables 3-4's student + Masters), and each ablation row differs from it by
+    exactly the setting its label names."""
+    d = design()
+    main = "mid_masters"
+    assert [(p["teacher"], p["r_max"]) for p in d.experiments[main].plan] == [("mid", 0.2), ("large", 0.2)]
+    assert d.experiments[main].loss == "masters" and d.experiments[main].data == "generated"
+    assert _rows("table2")["+Reward Feedback"] == _rows("table5a")["0.2"] == _rows("table5c")["S(#4)+T(#4)"] \
+        == _rows("table5e")["R_acc + R_distill"] == _rows("table3")["student + Masters"] \
+        == _rows("table4")["student + Masters"] == _rows("table5b")["mid -> large"] == main
+    # Table 1: each row adds one component
+    t1 = _rows("table1")
+    assert set(_differences(d, t1["+Large Teacher"], t1["+Mask-Progressive"])) == {"data", "plan.large"}
+    assert set(_differences(d, t1["+Mask-Progressive"], t1["+Reward Feedback"])) == {"loss"}
+    # Table 2: the mid teacher, then masking, then RL; -Mid Teacher removes the mid teacher only
+    t2 = _rows("table2")
+    assert set(_differences(d, t2["+Large Teacher"], t2["+Mid Teacher"])) == {"plan.mid"}
+    assert set(_differences(d, t2["+Mask-Progressive"], t2["+Reward Feedback"])) == {"loss"}
+    assert set(_differences(d, t2["+Reward Feedback"], t2["-Mid Teacher"])) == {"plan.mid"}
+    # Table 5a: the large teacher's r_max, after the same mid teacher
+    for label, exp in _rows("table5a").items():
+        diff = _differences(d, main, exp)
+        assert diff == ({} if label == "0.2" else {"plan.large": diff["plan.large"]})
+        assert diff.get("plan.large", (None, {"r_max": 0.2}))[1]["r_max"] == float(label)
+    # Table 5b: which teachers
+    t5b = _rows("table5b")
+    mid_entry, large_entry = d.experiments[main].plan
+    assert d.experiments[t5b["mid"]].plan == (mid_entry,) and d.experiments[t5b["large"]].plan == (large_entry,)
+    assert set(_differences(d, main, t5b["mid"])) == {"plan.large"}
+    assert set(_differences(d, main, t5b["large"])) == {"plan.mid"}
+    # Table 5c: 8 responses per question and stage, from S, S+T or T; the group is what is trained
+    for label, (n_t, n_s, sources) in {"S(#8)": (0, 8, ("student",)), "S(#4)+T(#4)": (4, 4, ("teacher", "student")),
+                                       "T(#8)": (8, 0, ("teacher",))}.items():
+        e = d.experiments[_rows("table5c")[label]]
+        assert (e.n_teacher, e.n_student, e.sources) == (n_t, n_s, sources), label
+        assert set(_differences(d, main, e.name)) <= {"n_teacher", "n_student", "sources"}
+    # Table 5e: one reward setting per row
+    t5e = _rows("table5e")
+    want = {"reward"} | ({"judge"} if d.experiments[main].judge == "llm" else set())
+    assert set(_differences(d, main, t5e["R_acc(rule)"])) == want
+    assert set(_differences(d, t5e["R_acc(rule)"], t5e["R_acc"])) == {"judge"}
+    assert _differences(d, main, t5e["R_distill"]) == {"reward": ("both", "distill")}
+    assert _differences(d, main, t5e["R_acc + R_distill(raw)"]) == {"distill": ("normalized", "raw")}
+    # Table 5d: the components in its columns
+    for row in CONFIG["tables"]["table5d"]["rows"]:
+        e = d.experiments[row["experiment"]]
+        cols = row["columns"]
+        assert (cols["Mid Teacher"] == "+") == ("mid" in [p["teacher"] for p in e.plan]), row
+        assert (cols["Multi-Response"] == "+") == (e.data == "generated"), row
+        assert (cols["Reward Feedback"] == "+") == (e.loss == "masters"), row
+        assert (row["label"] == "Mask-Progressive") == any(p["r_max"] > 0 for p in e.plan), row
+    # App. F.8: large teacher only; RL with R_acc alone vs both rewards vs masking
+    f8 = _rows("tableF8")
+    assert all([p["teacher"] for p in d.experiments[e].plan] == ["large"] for e in f8.values())
+    assert _differences(d, f8["Naive + RL (R_acc)"], f8["Naive + RL (R_acc + R_distill)"]) == {"reward": ("acc", "both")}
+    assert set(_differences(d, f8["Naive"], f8["Naive + RL (R_acc + R_distill)"])) == {"loss"}
+    assert set(_differences(d, f8["Naive + Mask-Progressive"], f8["Naive + Mask-Progressive + RL (R_acc + R_distill)"])) \
+        == {"loss"}
+
+
+def test_source_groups_hold_only_the_trained_source():
+    """Table 5c: with no teacher (or student) responses the reward group, over which R_distill is
+    normalized, is the trained source alone; naming only an empty source is an error."""
+    d = design()
+    for exp, source, model in (("source_student", "student", "S"), ("source_teacher", "teacher", "M")):
+        stage = d.stages("S", exp)[0]
+        v = paths.parse(d.results, "rewards", d.reward_file("S", exp, stage, 0))
+        got = d.reward_inputs(v["student"], v["teacher"], v["ratio"], v["data"], 0, v["part"], v["judge"])
+        assert got["responses"] == [d.responses(source, model, 0.2 if source == "teacher" else 0.0, 8, 0, "all",
+                                                judge="rule")]
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["bad"] = {"extends": "mid_masters", "n_teacher": 0, "sources": ["teacher"]}
+    with pytest.raises(DesignError, match=r"experiments.bad: no responses to train on \(n_teacher = 0"):
+        Design(config)
+
+
+def test_judge_model_per_experiment():
+    """App. F.7: the judge is the student by default, or any model or teacher role per experiment."""
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["teacher_judge"] = {"extends": "reward_acc", "judge_model": "large"}
+    config["experiments"]["m_judge"] = {"extends": "reward_acc", "judge_model": "M"}
+    d = Design(config)
+    keys = {e: d.judge_key(d.experiments[e], "S") for e in ("reward_acc", "teacher_judge", "m_judge", "mid_masters")}
+    assert keys == {"reward_acc": "llm-S", "teacher_judge": "llm-L", "m_judge": "llm-M", "mid_masters": "rule"}
+    config["experiments"]["x"] = {"extends": "reward_acc", "judge_model": "huge"}
+    with pytest.raises(DesignError, match="experiments.x.judge_model: unknown judge 'huge'"):
+        Design(config)
+
+
+def test_a_plan_of_three_teachers():
+    """Table 5b's 14B -> 38B -> 78B: a plan of any number of teachers, each with its own schedule."""
+    config = copy.deepcopy(CONFIG)
+    config["models"]["XL"] = "{results}/world/models/XL"
+    config["experiments"]["chain"] = {"extends": "mid_masters", "plan": [
+        {"teacher": "mid", "r_max": 0.1, "step": 0.05}, {"teacher": "large", "r_max": 0.2, "step": 0.1},
+        {"teacher": "XL", "r_max": 0.0}]}
+    d = Design(config)
+    stages = d.stages("S", "chain")
+    assert [(s.teacher, ratio_str(s.ratio)) for s in stages] == [
+        ("M", "0.10"), ("M", "0.05"), ("M", "0.00"), ("L", "0.20"), ("L", "0.10"), ("L", "0.00"), ("XL", "0.00")]
+    assert sum(s.steps for s in stages) == CONFIG["training"]["steps"]
+    assert d.teacher_dir("XL", 0.0) == d.model_dir("XL")

@@ -77,8 +77,10 @@ def test_fig2_and_figf4_specs():
     assert f"{d.results}/students/S/masters/s0" in specs.fig2_inputs(fig2)
     f4 = specs.figf4_spec(d)["rewards"]
     assert [paths.parse(d.results, "rewards", r["file"])["ratio"] for r in f4] == [r["ratio"] for r in f4] == [
-        ratio_str(r / 100) for r in range(50, -1, -5)]
-    assert {r["teacher"] for r in f4} == {"L"} and specs.figf4_inputs({"rewards": f4}) == [r["file"] for r in f4]
+        ratio_str(r / 100) for r in range(20, -1, -5)] + [ratio_str(r / 100) for r in range(50, -1, -5)]
+    assert [r["teacher"] for r in f4] == ["M"] * 5 + ["L"] * 11  # rmax_0.5: the mid teacher, then L from 0.5
+    assert [paths.parse(d.results, "rewards", r["file"])["teacher"] for r in f4] == [r["teacher"] for r in f4]
+    assert specs.figf4_inputs({"rewards": f4}) == [r["file"] for r in f4]
 
 
 def test_trace_names_every_file_behind_a_row():

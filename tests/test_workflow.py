@@ -95,10 +95,12 @@ TABLE_ROWS = {
     "table4": ["large teacher", "mid teacher", "student + Masters"],
     "table5a": ["0", "0.1", "0.2", "0.3", "0.4", "0.5"],
     "table5b": ["mid", "large", "mid -> large"],
-    "table5c": ["S", "T", "S+T"],
+    "table5c": ["S(#8)", "S(#4)+T(#4)", "T(#8)"],
     "table5d": ["Naive"] * 4 + ["Mask-Progressive"] * 4,
-    "table5e": ["acc-rule", "acc", "distill", "acc + distill-raw", "acc + distill"],
+    "table5e": ["R_acc(rule)", "R_acc", "R_distill", "R_acc + R_distill(raw)", "R_acc + R_distill"],
     "table5f": [],
+    "tableF8": ["Naive", "Naive + Mask-Progressive", "Naive + RL (R_acc)", "Naive + RL (R_acc + R_distill)",
+                "Naive + Mask-Progressive + RL (R_acc + R_distill)"],
 }
 
 
