@@ -92,7 +92,7 @@ def cmd_figure(args: argparse.Namespace) -> None:
     from masters import figures
 
     spec = json.loads(args.spec)
-    paths = figures.fig2(spec, args.out) if args.name == "fig2" else figures.fig_f4(spec["rewards"], args.out)
+    paths = figures.fig2(spec, args.out) if args.name == "fig2" else figures.fig_f4(spec, args.out)
     print("wrote " + ", ".join(map(str, paths)))
 
 

@@ -345,6 +345,22 @@ class Design:
         for exp in (fig2.get("compare") or {}).values():
             for student in self.students:
                 out[self.run_of_row({"experiment": exp}, student, self.figure_seed())] = None
+        for teacher, ratio in self.figf4_teachers():
+            out[self.masked_run(teacher, ratio)] = None
+        return list(out)
+
+    def masked_run(self, teacher: str, ratio: float) -> str:
+        """The evaluation run of ``teacher`` masked at ``ratio`` (ratio 0: the teacher itself)."""
+        return paths.run("model", model=teacher) if ratio == 0 else \
+            paths.run("masked", model=teacher, ratio=ratio_str(ratio))
+
+    def figf4_teachers(self) -> list[tuple[str, float]]:
+        """Every (teacher, ratio) of the stages of Fig. F.4's runs, in stage order."""
+        out: dict[tuple[str, float], None] = {}
+        for exp in self.config["figures"].get("figF4", {}).get("experiments", []):
+            for student in self.students:
+                for st in self.stages(student, exp):
+                    out[(st.teacher, st.ratio)] = None
         return list(out)
 
     def parse_run(self, run: str) -> dict[str, Any]:
@@ -353,9 +369,12 @@ class Design:
             kind, v = paths.parse_run(run)
         except paths.PathError as error:
             raise DesignError(str(error)) from None
-        if kind == "model":
+        if kind in ("model", "masked"):
             if v["model"] not in self.models:
                 raise DesignError(f"not an evaluation run: {run!r} ({v['model']!r} is not in `models`)")
+            if kind == "masked":
+                return {"model_dir": self.teacher_dir(v["model"], float(v["ratio"])), "train_dir": None,
+                        "label": f"{v['model']} r={v['ratio']}"}
             return {"model_dir": self.model_dir(v["model"]), "train_dir": None, "label": v["model"]}
         train_dir = self.train_dir(v["student"], v["experiment"], int(v["seed"]))
         return {"model_dir": f"{train_dir}/{v['checkpoint']}", "train_dir": train_dir, "label": run}

@@ -4,7 +4,9 @@
   ``train_log.csv``), (b) the student's mean benchmark score at each stage checkpoint,
   (c) naive vs mask-progressive distillation, without and with RL (reward feedback).
 * Fig. F.4 — mean JSD between each masked teacher and the student (the ``divergence`` of
-  the reward files, METHOD.md §5) against the mask ratio.
+  the reward files, METHOD.md §5) and the masked teacher's own mean benchmark score, against
+  the mask ratio (the premise of Eq. 1-3: masking makes the teacher gradually weaker and
+  closer to the student); also written as a table (``.csv``, ``.md``).
 """
 
 from __future__ import annotations
@@ -75,15 +77,32 @@ def divergence_by_ratio(rewards: list[dict]) -> pd.DataFrame:
     return data.groupby(["teacher", "ratio"])["divergence"].agg(["mean", "count"]).reset_index()
 
 
-def fig_f4(rewards: list[dict], stem: str | Path) -> list[Path]:
-    """Mean JSD(masked teacher ‖ student) against the mask ratio, one line per teacher."""
-    table = divergence_by_ratio(rewards)
-    fig, ax = plt.subplots(figsize=(5, 4))
+def masked_teacher_table(spec: dict) -> pd.DataFrame:
+    """Per (teacher, ratio): mean JSD to the student (``jsd``, over ``responses``) and the masked
+    teacher's mean benchmark score (``accuracy``, %), from ``spec`` (:func:`masters.specs.figf4_spec`)."""
+    jsd = divergence_by_ratio(spec["rewards"]).rename(columns={"mean": "jsd", "count": "responses"})
+    acc = pd.DataFrame([{"teacher": a["teacher"], "ratio": float(a["ratio"]), "accuracy": _mean_score(a["results"])}
+                        for a in spec.get("accuracy", [])], columns=["teacher", "ratio", "accuracy"])
+    return jsd.merge(acc, on=["teacher", "ratio"], how="outer").sort_values(["teacher", "ratio"]).reset_index(drop=True)
+
+
+def fig_f4(spec: dict, stem: str | Path) -> list[Path]:
+    """(a) mean JSD(masked teacher ‖ student) and (b) the masked teacher's own score against the
+    mask ratio, one line per teacher; the numbers also as ``stem.csv`` and ``stem.md``."""
+    table = masked_teacher_table(spec)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for teacher, rows in table.groupby("teacher"):
-        ax.plot(rows["ratio"], rows["mean"], marker="o", label=f"teacher {teacher}")
-    ax.set(title="JSD between masked teacher and student", xlabel="mask ratio r", ylabel="mean token JSD (nats)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+        axes[0].plot(rows["ratio"], rows["jsd"], marker="o", label=f"teacher {teacher}")
+        axes[1].plot(rows["ratio"], rows["accuracy"], marker="o", label=f"teacher {teacher}")
+    axes[0].set(title="(a) JSD between masked teacher and student", xlabel="mask ratio r",
+                ylabel="mean token JSD (nats)")
+    axes[1].set(title="(b) masked teacher's own score", xlabel="mask ratio r", ylabel="mean accuracy (%)")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
     Path(stem).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(Path(stem).with_suffix(".csv"), index=False)
+    Path(stem).with_suffix(".md").write_text(
+        "Masked teachers: mean token JSD to the student and own mean benchmark score per mask ratio\n\n"
+        + table.to_markdown(index=False, floatfmt=".4f") + "\n")
     return _save(fig, stem)

@@ -41,7 +41,7 @@ WILDCARDS: dict[str, str] = {
     "use": "both|acc|distill",
     "alpha": r"\d+(\.\d+)?(e[+-]\d+)?",  # repr(float(alpha)), alpha >= 0
     "checkpoint": r"final|stage\d+",
-    "run": rf"models/{NAME}|{NAME}/{NAME}/s\d+/(final|stage\d+)",  # see RUNS
+    "run": rf"models/{NAME}|masked/{NAME}/r\d\.\d{{2,6}}|{NAME}/{NAME}/s\d+/(final|stage\d+)",  # see RUNS
 }
 
 PATTERNS: dict[str, str] = {
@@ -67,8 +67,9 @@ PATTERNS: dict[str, str] = {
     "figure": "figures/{figure}",  # .png .pdf
 }
 
-RUNS: dict[str, str] = {  # an evaluation run: an untrained model, or a trained checkpoint
+RUNS: dict[str, str] = {  # an evaluation run: an untrained model, a masked teacher, or a trained checkpoint
     "model": "models/{model}",
+    "masked": "masked/{model}/r{ratio}",
     "checkpoint": "{student}/{experiment}/s{seed}/{checkpoint}",
 }
 

@@ -140,16 +140,19 @@ def fig2_inputs(spec: dict[str, Any]) -> list[str]:
 
 def figf4_spec(design: Design) -> dict[str, Any]:
     """Fig. F.4: the reward files (their ``divergence``) of every stage of these runs, each with
-    its teacher and ratio."""
+    its teacher and ratio, and the benchmark results of each masked teacher itself."""
     seed = design.figure_seed()
     rewards = {design.reward_file(student, exp, st, seed): {"teacher": st.teacher, "ratio": ratio_str(st.ratio)}
                for exp in design.config["figures"].get("figF4", {}).get("experiments", [])
                for student in design.students for st in design.stages(student, exp)}
-    return {"rewards": [{"file": f, **v} for f, v in rewards.items()]}
+    accuracy = [{"teacher": teacher, "ratio": ratio_str(ratio),
+                 "results": [design.evaluation(design.masked_run(teacher, ratio), b) for b in design.benchmarks]}
+                for teacher, ratio in design.figf4_teachers()]
+    return {"rewards": [{"file": f, **v} for f, v in rewards.items()], "accuracy": accuracy}
 
 
 def figf4_inputs(spec: dict[str, Any]) -> list[str]:
-    return [r["file"] for r in spec["rewards"]]
+    return [r["file"] for r in spec["rewards"]] + [f for a in spec["accuracy"] for f in a["results"]]
 
 
 def figure_outputs(design: Design) -> list[str]:

@@ -27,6 +27,8 @@ rule figF4:
     output:
         png=report(f"{DESIGN.path('figure', figure='figF4')}.png", category="Figures"),
         pdf=f"{DESIGN.path('figure', figure='figF4')}.pdf",
+        csv=f"{DESIGN.path('figure', figure='figF4')}.csv",
+        md=f"{DESIGN.path('figure', figure='figF4')}.md",
     log:
         paths.log(RESULTS, "figure").format(figure="figF4"),
     localrule: True

@@ -80,7 +80,14 @@ def test_fig2_and_figf4_specs():
         ratio_str(r / 100) for r in range(20, -1, -5)] + [ratio_str(r / 100) for r in range(50, -1, -5)]
     assert [r["teacher"] for r in f4] == ["M"] * 5 + ["L"] * 11  # rmax_0.5: the mid teacher, then L from 0.5
     assert [paths.parse(d.results, "rewards", r["file"])["teacher"] for r in f4] == [r["teacher"] for r in f4]
-    assert specs.figf4_inputs({"rewards": f4}) == [r["file"] for r in f4]
+    acc = specs.figf4_spec(d)["accuracy"]  # the masked teachers themselves, evaluated
+    assert [(a["teacher"], a["ratio"]) for a in acc] == [(r["teacher"], r["ratio"]) for r in f4]
+    assert acc[4]["results"][0] == f"{d.results}/eval/models/M/tiny_colour.json"  # r = 0: the teacher itself
+    assert acc[5]["results"][0] == f"{d.results}/eval/masked/L/r0.50/tiny_colour.json"
+    assert d.parse_run("masked/L/r0.50")["model_dir"] == d.teacher_dir("L", 0.5)
+    assert "masked/L/r0.35" in d.eval_runs()
+    assert specs.figf4_inputs({"rewards": f4, "accuracy": acc}) == [r["file"] for r in f4] + [
+        f for a in acc for f in a["results"]]
 
 
 def test_trace_names_every_file_behind_a_row():
@@ -139,3 +146,31 @@ def test_figf4_takes_teacher_and_ratio_from_its_spec_not_from_the_file_names(tmp
     table = divergence_by_ratio(rewards)
     assert table[["teacher", "ratio", "count"]].values.tolist() == [["M", 0.175, 1], ["big_T", 0.0, 1], ["big_T", 0.175, 2]]
     assert table["mean"].tolist() == pytest.approx([0.5, 0.1, 0.3])
+
+
+def test_figf4_table_is_the_means_of_its_files(tmp_path):
+    """Fig. F.4's table: per (teacher, ratio) the mean JSD of the reward files and the masked
+    teacher's mean benchmark score, each from the files the spec names."""
+    import pandas as pd
+
+    from masters.figures import fig_f4
+
+    def result(name, acc):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"model": name, "accuracy": acc, "n": {b: 10 for b in acc},
+                                    "mean_accuracy": sum(acc.values()) / len(acc)}))
+        return str(path)
+
+    rewards, accuracy = [], []
+    for teacher, ratio, jsd, acc in [("L", "0.00", [0.3, 0.5], {"a": 80.0, "b": 60.0}),
+                                     ("L", "0.50", [0.1], {"a": 40.0, "b": 20.0})]:
+        path = tmp_path / f"{teacher}{ratio}.parquet"
+        pd.DataFrame({"divergence": jsd}).to_parquet(path)
+        rewards.append({"file": str(path), "teacher": teacher, "ratio": ratio})
+        accuracy.append({"teacher": teacher, "ratio": ratio,
+                         "results": [result(f"{teacher}{ratio}{b}", {b: v}) for b, v in acc.items()]})
+    fig_f4({"rewards": rewards, "accuracy": accuracy}, tmp_path / "figF4")
+    table = pd.read_csv(tmp_path / "figF4.csv")
+    assert table[["teacher", "ratio", "responses"]].values.tolist() == [["L", 0.0, 2], ["L", 0.5, 1]]
+    assert table["jsd"].tolist() == pytest.approx([0.4, 0.1]) and table["accuracy"].tolist() == [70.0, 30.0]
+    assert "0.4000" in (tmp_path / "figF4.md").read_text() and (tmp_path / "figF4.png").stat().st_size > 0
