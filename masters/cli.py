@@ -88,6 +88,13 @@ def cmd_table(args: argparse.Namespace) -> None:
     print(paths[1].read_text())
 
 
+def cmd_fidelity(args: argparse.Namespace) -> None:
+    from masters.fidelity import write_fidelity
+
+    paths = write_fidelity(json.loads(args.spec), args.out)
+    print(paths[1].read_text())
+
+
 def cmd_figure(args: argparse.Namespace) -> None:
     from masters import figures
 
@@ -259,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, help="JSON (or a .json file): benchmarks, average, literature, rows")
     p.add_argument("--out", required=True, help="output path stem: writes STEM.csv, STEM.md, STEM.tex")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("fidelity", help="whether the paper's orderings hold, from evaluation summaries")
+    p.add_argument("--spec", required=True, help="JSON: the claims, each with its table's rows and result files")
+    p.add_argument("--out", required=True, help="output path stem: writes STEM.csv and STEM.md")
+    p.set_defaults(func=cmd_fidelity)
 
     p = sub.add_parser("figure", help="a paper figure (PNG + PDF) from result files")
     p.add_argument("name", choices=["fig2", "figF4"], help="which figure")

@@ -91,6 +91,7 @@ class Design:
             self._check_plan(exp, errors)
             self._check_judge(exp, errors)
         self._check_tables(errors)
+        self._check_fidelity(errors)
         self._check_figures(errors)
         if errors:
             raise DesignError("invalid config:\n  " + "\n  ".join(dict.fromkeys(errors)))
@@ -201,6 +202,24 @@ class Design:
                     errors.append(f"{where}.model: unknown model {row['model']!r} (known: {sorted(self.models)})")
                 if ("experiment" in row) == ("model" in row):
                     errors.append(f"{where}: give exactly one of `experiment` or `model`")
+
+    def _check_fidelity(self, errors: list[str]) -> None:
+        if self.config["fidelity"] and "fidelity" in self.tables:
+            errors.append("tables.fidelity: the name is taken by the fidelity report (results/tables/fidelity)")
+        for i, claim in enumerate(self.config["fidelity"]):
+            where = f"fidelity[{i}]"
+            if claim["table"] not in self.tables:
+                errors.append(f"{where}.table: unknown table {claim['table']!r} (known: {sorted(self.tables)})")
+                continue
+            labels = [r["label"] for r in self.tables[claim["table"]]["rows"]]
+            unknown = [label for label in claim["rows"] if label not in labels]
+            if unknown:
+                errors.append(f"{where}.rows: {unknown} are not rows of {claim['table']} ({labels})")
+            wanted = {"increasing": "at least 2 rows", "best": "exactly 1 row (the winner)",
+                      "peak_inside": "no rows (it reads the whole table)"}[claim["kind"]]
+            if {"increasing": len(claim["rows"]) < 2, "best": len(claim["rows"]) != 1,
+                    "peak_inside": bool(claim["rows"])}[claim["kind"]]:
+                errors.append(f"{where}.rows: kind {claim['kind']} takes {wanted}")
 
     def _check_figures(self, errors: list[str]) -> None:
         for fig, spec in self.config["figures"].items():

@@ -111,6 +111,28 @@ def table_outputs(design: Design) -> list[str]:
     return [f"{design.path('table', table=t)}.{ext}" for t in design.tables for ext in TABLE_FORMATS]
 
 
+# ---------------------------------------------------------------- fidelity to the paper's orderings
+
+
+def fidelity_spec(design: Design, repo: str | Path) -> dict[str, Any]:
+    """The ``masters fidelity`` spec: each claim with its table's rows (their result files)."""
+    claims = []
+    for claim in design.config["fidelity"]:
+        table = table_spec(design, claim["table"], repo)
+        claims.append({**claim, "benchmarks": table["benchmarks"], "table_rows": table["rows"]})
+    return {"claims": claims}
+
+
+def fidelity_inputs(spec: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(f for c in spec["claims"] for row in c["table_rows"] for seed in row["results"]
+                              for f in seed))
+
+
+def fidelity_outputs(design: Design) -> list[str]:
+    return [f"{design.path('table', table='fidelity')}.{ext}" for ext in ("csv", "md")] \
+        if design.config["fidelity"] else []
+
+
 # ---------------------------------------------------------------- figures
 
 

@@ -166,7 +166,7 @@ def eval_data(w):
 
 
 def table_outputs():
-    return specs.table_outputs(DESIGN)
+    return specs.table_outputs(DESIGN) + specs.fidelity_outputs(DESIGN)
 
 
 def figure_outputs():

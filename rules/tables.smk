@@ -23,3 +23,24 @@ rule table:
         stem=output_stem,
     shell:
         "masters table --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
+
+
+ruleorder: fidelity > table  # tables/fidelity.csv is the report, not a table of the config
+
+
+rule fidelity:
+    input:
+        specs.fidelity_inputs(specs.fidelity_spec(DESIGN, REPO)),
+    output:
+        csv=report(f"{DESIGN.path('table', table='fidelity')}.csv", category="Tables"),
+        md=f"{DESIGN.path('table', table='fidelity')}.md",
+    log:
+        paths.log(RESULTS, "table").format(table="fidelity"),
+    localrule: True
+    conda:
+        "../envs/masters.yaml"
+    params:
+        spec=json.dumps(specs.fidelity_spec(DESIGN, REPO)),
+        stem=output_stem,
+    shell:
+        "masters fidelity --spec {params.spec:q} --out {params.stem} > {log} 2>&1"

@@ -120,7 +120,7 @@ def test_a_caption_with_quotes_reaches_the_table_command_intact(tmp_path):
     caption, or a quote in a row label, cannot break the command."""
     extra = tmp_path / "extra.yaml"
     caption = "Students' scores: \"mean\" ± std; $HOME `x`"
-    extra.write_text(yaml.safe_dump({"tables": {"table1": {"caption": caption, "rows": [
+    extra.write_text(yaml.safe_dump({"fidelity": [], "tables": {"table1": {"caption": caption, "rows": [
         {"label": "it's base", "experiment": "base"}]}}}, allow_unicode=True))
     run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--snakefile",
                           str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(extra), "--",
