@@ -147,6 +147,28 @@ def test_check_same_tokenizer():
         check_same_tokenizer(_Tok("teacher", v), _Tok("student", {**v, "d": 4}))
 
 
+
+def test_tokenizer_mismatch_message_without_names_and_in_id_order():
+    """Vocab dicts have no name: the message says tokenizer A / B; the first differing token is
+    the one with the lowest id in A ('z', id 0), not the first in alphabetical order ('a')."""
+    with pytest.raises(ValueError, match=r"^tokenizers differ: 'tokenizer A' and 'tokenizer B'; first differing "
+                                         r"token 'z': id 0 in 'tokenizer A', 7 in 'tokenizer B'"):
+        check_same_tokenizer({"z": 0, "a": 1}, {"z": 7, "a": 8})
+
+
+def test_a_processor_is_read_through_its_tokenizer_unless_it_has_a_vocabulary():
+    class Processor:  # a processor wraps its tokenizer
+        tokenizer = _Tok("inner", {"a": 0})
+
+    class Both(_Tok):  # an object with a vocabulary of its own and a `tokenizer` attribute
+        tokenizer = _Tok("inner", {"a": 0})
+
+    check_same_tokenizer(Processor(), {"a": 0})
+    check_same_tokenizer(Both("outer", {"b": 0}), {"b": 0})  # its own vocabulary, not the inner one
+    with pytest.raises(ValueError, match="first differing token 'b'"):
+        check_same_tokenizer(Both("outer", {"b": 0}), {"a": 0})
+
+
 def test_token_jsd_shapes_bounds_and_chunking():
     """Found by mutation testing: one position ([V] logits), a one-token vocabulary, two chunks,
     an empty batch keeps its shape, dtype and device; bad sizes name the argument."""
@@ -215,3 +237,7 @@ def test_reward_responses_maps_each_setting_and_joins_each_response_to_its_quest
     with pytest.raises(KeyError, match="responses: question ids not in the questions files"):
         rewards.reward_responses(files, questions.drop(index="b"), "T", "S", distill=distill, use=use, alpha=0.5,
                                  batch_size=3, chunk_size=7)
+    pd.DataFrame({"question_id": ["a"], "token_ids": [[1]]}).to_parquet(tmp_path / "no_acc.parquet")
+    with pytest.raises(KeyError, match=r"no_acc.parquet: missing column\(s\) \['r_acc'\]"):  # names the file
+        rewards.reward_responses([files[0], str(tmp_path / "no_acc.parquet")], questions, "T", "S", distill=distill,
+                                 use=use, alpha=0.5, batch_size=3, chunk_size=7)
