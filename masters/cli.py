@@ -64,6 +64,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(summary["accuracy"], indent=2) + "\n-> " + ", ".join(map(str, written)))
 
 
+def cmd_curve(args: argparse.Namespace) -> None:
+    from masters.curves import learning_curve
+    from masters.evaluation import Benchmark
+
+    _runtime(args)
+    curve = learning_curve(args.train_dir, [Benchmark(**b) for b in json.loads(args.benchmarks)], args.limit,
+                           batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    curve.to_csv(args.out, index=False)
+    print(curve.groupby("step")["accuracy"].mean().to_string() + f"\n-> {args.out}")
+
+
 def cmd_accuracy_table(args: argparse.Namespace) -> None:
     from masters.tables import accuracy_table, write_table
 
@@ -99,7 +111,8 @@ def cmd_figure(args: argparse.Namespace) -> None:
     from masters import figures
 
     spec = json.loads(args.spec)
-    paths = figures.fig2(spec, args.out) if args.name == "fig2" else figures.fig_f4(spec, args.out)
+    draw = {"fig2": figures.fig2, "figF4": figures.fig_f4, "curves": figures.fig_curves}[args.name]
+    paths = draw(spec, args.out)
     print("wrote " + ", ".join(map(str, paths)))
 
 
@@ -178,7 +191,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     stages = [training.Stage(teacher=t, responses=r, steps=int(n), ratio=float(ratio), name=name)
               for name, t, r, n, ratio in args.stage]
     cfg = training.TrainConfig(lr=args.lr, batch_size=args.batch_size, grad_clip=args.grad_clip,
-                               chunk_size=args.chunk_size, save_every=args.save_every, seed=args.seed,
+                               chunk_size=args.chunk_size, save_every=args.save_every,
+                               curve_every=args.curve_every, seed=args.seed,
                                weights=LossWeights(beta=args.beta, lam=args.lam, kind=args.loss),
                                sources=tuple(args.sources))
     log = training.train(args.student, stages, load_questions(args.questions), cfg, args.out)
@@ -255,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None, help="also (or instead) one summary JSON per benchmark: DIR/<name>.json")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("curve", help="a learning curve: score every step checkpoint of a trained run")
+    p.add_argument("--train-dir", required=True, help="a trained run (its steps/stepN checkpoints, from --curve-every)")
+    p.add_argument("--benchmarks", required=True, help='JSON list of {"name", "task", "data"?, "metric"?}')
+    _setting(p, "--batch-size", "evaluation.batch_size", int)
+    p.add_argument("--limit", type=int, default=None, help="score only the first N items per benchmark")
+    _add_runtime_flags(p)
+    p.add_argument("--out", required=True, help="CSV: step, benchmark, accuracy, n")
+    p.set_defaults(func=cmd_curve)
+
     p = sub.add_parser("questions", help="draw the training questions every model pre-generates for")
     p.add_argument("--files", nargs="+", required=True, help="question parquet files (id, image, question, answer)")
     _setting(p, "--per-file", "train_questions.per_file", int)
@@ -273,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fidelity)
 
     p = sub.add_parser("figure", help="a paper figure (PNG + PDF) from result files")
-    p.add_argument("name", choices=["fig2", "figF4"], help="which figure")
+    p.add_argument("name", choices=["fig2", "figF4", "curves"], help="which figure")
     p.add_argument("--spec", required=True, help="JSON: the result files the figure reads")
     p.add_argument("--out", required=True, help="output path stem: writes STEM.png, STEM.pdf")
     p.set_defaults(func=cmd_figure)
@@ -353,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     for key, kind in (("lr", float), ("batch_size", int), ("beta", float), ("lam", float), ("grad_clip", float),
                       ("chunk_size", int), ("save_every", int)):
         _setting(p, "--" + key.replace("_", "-"), f"training.{key}", kind)
+    p.add_argument("--curve-every", type=int, default=0,
+                   help="also save a checkpoint every N steps (and before the first) under OUT/steps/stepN,"
+                        " for learning curves; 0: none")
     p.add_argument("--seed", type=int, default=0, help="data-order seed")
     _add_runtime_flags(p, None)
     p.add_argument("--out", required=True, help="output directory (stage checkpoints, final/, train_log.csv)")

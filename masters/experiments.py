@@ -226,6 +226,8 @@ class Design:
             for name in self.figure_experiments(fig):
                 if name not in self.experiments:
                     errors.append(f"figures.{fig}: unknown experiment {name!r} (known: {sorted(self.experiments)})")
+                elif fig == "curves" and not self.experiments[name].train:
+                    errors.append(f"figures.curves: {name!r} is not trained (no steps to follow)")
 
     # ---------------------------------------------------------------- stages and runs
 

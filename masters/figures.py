@@ -3,6 +3,8 @@
 * Fig. 2 — (a) the mask ratio r[i] of Eq. 3 at every training iteration (from each run's
   ``train_log.csv``), (b) the student's mean benchmark score at each stage checkpoint,
   (c) naive vs mask-progressive distillation, without and with RL (reward feedback).
+* Learning curves (not a paper figure) — the student's mean accuracy against the training
+  step for some runs (``masters.curves``).
 * Fig. F.4 — mean JSD between each masked teacher and the student (the ``divergence`` of
   the reward files, METHOD.md §5) and the masked teacher's own mean benchmark score, against
   the mask ratio (the premise of Eq. 1-3: masking makes the teacher gradually weaker and
@@ -62,6 +64,27 @@ def fig2(spec: dict, stem: str | Path) -> list[Path]:
     axes[2].set(title="(c) naive vs mask-progressive, w/o and w/ RL", ylabel="mean accuracy (%)")
     if values:
         axes[2].set_ylim(max(0.0, min(values) - 5), min(100.0, max(values) + 5))
+    return _save(fig, stem)
+
+
+def fig_curves(spec: dict, stem: str | Path) -> list[Path]:
+    """Learning curves: mean accuracy over benchmarks against the training step, one line per run
+    (``spec``: ``{"limit": N, "runs": [{"label", "curve": CSV of masters.curves}]}``); the points
+    also as ``stem.csv``."""
+    frames = []
+    for run in spec["runs"]:
+        curve = pd.read_csv(run["curve"])
+        frames.append(curve.groupby("step", as_index=False)["accuracy"].mean().assign(run=run["label"]))
+    table = pd.concat(frames, ignore_index=True)[["run", "step", "accuracy"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, rows in table.groupby("run", sort=False):
+        ax.plot(rows["step"], rows["accuracy"], marker="o", label=label)
+    limit = f"first {spec['limit']} items per benchmark" if spec.get("limit") else "full test sets"
+    ax.set(title=f"Learning curves ({limit})", xlabel="training step", ylabel="mean accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    Path(stem).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(Path(stem).with_suffix(".csv"), index=False)
     return _save(fig, stem)
 
 

@@ -64,7 +64,8 @@ PATTERNS: dict[str, str] = {
     "eval_samples": "eval/{run}/samples.jsonl",  # per-item responses (one job per run)
     "eval_benchmark_samples": "eval/{run}/{benchmark}.samples.jsonl",  # (one job per benchmark)
     "table": "tables/{table}",  # .csv .md .tex
-    "figure": "figures/{figure}",  # .png .pdf
+    "figure": "figures/{figure}",
+    "curve": "curves/{student}/{experiment}/s{seed}",  # .csv: accuracy per saved training step  # .png .pdf
 }
 
 RUNS: dict[str, str] = {  # an evaluation run: an untrained model, a masked teacher, or a trained checkpoint

@@ -68,9 +68,11 @@ def train_args(design: Design, student: str, experiment: str, seed: int) -> str:
     stages = " ".join(f"--stage {s['name']} {shlex.quote(s['teacher'])} {s['rewards']} {s['steps']} {s['ratio']}"
                       for s in train_stages(design, student, experiment, seed))
     sources = ["label"] if exp.data == "labels" else list(exp.sources)
+    curves = design.config["figures"].get("curves") or {}
+    curve = f" --curve-every {curves['every']}" if experiment in curves.get("experiments", []) else ""
     return (f"{stages} --loss {exp.loss} --sources {' '.join(sources)} --lr {t['lr']}"
             f" --batch-size {t['batch_size']} --beta {t['beta']} --lam {t['lam']} --grad-clip {t['grad_clip']}"
-            f" --chunk-size {t['chunk_size']} --save-every {t['save_every']} --seed {seed}")
+            f" --chunk-size {t['chunk_size']} --save-every {t['save_every']}{curve} --seed {seed}")
 
 
 # ---------------------------------------------------------------- tables
@@ -175,6 +177,20 @@ def figf4_spec(design: Design) -> dict[str, Any]:
 
 def figf4_inputs(spec: dict[str, Any]) -> list[str]:
     return [r["file"] for r in spec["rewards"]] + [f for a in spec["accuracy"] for f in a["results"]]
+
+
+def curves_spec(design: Design) -> dict[str, Any]:
+    """The learning-curves figure: each run's curve CSV (seed ``seeds[0]``)."""
+    curves = design.config["figures"].get("curves") or {}
+    seed = design.figure_seed()
+    return {"limit": curves.get("limit"),
+            "runs": [{"label": f"{student} {exp}", "curve": design.path("curve", student=student, experiment=exp,
+                                                                       seed=seed) + ".csv"}
+                     for exp in curves.get("experiments", []) for student in design.students]}
+
+
+def curves_inputs(spec: dict[str, Any]) -> list[str]:
+    return [run["curve"] for run in spec["runs"]]
 
 
 def figure_outputs(design: Design) -> list[str]:

@@ -18,7 +18,8 @@ and the torch RNG state (``torch.save``, read back with ``weights_only=True``) a
 position (stage, step) are
 written atomically; data order is a pure function of (seed, stage, epoch), so a killed run
 resumes and ends with the same weights as an uninterrupted one on CPU. A stock HF
-checkpoint is written at the end of every stage.
+checkpoint is written at the end of every stage, and with ``curve_every`` = N also before the
+first step and every N steps (``steps/step{N}``: the points of a learning curve).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     chunk_size: int = default("training.chunk_size")
     save_every: int = default("training.save_every")
+    curve_every: int = 0  # > 0: a checkpoint steps/step{N} every N steps (and step0), for learning curves
     seed: int = 0
     weights: LossWeights = field(default_factory=LossWeights)
     sources: tuple[str, ...] = ("teacher", "student")
@@ -194,6 +196,8 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
         return pd.DataFrame(records, columns=LOG_COLUMNS)
     global_step, done = state["step"], 0
     first_step = sum(s.steps for s in stages[: state["stage"]])
+    if cfg.curve_every and global_step == 0:
+        save_checkpoint(student, s_proc, out / "steps/step0")  # pi_ref, the curve's first point
     student.train()
     for k in range(state["stage"], len(stages)):
         stage = stages[k]
@@ -217,6 +221,8 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
                       "r_distill": float(batch["r_distill"].mean()) if "r_distill" in batch else math.nan,
                       "r_total": float(batch["r_total"].mean()), "lr": cfg.lr}
             records.append(record)
+            if cfg.curve_every and global_step % cfg.curve_every == 0:
+                save_checkpoint(student, s_proc, out / f"steps/step{global_step}")
             if global_step % cfg.save_every == 0:
                 log_frame().to_csv(log_path, index=False)
                 save_state(student, optimizer, {"stage": k, "step": global_step, "fingerprint": key}, out / "resume")

@@ -46,6 +46,7 @@ GEN, JUDGE, REWARD, EVAL = (
     config[k] for k in ("generation", "judge", "reward", "evaluation")
 )
 W = config["world"]
+CURVES = config["figures"].get("curves") or {}
 BENCHMARKS = specs.benchmark_entries(DESIGN, REPO)
 
 

@@ -40,6 +40,33 @@ rule evaluate:
         " --samples {output.samples} --out-dir {params.out_dir} > {log} 2>&1"
 
 
+rule curve:
+    input:
+        run=lambda w: DESIGN.train_dir(w.student, w.experiment, int(w.seed)),
+        data=lambda w: [b["data"] for b in BENCHMARKS.values() if "data" in b],
+    output:
+        out("curve") + ".csv",
+    log:
+        log_of("curve"),
+    benchmark:
+        bench_of("curve")
+    conda:
+        "../envs/masters.yaml"
+    threads: RES["evaluate"].threads
+    resources:
+        **RES["evaluate"].resources,
+    params:
+        benchmarks=json.dumps(list(BENCHMARKS.values())),
+        flags=(
+            f"--batch-size {EVAL['batch_size']}"
+            + (f" --limit {CURVES['limit']}" if CURVES.get("limit") else "")
+            + (" --trust-remote-code" if EVAL["trust_remote_code"] else "")
+        ),
+    shell:
+        "masters curve --train-dir {input.run} --benchmarks {params.benchmarks:q} {params.flags}"
+        " --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"
+
+
 rule world_accuracy_table:
     input:
         [

@@ -1,6 +1,10 @@
 # The paper's figures (PNG, PDF) from result files only: Fig. 2 and Fig. F.4.
 
-FIGURE_SPECS = {"fig2": specs.fig2_spec(DESIGN), "figF4": specs.figf4_spec(DESIGN)}
+FIGURE_SPECS = {
+    "fig2": specs.fig2_spec(DESIGN),
+    "figF4": specs.figf4_spec(DESIGN),
+    "curves": specs.curves_spec(DESIGN),
+}
 
 
 rule fig2:
@@ -39,3 +43,22 @@ rule figF4:
         stem=output_stem,
     shell:
         "masters figure figF4 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
+
+
+rule curves:
+    input:
+        specs.curves_inputs(FIGURE_SPECS["curves"]),
+    output:
+        png=report(f"{DESIGN.path('figure', figure='curves')}.png", category="Figures"),
+        pdf=f"{DESIGN.path('figure', figure='curves')}.pdf",
+        csv=f"{DESIGN.path('figure', figure='curves')}.csv",
+    log:
+        paths.log(RESULTS, "figure").format(figure="curves"),
+    localrule: True
+    conda:
+        "../envs/masters.yaml"
+    params:
+        spec=json.dumps(FIGURE_SPECS["curves"]),
+        stem=output_stem,
+    shell:
+        "masters figure curves --spec {params.spec:q} --out {params.stem} > {log} 2>&1"

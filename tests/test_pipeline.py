@@ -1,6 +1,7 @@
 """Generation → distillation reward → offline training on tiny checkpoints, incl. resume."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -124,12 +125,13 @@ def test_rewards_are_normalized_per_group(rewarded):
     assert (rows.r_total == rows.r_acc + rows.r_distill).all()
 
 
-def _train(world, rewarded, out, max_steps=None, kind="masters"):
+def _train(world, rewarded, out, max_steps=None, kind="masters", curve_every=0):
     root, questions = world
     _, path, _ = rewarded
     stages = [training.Stage(str(root / "teacher"), str(path), steps=3, ratio=0.1, name="r0.10"),
               training.Stage(str(root / "teacher"), str(path), steps=3, ratio=0.0, name="r0.00")]
-    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=2, seed=3, weights=LossWeights(kind=kind))
+    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=2, seed=3, weights=LossWeights(kind=kind),
+                               curve_every=curve_every)
     return training.train(str(root / "student"), stages, questions, cfg, str(out), max_steps=max_steps, progress=False)
 
 
@@ -531,3 +533,38 @@ def test_a_resume_state_is_loaded_without_unpickling_objects(world, rewarded, tm
     torch.save({"state": _NotATensor()}, tmp_path / "run.partial/resume" / name)
     with pytest.raises(pickle.UnpicklingError):
         _train(world, rewarded, tmp_path / "run")
+
+
+def test_curve_checkpoints_and_the_learning_curve(world, rewarded, tmp_path, monkeypatch):
+    """curve_every = 2 keeps pi_ref (step 0) and every 2nd step, across stages and a resume; the
+    curve scores each of them (lm-eval mocked here: tests/test_tables.py runs it) and the figure
+    plots the mean over benchmarks per step."""
+    import pandas as pd
+
+    from masters import curves, figures
+    from masters.evaluation import Benchmark
+
+    _train(world, rewarded, tmp_path / "run", max_steps=3, curve_every=2)  # killed after step 3, resumed
+    _train(world, rewarded, tmp_path / "run", curve_every=2)
+    steps = curves.step_checkpoints(tmp_path / "run")
+    assert [s for s, _ in steps] == [0, 2, 4, 6]
+    first, last = (load_file(steps[i][1] / "model.safetensors") for i in (0, -1))
+    student, final = (load_file(p / "model.safetensors") for p in (world[0] / "student", tmp_path / "run/final"))
+    assert all(torch.equal(first[k], student[k]) for k in student) and all(torch.equal(last[k], final[k]) for k in final)
+    seen = []
+
+    def evaluate(checkpoint, benchmarks, batch_size, limit, trust_remote_code):
+        seen.append((Path(checkpoint).name, limit))
+        step = int(Path(checkpoint).name[4:])
+        return {"accuracy": {b.name: 10.0 * step + i for i, b in enumerate(benchmarks)},
+                "n": {b.name: limit for b in benchmarks}}
+
+    monkeypatch.setattr(curves, "evaluate", evaluate)
+    curve = curves.learning_curve(tmp_path / "run", [Benchmark("a", "ta"), Benchmark("b", "tb")], limit=7)
+    assert seen == [("step0", 7), ("step2", 7), ("step4", 7), ("step6", 7)]
+    assert curve.values.tolist()[:3] == [[0, "a", 0.0, 7], [0, "b", 1.0, 7], [2, "a", 20.0, 7]]
+    curve.to_csv(tmp_path / "curve.csv", index=False)
+    figures.fig_curves({"limit": 7, "runs": [{"label": "S x", "curve": str(tmp_path / "curve.csv")}]}, tmp_path / "fig")
+    assert pd.read_csv(tmp_path / "fig.csv")["accuracy"].tolist() == [0.5, 20.5, 40.5, 60.5]
+    with pytest.raises(FileNotFoundError, match="no step checkpoints"):
+        curves.step_checkpoints(tmp_path / "fig")

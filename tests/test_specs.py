@@ -174,3 +174,18 @@ def test_figf4_table_is_the_means_of_its_files(tmp_path):
     assert table[["teacher", "ratio", "responses"]].values.tolist() == [["L", 0.0, 2], ["L", 0.5, 1]]
     assert table["jsd"].tolist() == pytest.approx([0.4, 0.1]) and table["accuracy"].tolist() == [70.0, 30.0]
     assert "0.4000" in (tmp_path / "figF4.md").read_text() and (tmp_path / "figF4.png").stat().st_size > 0
+
+
+def test_curves_runs_save_step_checkpoints_and_the_figure_reads_their_curves():
+    d = Design(CONFIG)
+    curves = CONFIG["figures"]["curves"]
+    spec = specs.curves_spec(d)
+    assert [r["label"] for r in spec["runs"]] == [f"S {e}" for e in curves["experiments"]]
+    assert spec["runs"][0]["curve"] == f"{d.results}/curves/S/{curves['experiments'][0]}/s0.csv"
+    assert spec["limit"] == curves["limit"] and specs.curves_inputs(spec) == [r["curve"] for r in spec["runs"]]
+    assert f"--curve-every {curves['every']} " in specs.train_args(d, "S", curves["experiments"][0], 1)
+    assert "--curve-every" not in specs.train_args(d, "S", "rmax_0.3", 0)  # only the runs the figure follows
+    config = copy.deepcopy(CONFIG)
+    config["figures"]["curves"]["experiments"] = ["base"]
+    with pytest.raises(Exception, match="figures.curves: 'base' is not trained"):
+        Design(config)
