@@ -12,7 +12,7 @@ import torch
 from masters import rewards, training
 from masters.forward import build_batch
 from masters.losses import LossWeights, k3_kl, token_losses
-from masters.prompts import decode_image
+from masters.prompts import decode_image, encode_prompts
 
 
 def test_k3_kl_value_and_gradient_by_hand():
@@ -57,6 +57,15 @@ def test_response_positions_are_the_response_token_ids(processor, items):
         assert batch.inputs["attention_mask"][i].sum().item() == positions[-1].item() + 2
     assert batch.targets.tolist() == [t for r in responses for t in r]
     assert batch.lengths == [3, 1, 5]
+    # the processor's own dtypes (an integer mask, not torch's default float); ids 0 and V-1 are valid
+    enc = encode_prompts(processor, [decode_image(rows["image"].iloc[0])], ["q"], "right")
+    assert batch.inputs["attention_mask"].dtype == enc["attention_mask"].dtype == torch.long
+    assert batch.targets.dtype == ids.dtype == torch.long
+    if "mm_token_type_ids" in batch.inputs:
+        assert batch.inputs["mm_token_type_ids"].dtype == enc["mm_token_type_ids"].dtype
+    build_batch(processor, [decode_image(rows["image"].iloc[0])], ["q"], [[0, vocab - 1]])
+    with pytest.raises(ValueError, match=rf"outside the tokenizer's {vocab} ids \(e.g. {vocab + 3}\)"):
+        build_batch(processor, [decode_image(c) for c in rows["image"].iloc[:2]], ["q", "q"], [[5, vocab + 3], [vocab]])
 
 
 @pytest.fixture
