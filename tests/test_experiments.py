@@ -33,8 +33,7 @@ def test_stages_follow_the_plan_and_schedule():
     d = design()
     stages = d.stages("S", "mid_masters")
     assert [(s.teacher, ratio_str(s.ratio)) for s in stages] == (
-        [("M", r) for r in ("0.20", "0.15", "0.10", "0.05", "0.00")]
-        + [("L", r) for r in ("0.20", "0.15", "0.10", "0.05", "0.00")])
+        [("M", r) for r in ("0.20", "0.10", "0.00")] + [("L", r) for r in ("0.20", "0.10", "0.00")])
     assert sum(s.steps for s in stages) == CONFIG["training"]["steps"]
     assert d.stages("S", "base") == []
     assert [s.teacher for s in d.stages("S", "naive")] == ["L"]
@@ -43,9 +42,9 @@ def test_stages_follow_the_plan_and_schedule():
 def test_outputs_are_shared_where_the_inputs_are():
     d = design()
     st = {e: d.stages("S", e) for e in ("masters", "mask_progressive", "rmax_0.3", "reward_distill")}
-    # the r_max grid reuses the masked teachers of the main run (after the mid teacher's 5 stages)
-    assert (st["rmax_0.3"][7].teacher, ratio_str(st["rmax_0.3"][7].ratio)) == ("L", "0.20")
-    assert d.teacher_dir("L", st["masters"][0].ratio) == d.teacher_dir("L", st["rmax_0.3"][7].ratio)
+    # the r_max grid reuses the masked teachers of the main run (after the mid teacher's 3 stages)
+    assert (st["rmax_0.3"][4].teacher, ratio_str(st["rmax_0.3"][4].ratio)) == ("L", "0.20")
+    assert d.teacher_dir("L", st["masters"][0].ratio) == d.teacher_dir("L", st["rmax_0.3"][4].ratio)
     assert d.reward_file("S", "rmax_0.3", st["rmax_0.3"][0], 0) == d.reward_file(
         "S", "mid_masters", d.stages("S", "mid_masters")[0], 0)  # and the mid teacher's reward files
     assert d.teacher_dir("L", 0.0) == d.model_dir("L"), "ratio 0 is the teacher itself"
@@ -83,7 +82,7 @@ def test_a_student_with_underscores_and_the_llm_judge_round_trips():
     config["reward"]["alpha"] = 0.25
     d = Design(config)
     for exp in ("reward_acc", "naive", "masters"):
-        stage = d.stages("my_S", exp)[{"masters": 1, "reward_acc": 5}.get(exp, 0)]  # a stage of big_T-1.5
+        stage = d.stages("my_S", exp)[{"masters": 1, "reward_acc": 3}.get(exp, 0)]  # a stage of big_T-1.5
         path = d.reward_file("my_S", exp, stage, 2)
         v = paths.parse(d.results, "rewards", path)
         assert v["student"] == "my_S" and v["teacher"] == "big_T-1.5" and float(v["alpha"]) == 0.25
@@ -103,7 +102,7 @@ def test_runs_and_seeds_come_from_the_tables():
     assert ("S", "base", 0) not in runs  # untrained
     evals = d.eval_runs()
     assert "models/S" in evals and "models/L" in evals and "models/M" in evals
-    assert "S/mid_masters/s0/stage3" in evals and "S/mid_masters/s0/stage9" not in evals  # Fig. 2(b): 9 = final
+    assert "S/mid_masters/s0/stage3" in evals and "S/mid_masters/s0/stage5" not in evals  # Fig. 2(b): 5 = final
     assert d.parse_run("S/masters/s2/final")["model_dir"].endswith("students/S/masters/s2/final")
     for run in evals:  # every run id parses back
         assert d.parse_run(run)["model_dir"]
@@ -113,7 +112,7 @@ def test_partition_parts():
     config = copy.deepcopy(CONFIG)
     config["training"]["stage_data"] = "partition"
     d = Design(config)
-    assert [s.part for s in d.stages("S", "masters")] == [f"{k}of5" for k in range(5)]
+    assert [s.part for s in d.stages("S", "masters")] == [f"{k}of3" for k in range(3)]
     assert part_shard("2of5") == (2, 5) and part_shard("all") == (0, 1)
     with pytest.raises(DesignError):
         part_shard("5of5")

@@ -71,21 +71,21 @@ def test_fig2_and_figf4_specs():
     d = Design(CONFIG)
     fig2 = specs.fig2_spec(d)
     assert [r["label"] for r in fig2["runs"]] == ["S mid_masters", "S masters"]
-    assert len(fig2["runs"][0]["stages"]) == 10 and fig2["runs"][0]["stages"][-1][0].endswith(
+    assert len(fig2["runs"][0]["stages"]) == 6 and fig2["runs"][0]["stages"][-1][0].endswith(
         "/eval/S/mid_masters/s0/final/tiny_colour.json")
     assert set(fig2["compare"]) == set(CONFIG["figures"]["fig2"]["compare"])
     assert f"{d.results}/students/S/masters/s0" in specs.fig2_inputs(fig2)
     f4 = specs.figf4_spec(d)["rewards"]
     assert [paths.parse(d.results, "rewards", r["file"])["ratio"] for r in f4] == [r["ratio"] for r in f4] == [
-        ratio_str(r / 100) for r in range(20, -1, -5)] + [ratio_str(r / 100) for r in range(50, -1, -5)]
-    assert [r["teacher"] for r in f4] == ["M"] * 5 + ["L"] * 11  # rmax_0.5: the mid teacher, then L from 0.5
+        ratio_str(r / 100) for r in range(20, -1, -10)] + [ratio_str(r / 100) for r in range(50, -1, -10)]
+    assert [r["teacher"] for r in f4] == ["M"] * 3 + ["L"] * 6  # rmax_0.5: the mid teacher, then L from 0.5
     assert [paths.parse(d.results, "rewards", r["file"])["teacher"] for r in f4] == [r["teacher"] for r in f4]
     acc = specs.figf4_spec(d)["accuracy"]  # the masked teachers themselves, evaluated
     assert [(a["teacher"], a["ratio"]) for a in acc] == [(r["teacher"], r["ratio"]) for r in f4]
-    assert acc[4]["results"][0] == f"{d.results}/eval/models/M/tiny_colour.json"  # r = 0: the teacher itself
-    assert acc[5]["results"][0] == f"{d.results}/eval/masked/L/r0.50/tiny_colour.json"
+    assert acc[2]["results"][0] == f"{d.results}/eval/models/M/tiny_colour.json"  # r = 0: the teacher itself
+    assert acc[3]["results"][0] == f"{d.results}/eval/masked/L/r0.50/tiny_colour.json"
     assert d.parse_run("masked/L/r0.50")["model_dir"] == d.teacher_dir("L", 0.5)
-    assert "masked/L/r0.35" in d.eval_runs()
+    assert "masked/L/r0.30" in d.eval_runs() and "masked/L/r0.35" not in d.eval_runs()
     assert specs.figf4_inputs({"rewards": f4, "accuracy": acc}) == [r["file"] for r in f4] + [
         f for a in acc for f in a["results"]]
 
@@ -98,7 +98,7 @@ def test_trace_names_every_file_behind_a_row():
     for seed in (0, 1, 2):
         for st in d.stages("S", "masters"):
             assert d.reward_file("S", "masters", st, seed) in text
-    assert d.teacher_dir("L", 0.15) in text and d.responses("teacher", "L", 0.15, 4, 1, "all") in text
+    assert d.teacher_dir("L", 0.1) in text and d.responses("teacher", "L", 0.1, 4, 1, "all") in text
     assert d.model_dir("S") in text
     with pytest.raises(KeyError, match="no row"):
         specs.trace(d, "table1", "nope")

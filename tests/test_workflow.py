@@ -7,10 +7,11 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
 from safetensors import safe_open
 
 from masters.prompts import prompt_messages
-from tests.conftest import SMOKE, snakemake
+from tests.conftest import REPO, SMOKE, snakemake
 
 BENCHMARKS = ["tiny_colour", "tiny_shape", "tiny_count", "tiny_size", "tiny_chart", "tiny_digits"]
 
@@ -140,11 +141,16 @@ def test_figures_and_shared_work(world):
     for name in ("fig2", "figF4"):
         for ext in ("png", "pdf"):
             assert (world / f"figures/{name}.{ext}").stat().st_size > 1000
-    jsd = pd.read_csv(world / "figures/figF4.csv")
-    assert sorted(jsd.ratio) == pytest.approx([round(0.05 * k, 2) for k in range(11)])
+    jsd = pd.read_csv(world / "figures/figF4.csv")  # configs/smoke.yaml: the masters run, L from 0.2
+    assert sorted(jsd.ratio) == pytest.approx([0.0, 0.1, 0.2])
+    assert jsd[["jsd", "accuracy"]].notna().all().all() and (jsd.responses > 0).all()
+    curves = pd.read_csv(world / "figures/curves.csv")
+    assert sorted(set(curves.step)) == [0, 6, 12] and set(curves.run) == {"S naive", "S mask_progressive", "S masters"}
+    fidelity = pd.read_csv(world / "tables/fidelity.csv")
+    assert list(fidelity.claim.unique()) == [c["claim"] for c in yaml.safe_load(open(REPO / "config.yaml"))["fidelity"]]
     # one masked checkpoint per (teacher, ratio > 0), shared by every experiment and seed
     masked = sorted(p.relative_to(world / "masked").as_posix() for p in (world / "masked").glob("*/masked_r*"))
-    assert len(masked) == 14 and "L/masked_r0.50" in masked and not any(m.endswith("r0.00") for m in masked)
+    assert len(masked) == 7 and "L/masked_r0.50" in masked and not any(m.endswith("r0.00") for m in masked)
     log = pd.read_csv(world / "students/S/mid_masters/s0/train_log.csv")
     assert list(log.ratio.iloc[[0, -1]]) == [0.2, 0.0] and list(log.teacher.unique()) == ["M", "L"]
 
@@ -163,14 +169,14 @@ def _dry_run_jobs(workdir, override, tmp_path, *targets, configfiles=()):
 @pytest.mark.slow
 def test_changing_one_experiment_reruns_only_its_chain(world, tmp_path):
     jobs, out = _dry_run_jobs(world.parent.parent, "experiments:\n  rmax_0.3: {training: {lr: 0.0005}}\n", tmp_path)
-    assert jobs == {"train": 1, "evaluate": 1, "table": 1, "all": 1}, out[-3000:]
+    assert jobs == {"train": 1, "evaluate": 1, "table": 1, "fidelity": 1, "all": 1}, out[-3000:]  # Table 5a's claim
     assert "S/rmax_0.3/s0" in out and "table5a" in out
     # steps reach the command only through parameters computed from the input, which Snakemake
     # does not compare: the tracked stage schedule must still plan the rerun
     jobs, out = _dry_run_jobs(world.parent.parent, "experiments:\n  rmax_0.3: {training: {steps: 14}}\n", tmp_path)
-    assert jobs == {"train": 1, "evaluate": 1, "table": 1, "all": 1}, out[-3000:]
+    assert jobs == {"train": 1, "evaluate": 1, "table": 1, "fidelity": 1, "all": 1}, out[-3000:]
     jobs, out = _dry_run_jobs(world.parent.parent, "experiments:\n  source_teacher: {alpha: 0.5}\n", tmp_path)
-    assert jobs == {"reward": 5, "train": 1, "evaluate": 1, "table": 1, "all": 1}, out[-3000:]
+    assert jobs == {"reward": 6, "train": 1, "evaluate": 1, "table": 1, "all": 1}, out[-3000:]  # 3 mid + 3 large stages
 
 
 COUNT_CHANGED = "benchmarks:\n  tiny_count: {data: '{results}/world/data/count/train.parquet'}\n"
@@ -180,7 +186,8 @@ PER_BENCHMARK = "evaluation: {per_benchmark_jobs: true}\n"
 @pytest.mark.slow
 def test_changing_one_benchmark_reruns_its_evaluations_and_the_tables(world, tmp_path):
     jobs, out = _dry_run_jobs(world.parent.parent, COUNT_CHANGED, tmp_path)
-    assert set(jobs) == {"evaluate", "table", "world_accuracy_table", "fig2", "all"}, out[-3000:]
+    assert set(jobs) == {"evaluate", "table", "world_accuracy_table", "fig2", "figF4", "fidelity", "curve", "curves",
+                         "all"}, out[-3000:]
     for rule in ("train", "reward", "generate", "mask"):
         assert rule not in jobs
 
@@ -213,7 +220,7 @@ def test_report_holds_every_table_and_figure(world, tmp_path):
     run = snakemake(world.parent.parent, "--report", str(report))
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     html = report.read_text(errors="replace")
-    for name in [*TABLE_ROWS, "fig2", "figF4"]:
+    for name in [*TABLE_ROWS, "fig2", "figF4", "curves", "fidelity"]:
         assert name in html, name
 
 
