@@ -103,3 +103,12 @@ def test_every_command_line_default_is_the_schemas():
     for (command, dest), key in mirrored.items():
         assert sub[command].get_default(dest) == default(key), (command, dest)
     assert default("judge.kind") == "rule" and "[config judge.kind" in sub["judge"].format_help()
+
+
+def test_the_rl_study_config_plans_its_table(tmp_path):
+    """configs/study_rl.yaml (the README's RL study): one table, one run per loss/lr variant."""
+    run = snakemake("-n", "--cores", "2", "--directory", str(tmp_path), "--configfile",
+                    str(REPO / "configs/study_rl.yaml"), "--", "results/tables/study_rl.csv")
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    assert any(line.split() == ["train", "7"] for line in out.splitlines()), out[-2000:]
