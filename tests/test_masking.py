@@ -380,10 +380,12 @@ def test_cli_subcommand(tmp_path, capsys):
     p = masked_teacher.register(sub)
     assert all(a.help for a in p._actions)
     args = parser.parse_args(["mask", "--teacher", str(teacher), "--r-max", "0.2", "--step", "0.1",
-                              "--out", str(tmp_path / "o"), "--stats", str(tmp_path / "s" / "stats.csv"), "--quiet"])
+                              "--out", str(tmp_path / "o"), "--stats", str(tmp_path / "s/deep/stats.csv"), "--quiet"])
+    capsys.readouterr()
     args.func(args)
+    assert "[mask]" not in capsys.readouterr().err  # --quiet: no progress lines
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["masked_r0.00", "masked_r0.10", "masked_r0.20"]
-    stats = pd.read_csv(tmp_path / "s" / "stats.csv")
+    stats = pd.read_csv(tmp_path / "s/deep/stats.csv")  # its directories made
     assert len(stats) == 6
     assert stats.query("name == 'model.layers.0.mlp.up_proj.weight'").zeros.tolist() == [80, 40, 0]
     with pytest.raises(ValueError, match="step"):
@@ -397,6 +399,9 @@ def test_cli_subcommand(tmp_path, capsys):
         args.func(args)
         return pd.read_csv(tmp_path / "x.csv").set_index(["name", "ratio"]).zeros
 
+    args = parser.parse_args(["mask", "--teacher", str(teacher), "--out", str(tmp_path / "y"), "--ratios", "0.1"])
+    args.func(args)
+    assert "[mask] masked_r0.10" in capsys.readouterr().err  # progress lines unless --quiet
     zeros = run("--ratios", "0.3", "0.0")
     assert zeros[("model.layers.0.mlp.up_proj.weight", 0.3)] == 120 and "masked_r0.30" in capsys.readouterr().out
     assert run("--ratios", "0.3", "--include", "down_proj").to_dict() == {
