@@ -402,6 +402,9 @@ def test_cli_subcommand(tmp_path, capsys):
     args = parser.parse_args(["mask", "--teacher", str(teacher), "--out", str(tmp_path / "y"), "--ratios", "0.1"])
     args.func(args)
     assert "[mask] masked_r0.10" in capsys.readouterr().err  # progress lines unless --quiet
+    with pytest.raises(SystemExit):  # --out is required
+        parser.parse_args(["mask", "--teacher", str(teacher), "--ratios", "0.1"])
+    assert "the following arguments are required: --out" in capsys.readouterr().err
     zeros = run("--ratios", "0.3", "0.0")
     assert zeros[("model.layers.0.mlp.up_proj.weight", 0.3)] == 120 and "masked_r0.30" in capsys.readouterr().out
     assert run("--ratios", "0.3", "--include", "down_proj").to_dict() == {
