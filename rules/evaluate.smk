@@ -35,7 +35,7 @@ rule evaluate:
         ),
         out_dir=lambda w, output: os.path.dirname(output[0]),
     shell:
-        "masters evaluate --model {params.checkpoint} --label {params.label}"
+        "masters evaluate --model {params.checkpoint} --label {params.label:q}"
         " --benchmarks {params.benchmarks:q} {params.flags} --threads {threads} --gpus {resources.job_gpus}"
         " --samples {output.samples} --out-dir {params.out_dir} > {log} 2>&1"
 
