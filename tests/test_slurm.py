@@ -153,7 +153,7 @@ def test_tables_through_slurm_equal_the_local_run(slurm_world, smoke_world):
 def test_a_family_resources_reach_sbatch(slurm_world):
     jobs = slurm_world["jobs"]
     mask = jobs[jobs.rule == "mask"]
-    assert len(mask) == 4  # L at 0.05 ... 0.20
+    assert len(mask) == 2  # L at 0.10 and 0.20 (mask step 0.1)
     assert set(mask.Partition) == {"debug"} and set(mask.AllocCPUS) == {"2"}
     assert set(mask.ReqMem) == {"1234M"} and set(mask.Timelimit) == {"00:07:00"}
     # every other job asked for what config.yaml gives its family, on the default partition
