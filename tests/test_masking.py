@@ -347,6 +347,15 @@ def test_custom_include_exclude(tmp_path):
     with safe_open(str(tmp_path / "o" / "masked_r0.25" / "model.safetensors"), "pt") as f:
         assert int((f.get_tensor("model.embed_tokens.weight") == 0).sum()) == 128
         assert torch.equal(f.get_tensor("model.layers.0.mlp.up_proj.weight"), lin)
+    # the CLI takes several regexes per flag
+    parser = argparse.ArgumentParser(prog="masters")
+    masked_teacher.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["mask", "--teacher", str(teacher), "--out", str(tmp_path / "c"), "--ratios", "0.25",
+                              "--quiet", "--include", "embed_tokens", "up_proj", "--exclude", "nothing", "else"])
+    assert args.include == ["embed_tokens", "up_proj"] and args.exclude == ["nothing", "else"]
+    args.func(args)
+    with safe_open(str(tmp_path / "c" / "masked_r0.25" / "model.safetensors"), "pt") as f:
+        assert int((f.get_tensor("model.layers.0.mlp.up_proj.weight") == 0).sum()) == 64
 
 
 def test_clear_errors(tmp_path):
