@@ -199,6 +199,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"trained {len(log)} steps over {len(stages)} stages -> {args.out}/final")
 
 
+def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
+    """--benchmarks, --batch-size, --limit and the runtime flags of the subcommands that run lm-eval."""
+    p.add_argument("--benchmarks", required=True, help='JSON list of {"name", "task", "data"?, "metric"?}')
+    _setting(p, "--batch-size", "evaluation.batch_size", int)
+    p.add_argument("--limit", type=int, default=None, help="score only the first N items per benchmark")
+    _add_runtime_flags(p)
+
+
 def _add_runtime_flags(p: argparse.ArgumentParser, remote: str | None = "the checkpoint's") -> None:
     """--threads, --gpus (and --trust-remote-code) shared by the subcommands that run a model."""
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -260,10 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score one checkpoint on benchmarks with lm-eval")
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--label", default=None, help="name of the model in tables")
-    p.add_argument("--benchmarks", required=True, help='JSON list of {"name", "task", "data"?, "metric"?}')
-    _setting(p, "--batch-size", "evaluation.batch_size", int)
-    p.add_argument("--limit", type=int, default=None, help="score only the first N items per benchmark")
-    _add_runtime_flags(p)
+    _add_scoring_flags(p)
     p.add_argument("--samples", default=None, help="optional JSONL of per-item responses")
     p.add_argument("--out", default=None, help="summary JSON of all benchmarks")
     p.add_argument("--out-dir", default=None, help="also (or instead) one summary JSON per benchmark: DIR/<name>.json")
@@ -271,10 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("curve", help="a learning curve: score every step checkpoint of a trained run")
     p.add_argument("--train-dir", required=True, help="a trained run (its steps/stepN checkpoints, from --curve-every)")
-    p.add_argument("--benchmarks", required=True, help='JSON list of {"name", "task", "data"?, "metric"?}')
-    _setting(p, "--batch-size", "evaluation.batch_size", int)
-    p.add_argument("--limit", type=int, default=None, help="score only the first N items per benchmark")
-    _add_runtime_flags(p)
+    _add_scoring_flags(p)
     p.add_argument("--out", required=True, help="CSV: step, benchmark, accuracy, n")
     p.set_defaults(func=cmd_curve)
 

@@ -28,9 +28,12 @@ rule table:
 ruleorder: fidelity > table  # tables/fidelity.csv is the report, not a table of the config
 
 
+FIDELITY_SPEC = specs.fidelity_spec(DESIGN, REPO)
+
+
 rule fidelity:
     input:
-        specs.fidelity_inputs(specs.fidelity_spec(DESIGN, REPO)),
+        specs.fidelity_inputs(FIDELITY_SPEC),
     output:
         csv=report(f"{DESIGN.path('table', table='fidelity')}.csv", category="Tables"),
         md=f"{DESIGN.path('table', table='fidelity')}.md",
@@ -40,7 +43,7 @@ rule fidelity:
     conda:
         "../envs/masters.yaml"
     params:
-        spec=json.dumps(specs.fidelity_spec(DESIGN, REPO)),
+        spec=json.dumps(FIDELITY_SPEC),
         stem=output_stem,
     shell:
         "masters fidelity --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
