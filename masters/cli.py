@@ -156,7 +156,8 @@ def cmd_judge(args: argparse.Namespace) -> None:
     from masters.judge import chat_backend, judge_responses
     from masters.questions import load_questions, write
 
-    _runtime(args)
+    if args.kind == "llm":  # the rule judge needs no torch (a second or two per job saved)
+        _runtime(args)
     responses = pd.read_parquet(args.responses)
     check_columns(responses, ["question_id", "text"], args.responses)
     if args.kind == "llm" and not args.judge_model:
@@ -169,15 +170,26 @@ def cmd_judge(args: argparse.Namespace) -> None:
           f" of {len(judged)} -> {args.out}")
 
 
-def cmd_reward(args: argparse.Namespace) -> None:
+def cmd_score(args: argparse.Namespace) -> None:
     from masters.questions import load_questions, write
-    from masters.rewards import reward_responses
+    from masters.rewards import score_files
 
     _runtime(args)
-    rows = reward_responses(args.responses, load_questions(args.questions).set_index("id"), args.teacher,
-                            args.student, distill=args.distill, use=args.reward, alpha=args.alpha,
-                            batch_size=args.batch_size, chunk_size=args.chunk_size,
-                            trust_remote_code=args.trust_remote_code)
+    scores = score_files(args.responses, load_questions(args.questions).set_index("id"), args.teacher, args.student,
+                         batch_size=args.batch_size, chunk_size=args.chunk_size,
+                         trust_remote_code=args.trust_remote_code)
+    write(scores, args.out)
+    print(f"{len(scores)} responses; mean D {scores.divergence.mean():.4f} -> {args.out}")
+
+
+def cmd_reward(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from masters.questions import write
+    from masters.rewards import reward_responses
+
+    rows = reward_responses(args.responses, pd.read_parquet(args.scores), distill=args.distill, use=args.reward,
+                            alpha=args.alpha, scores_name=args.scores)
     write(rows, args.out)
     print(f"{len(rows)} responses; mean D {rows.divergence.mean():.4f}; mean R {rows.r_total.mean():.3f} -> {args.out}")
 
@@ -352,17 +364,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="judged responses parquet (adds r_acc, judge_raw, judge_parse_failed)")
     p.set_defaults(func=cmd_judge)
 
-    p = sub.add_parser("reward", help="distillation reward and total reward (METHOD.md §5)")
-    p.add_argument("--responses", nargs="+", required=True, help="judged responses of one stage (teacher + student)")
+    p = sub.add_parser("score", help="teacher-forced half of the reward: D per response and pi_ref log-probs"
+                                     " (METHOD.md §5), once per stage group")
+    p.add_argument("--responses", nargs="+", required=True, help="responses of one stage group (teacher + student)")
     p.add_argument("--questions", nargs="+", required=True, help="question parquet files")
     p.add_argument("--teacher", required=True, help="the stage's masked teacher checkpoint")
     p.add_argument("--student", required=True, help="the reference student checkpoint (pi_ref)")
-    _setting(p, "--distill", "reward.distill", choices=["normalized", "raw"])
-    _setting(p, "--reward", "reward.use", choices=["both", "acc", "distill"])
-    _setting(p, "--alpha", "reward.alpha", float)
     _setting(p, "--batch-size", "reward.batch_size", int)
     _setting(p, "--chunk-size", "reward.chunk_size", int)
     _add_runtime_flags(p, "the checkpoints'")
+    p.add_argument("--out", required=True, help="scores parquet (question_id, source, sample_idx, divergence,"
+                                                " ref_logprobs)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("reward", help="distillation reward and total reward of judged responses (METHOD.md §5)")
+    p.add_argument("--responses", nargs="+", required=True, help="judged responses of one stage group")
+    p.add_argument("--scores", required=True, help="their scores (`masters score` of the same responses)")
+    _setting(p, "--distill", "reward.distill", choices=["normalized", "raw"])
+    _setting(p, "--reward", "reward.use", choices=["both", "acc", "distill"])
+    _setting(p, "--alpha", "reward.alpha", float)
     p.add_argument("--out", required=True, help="rewarded responses parquet")
     p.set_defaults(func=cmd_reward)
 

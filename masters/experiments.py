@@ -313,19 +313,35 @@ class Design:
                          part=stage.part, judge=self.judge_key(exp, student), distill=exp.distill,
                          use=exp.reward, alpha=paths.alpha_str(exp.alpha))
 
-    def reward_inputs(self, student: str, teacher: str, ratio: str, data: str, seed: int, part: str,
-                      judge: str) -> dict[str, Any]:
-        """What one rewarded stage group reads (the reward path's wildcards in, no name parsing)."""
+    def group_responses(self, student: str, teacher: str, ratio: str, data: str, seed: int, part: str,
+                        judge: str | None = None) -> list[str]:
+        """The response files of one stage group (judged by ``judge``, or raw): the dataset
+        answers, or the teacher's and the student's responses from the sources with n > 0
+        (R_distill is normalized and advantages computed over the group trained on)."""
         counts = paths.parse_data_key(data)
         if counts is None:
-            responses = [self.responses("label", student, 0.0, 1, 0, part, judge=judge)]
-        else:
-            # only the sources with responses: R_distill is normalized over the group trained on
-            responses = [self.responses(source, model, r, n, seed, part, judge=judge)
-                         for source, model, r, n in (("teacher", teacher, float(ratio), counts[0]),
-                                                     ("student", student, 0.0, counts[1])) if n > 0]
-        return {"responses": responses, "teacher": self.teacher_dir(teacher, float(ratio)),
-                "student": self.model_dir(student), "questions": self.questions()}
+            return [self.responses("label", student, 0.0, 1, 0, part, judge=judge)]
+        return [self.responses(source, model, r, n, seed, part, judge=judge)
+                for source, model, r, n in (("teacher", teacher, float(ratio), counts[0]),
+                                            ("student", student, 0.0, counts[1])) if n > 0]
+
+    def scores_file(self, student: str, teacher: str, ratio: str, data: str, seed: int, part: str) -> str:
+        """D and pi_ref log-probs of one stage group's responses, shared by every reward setting."""
+        return self.path("scores", student=student, teacher=teacher, ratio=ratio_str(float(ratio)), data=data,
+                         seed=seed, part=part)
+
+    def score_inputs(self, student: str, teacher: str, ratio: str, data: str, seed: int, part: str) -> dict[str, Any]:
+        """What scoring one stage group reads: its raw responses, the stage's (masked) teacher, pi_ref."""
+        return {"responses": self.group_responses(student, teacher, ratio, data, seed, part),
+                "teacher": self.teacher_dir(teacher, float(ratio)), "student": self.model_dir(student),
+                "questions": self.questions()}
+
+    def reward_inputs(self, student: str, teacher: str, ratio: str, data: str, seed: int, part: str,
+                      judge: str) -> dict[str, Any]:
+        """What one rewarded stage group reads (the reward path's wildcards in, no name parsing):
+        its judged responses and their scores."""
+        return {"responses": self.group_responses(student, teacher, ratio, data, seed, part, judge=judge),
+                "scores": self.scores_file(student, teacher, ratio, data, seed, part)}
 
     def train_dir(self, student: str, experiment: str, seed: int) -> str:
         return self.path("students", student=student, experiment=experiment, seed=seed)

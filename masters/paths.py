@@ -56,6 +56,7 @@ PATTERNS: dict[str, str] = {
     "questions": "train/questions.parquet",
     "responses": "responses/{source}/{model}/r{ratio}/n{n}_s{seed}_{part}.parquet",
     "judged": "judged/{judge}/{source}/{model}/r{ratio}/n{n}_s{seed}_{part}.parquet",
+    "scores": "scores/{student}/{teacher}/r{ratio}/{data}_s{seed}_{part}.parquet",  # D, pi_ref log-probs
     "rewards": "rewards/{student}/{teacher}/r{ratio}/{data}_s{seed}_{part}/{judge}/{distill}_{use}_a{alpha}.parquet",
     "students": "students/{student}/{experiment}/s{seed}",
     # evaluation and what is made of it (METHOD.md §8)

@@ -59,3 +59,21 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     if not ids:
         raise ValueError("no end-of-sequence id in the generation config or the tokenizer")
     return set(ids)
+
+
+def encoding_key(processor) -> tuple:
+    """What decides how ``processor`` encodes a prompt: its image/video settings, chat template,
+    tokenizer (serialized, added tokens included) and special tokens, but not where it was
+    loaded from. Two processors with equal keys give identical :func:`encode_prompts` batches."""
+    tok = processor.tokenizer
+    backend = getattr(tok, "backend_tokenizer", None)
+    return (type(processor).__name__, processor.to_json_string(), getattr(processor, "chat_template", None),
+            type(tok).__name__, backend.to_str() if backend is not None else sorted(tok.get_vocab().items()),
+            tuple(sorted(map(str, tok.special_tokens_map.items()))), tok.pad_token_id, tok.eos_token_id,
+            getattr(tok, "chat_template", None))
+
+
+def same_encoding(a, b) -> bool:
+    """True when the two processors encode every prompt identically (teacher and student of
+    one family), so a batch built for one serves both."""
+    return a is b or encoding_key(a) == encoding_key(b)

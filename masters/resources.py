@@ -7,12 +7,12 @@ and ``resources:`` of a rule), so changing a scale means changing the config, ne
 =============== ===================================================================
 family          rules (jobs)
 =============== ===================================================================
-``default``     light jobs: world data, tokenizer, training questions, the rule judge
+``default``     light jobs: world data, tokenizer, training questions, the rule judge, ``reward``
 ``sft``         ``world_sft`` (the tiny world's models)
 ``mask``        ``mask`` (streaming, CPU)
 ``generate``    ``generate`` (pre-generation; vLLM at paper scale)
 ``judge``       ``judge`` with an LLM judge
-``reward``      ``reward`` (teacher and student forward passes)
+``score``       ``score`` (teacher and student forward passes; ``reward`` then runs with ``default``)
 ``train``       ``train`` (DeepSpeed ZeRO-3 at paper scale)
 ``evaluate``    ``evaluate``
 =============== ===================================================================
@@ -36,7 +36,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-FAMILIES = ("default", "sft", "mask", "generate", "judge", "reward", "train", "evaluate")
+FAMILIES = ("default", "sft", "mask", "generate", "judge", "score", "train", "evaluate")
 REQUIRED = ("cpus", "mem_mb", "runtime", "gpu")
 RESOURCE_KEYS = ("mem_mb", "runtime", "job_gpus", "gpu", "gpu_model", "gres", "slurm_partition", "slurm_account",
                  "slurm_extra")

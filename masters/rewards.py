@@ -24,9 +24,13 @@ computed in chunks of positions, so the extra memory is O(chunk × V).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+import sys
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
+# torch is imported where it is used: the reward rule combines scores and judgements with pandas
+# alone, in a second instead of the three that importing torch takes.
 
 LN2 = math.log(2.0)
 #: Groups whose divergences span less than this get R_distill = 1 for every response.
@@ -37,6 +41,8 @@ ADV_EPS = 1e-6
 
 def _chunk_jsd(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """JSD per row of two [n, V] logit blocks, in float32."""
+    import torch
+
     lp = torch.log_softmax(t.float(), dim=-1)
     lq = torch.log_softmax(s.float(), dim=-1)
     # Rows holding -inf logits (masked tokens) would give 0·(-inf) = nan below; clamping to
@@ -74,6 +80,8 @@ def token_jsd(
     *before* the softmax. Returns float32 ``[..., T]``; differentiable w.r.t. both inputs.
     Computed ``chunk_size`` positions at a time (log_softmax in float32 per chunk).
     """
+    import torch
+
     if teacher_logits.dim() < 1 or student_logits.dim() < 1:
         raise ValueError("logits must have a vocabulary dimension")
     lead = tuple(teacher_logits.shape[:-1])
@@ -105,7 +113,8 @@ def token_jsd(
 
 
 def _as_floats(values: Any, what: str) -> list[float]:
-    if isinstance(values, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor means torch is imported
+    if torch is not None and isinstance(values, torch.Tensor):
         values = values.detach().cpu().reshape(-1).tolist()
     out = [float(v) for v in values]
     if not all(math.isfinite(v) for v in out):
@@ -184,7 +193,6 @@ def check_same_tokenizer(tok_a: Any, tok_b: Any) -> None:
             )
 
 
-@torch.no_grad()
 def score_responses(teacher, student, t_proc, s_proc, rows, batch_size: int = 8, chunk_size: int = 256,
                     progress: bool = False) -> tuple[list[float], list[list[float]]]:
     """D(ŷ) between the stage teacher and π_ref, and π_ref's log-prob of every response token.
@@ -193,30 +201,36 @@ def score_responses(teacher, student, t_proc, s_proc, rows, batch_size: int = 8,
     tokenizer; both logit widths are cut to its length (METHOD.md §5). Hidden states are taken
     at response positions only and the heads applied ``chunk_size`` positions at a time.
     """
+    import torch
     from tqdm import tqdm
 
     from masters.forward import build_batch_from_rows, chunked_logits, response_hidden_states, split_rows
+    from masters.prompts import same_encoding
 
     check_same_tokenizer(t_proc, s_proc)
+    if same_encoding(t_proc, s_proc):
+        t_proc = s_proc  # one family: the student's batch serves the teacher
     vocab = len(s_proc.tokenizer)
     divergences: list[float] = []
     ref_logprobs: list[list[float]] = []
-    for start in tqdm(range(0, len(rows), batch_size), desc="reward", disable=not progress):
-        chunk = rows.iloc[start : start + batch_size]
-        s_batch = build_batch_from_rows(s_proc, chunk)
-        h_s = response_hidden_states(student, s_batch)
-        h_t = response_hidden_states(teacher, build_batch_from_rows(t_proc, chunk))
-        jsd, logp = [], []
-        t_chunks = chunked_logits(teacher, h_t, chunk_size)
-        for part, s_logits in chunked_logits(student, h_s, chunk_size):
-            _, t_logits = next(t_chunks)
-            jsd.append(token_jsd(t_logits, s_logits, vocab_size=vocab, chunk_size=chunk_size))
-            lp = torch.log_softmax(s_logits[:, :vocab], dim=-1)
-            logp.append(lp.gather(1, s_batch.targets[part, None]).squeeze(1))
-        for row_jsd, row_logp in zip(split_rows(torch.cat(jsd), s_batch.lengths),
-                                     split_rows(torch.cat(logp), s_batch.lengths)):
-            divergences.append(float(row_jsd.mean()))
-            ref_logprobs.append(row_logp.tolist())
+    with torch.no_grad():
+        for start in tqdm(range(0, len(rows), batch_size), desc="reward", disable=not progress):
+            chunk = rows.iloc[start : start + batch_size]
+            s_batch = build_batch_from_rows(s_proc, chunk)
+            h_s = response_hidden_states(student, s_batch)
+            t_batch = s_batch if t_proc is s_proc else build_batch_from_rows(t_proc, chunk)
+            h_t = response_hidden_states(teacher, t_batch)
+            jsd, logp = [], []
+            t_chunks = chunked_logits(teacher, h_t, chunk_size)
+            for part, s_logits in chunked_logits(student, h_s, chunk_size):
+                _, t_logits = next(t_chunks)
+                jsd.append(token_jsd(t_logits, s_logits, vocab_size=vocab, chunk_size=chunk_size))
+                lp = torch.log_softmax(s_logits[:, :vocab], dim=-1)
+                logp.append(lp.gather(1, s_batch.targets[part, None]).squeeze(1))
+            for row_jsd, row_logp in zip(split_rows(torch.cat(jsd), s_batch.lengths),
+                                         split_rows(torch.cat(logp), s_batch.lengths)):
+                divergences.append(float(row_jsd.mean()))
+                ref_logprobs.append(row_logp.tolist())
     return divergences, ref_logprobs
 
 
@@ -239,29 +253,80 @@ def group_rewards(frame, *, normalize: bool, alpha: float, use_acc: bool, use_di
     return frame
 
 
-def reward_responses(response_files: Sequence[str], questions, teacher_dir: str, student_dir: str, *, distill: str,
-                     use: str, alpha: float, batch_size: int, chunk_size: int, trust_remote_code: bool = False):
-    """One stage group's judged responses with ``divergence``, ``ref_logprobs`` (pi_ref) and the
-    rewards of :func:`group_rewards` (``distill``: ``normalized`` Eq. 7 or ``raw``; ``use``:
-    ``both``, ``acc`` or ``distill``). ``questions`` is indexed by id (``image``, ``question``)."""
+#: What identifies a response within its stage group (the join of the scores and the judged responses).
+RESPONSE_KEY = ["question_id", "source", "sample_idx"]
+#: A scores file: the teacher-forced half of the reward, computed once per stage group.
+SCORE_COLUMNS = [*RESPONSE_KEY, "divergence", "ref_logprobs"]
+
+
+def _first_response(frame, rows) -> str:
+    """The first response of ``frame[rows]``, by its key (for an error message)."""
+    row = frame.loc[rows].iloc[0]
+    return f"question {row.question_id}, source {row.source}, sample {int(row.sample_idx)}"
+
+
+def read_responses(files: Sequence[str], columns: Sequence[str]):
+    """The response files of one stage group, concatenated in order; each must hold ``columns``."""
     import pandas as pd
 
-    from masters.checkpoints import load_checkpoint
     from masters.columns import check_columns
-    from masters.questions import questions_of
 
     frames = []
-    for path in response_files:
+    for path in files:
         frame = pd.read_parquet(path)
-        check_columns(frame, ["question_id", "token_ids", "r_acc"], path)
+        check_columns(frame, list(columns), path)
         frames.append(frame)
-    rows = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def score_files(response_files: Sequence[str], questions, teacher_dir: str, student_dir: str, *, batch_size: int,
+                chunk_size: int, trust_remote_code: bool = False):
+    """The model half of the reward of one stage group: D(ŷ) against the stage's teacher and
+    π_ref's log-probs (:func:`score_responses`) of every response in ``response_files``, as a
+    frame of :data:`SCORE_COLUMNS`. It depends on the responses and the two checkpoints only,
+    so the reward settings (judge, normalization, parts, α) share it. ``questions`` is indexed
+    by id (``image``, ``question``)."""
+    from masters.checkpoints import load_checkpoint
+    from masters.questions import questions_of
+
+    rows = read_responses(response_files, [*RESPONSE_KEY, "token_ids"])
     questions_of(rows, questions, "responses")  # every question is there
     joined = rows.join(questions[["image", "question"]], on="question_id")
     teacher, t_proc = load_checkpoint(teacher_dir, trust_remote_code=trust_remote_code)
     student, s_proc = load_checkpoint(student_dir, trust_remote_code=trust_remote_code)
-    rows["divergence"], rows["ref_logprobs"] = score_responses(teacher, student, t_proc, s_proc, joined,
-                                                               batch_size=batch_size, chunk_size=chunk_size,
-                                                               progress=True)
-    return group_rewards(rows, normalize=distill == "normalized", alpha=alpha, use_acc=use in ("both", "acc"),
-                         use_distill=use in ("both", "distill"))
+    scores = rows[RESPONSE_KEY].copy()
+    scores["divergence"], scores["ref_logprobs"] = score_responses(teacher, student, t_proc, s_proc, joined,
+                                                                   batch_size=batch_size, chunk_size=chunk_size,
+                                                                   progress=True)
+    return scores
+
+
+def reward_responses(judged_files: Sequence[str], scores, *, distill: str, use: str, alpha: float,
+                     scores_name: str = "scores"):
+    """One stage group's judged responses with their ``divergence`` and ``ref_logprobs`` (from
+    ``scores``, :func:`score_files` of the same responses) and the rewards of
+    :func:`group_rewards` (``distill``: ``normalized`` Eq. 7 or ``raw``; ``use``: ``both``,
+    ``acc`` or ``distill``). Every response must have exactly one score, of its own length."""
+    import pandas as pd
+
+    from masters.columns import check_columns
+
+    rows = read_responses(judged_files, [*RESPONSE_KEY, "token_ids", "r_acc"])
+    check_columns(scores, SCORE_COLUMNS, scores_name)
+    for frame, what in ((rows, "the judged responses"), (scores, scores_name)):
+        repeated = frame.duplicated(RESPONSE_KEY)
+        if repeated.any():
+            raise ValueError(f"{what}: response ({_first_response(frame, repeated)}) appears twice"
+                             f" (one stage group holds each {'/'.join(RESPONSE_KEY)} once)")
+    merged = rows.merge(scores[SCORE_COLUMNS], on=RESPONSE_KEY, how="left", indicator=True)
+    unscored = merged["_merge"] != "both"
+    if unscored.any() or len(scores) != len(rows):
+        example = f"; none for ({_first_response(merged, unscored)})" if unscored.any() else ""
+        raise ValueError(f"{scores_name} hold {len(scores)} scores for {len(rows)} judged responses{example}:"
+                         " scored from other responses")
+    lengths = merged["token_ids"].map(len) != merged["ref_logprobs"].map(len)
+    if lengths.any():
+        raise ValueError(f"{scores_name}: the ref_logprobs of ({_first_response(merged, lengths)}) have another"
+                         " length than its token_ids: scored from other responses")
+    return group_rewards(merged.drop(columns="_merge"), normalize=distill == "normalized", alpha=alpha,
+                         use_acc=use in ("both", "acc"), use_distill=use in ("both", "distill"))

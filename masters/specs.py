@@ -231,11 +231,12 @@ def _trace_run(design: Design, row: dict, student: str, seed: int, run: str) -> 
     for st in design.stages(student, exp):
         reward = design.reward_file(student, exp, st, seed)
         v = paths.parse(design.results, "rewards", reward)
-        inputs = design.reward_inputs(v["student"], v["teacher"], v["ratio"], v["data"], int(v["seed"]),
-                                      v["part"], v["judge"])
+        group = (v["student"], v["teacher"], v["ratio"], v["data"], int(v["seed"]), v["part"])
+        inputs = design.reward_inputs(*group, v["judge"])
         lines += [f"      stage {st.index}: {st.steps} steps, teacher {st.teacher} masked at {ratio_str(st.ratio)}",
                   f"        {reward}",
-                  f"          {inputs['teacher']}  [{'masked ' if st.ratio else ''}teacher]"]
+                  f"          {inputs['scores']}  [D, pi_ref log-probs]",
+                  f"            {design.score_inputs(*group)['teacher']}  [{'masked ' if st.ratio else ''}teacher]"]
         for judged in inputs["responses"]:
             j = paths.parse(design.results, "judged", judged)
             raw = design.responses(j["source"], j["model"], float(j["ratio"]), int(j["n"]), int(j["seed"]), j["part"])

@@ -42,6 +42,7 @@ from masters.config import default
 from masters.forward import build_batch_from_rows, chunked_logits, response_hidden_states
 from masters.generation import check_columns
 from masters.losses import LossWeights, token_losses
+from masters.prompts import same_encoding
 from masters.rewards import check_same_tokenizer, group_advantages, token_jsd
 
 TRAIN_COLUMNS = ["question_id", "source", "token_ids", "r_total", "ref_logprobs"]
@@ -108,7 +109,8 @@ def step_loss(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainCo
     with torch.no_grad():
         t_hidden = None
         if cfg.weights.lam > 0:
-            t_hidden = response_hidden_states(teacher, build_batch_from_rows(t_proc, rows))
+            t_batch = s_batch if t_proc is s_proc else build_batch_from_rows(t_proc, rows)
+            t_hidden = response_hidden_states(teacher, t_batch)
     ref = torch.cat([torch.tensor(np.asarray(r, dtype=np.float32)) for r in rows["ref_logprobs"]])
     adv = torch.cat([torch.full((length,), float(a)) for a, length in zip(rows["advantage"], s_batch.lengths)])
     if ref.shape[0] != n:
@@ -204,6 +206,8 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
         teacher, t_proc = load_checkpoint(stage.teacher)
         teacher.eval()
         check_same_tokenizer(s_proc, t_proc)
+        if same_encoding(s_proc, t_proc):
+            t_proc = s_proc  # one family: the student's batch serves the teacher (step_loss)
         rows = load_stage_rows(stage, questions, cfg.sources)
         for local in tqdm(range(global_step - first_step, stage.steps), desc=f"stage {k} ({stage.name})",
                           disable=not progress):

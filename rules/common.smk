@@ -3,6 +3,7 @@
 # masters.experiments.Design, what each job is given in masters.specs.
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -113,6 +114,12 @@ def generation_model(w):
     if w.source == "teacher":
         return DESIGN.teacher_dir(w.model, float(w.ratio))
     return DESIGN.model_dir(w.model)
+
+
+def score_inputs(w):
+    return DESIGN.score_inputs(
+        w.student, w.teacher, w.ratio, w.data, int(w.seed), w.part
+    )
 
 
 def reward_inputs(w):

@@ -15,6 +15,8 @@ rule table:
         tex=paths.pattern(RESULTS, "table") + ".tex",
     log:
         log_of("table"),
+    wildcard_constraints:
+        table="|".join(re.escape(t) for t in DESIGN.tables),  # tables/fidelity.* is the report
     localrule: True
     conda:
         "../envs/masters.yaml"
@@ -23,9 +25,6 @@ rule table:
         stem=output_stem,
     shell:
         "masters table --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
-
-
-ruleorder: fidelity > table  # tables/fidelity.csv is the report, not a table of the config
 
 
 FIDELITY_SPEC = specs.fidelity_spec(DESIGN, REPO)

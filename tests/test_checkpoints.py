@@ -194,3 +194,23 @@ def test_prompt_turn_is_hf_typed_content_and_texts_come_from_the_chat_template()
     for missing in (type("NoTemplate", (), {})(), type("NoneTemplate", (), {"chat_template": None})()):
         with pytest.raises(ValueError, match="has no chat template"):
             prompt_texts(missing, ["a?"])
+
+
+def test_same_encoding_shares_a_batch_only_between_processors_that_encode_alike(saved, questions):
+    """Teacher and student of one family load equal processors from different directories: a
+    batch built for one serves both. Any difference in the image settings, the tokenizer or the
+    chat template means two batches."""
+    path, _ = saved
+    a, b = (checkpoints.load_checkpoint(path)[1] for _ in range(2))
+    assert prompts.same_encoding(a, b) and prompts.same_encoding(a, a)
+    images = [prompts.decode_image(c) for c in questions["image"]]
+    enc_a, enc_b = (prompts.encode_prompts(p, images, questions["question"], "right") for p in (a, b))
+    assert enc_a.keys() == enc_b.keys() and all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)
+    b.image_processor.image_mean = [0.0, 0.0, 0.0]
+    assert not prompts.same_encoding(a, b)
+    b = checkpoints.load_checkpoint(path)[1]
+    b.tokenizer.add_tokens(["zqxj"])
+    assert not prompts.same_encoding(a, b)
+    b = checkpoints.load_checkpoint(path)[1]
+    b.chat_template = b.chat_template + " "
+    assert not prompts.same_encoding(a, b)

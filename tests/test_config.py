@@ -97,7 +97,8 @@ def test_every_command_line_default_is_the_schemas():
     mirrored = {("judge", "kind"): "judge.kind", ("judge", "max_new_tokens"): "judge.max_new_tokens",
                 ("judge", "batch_size"): "judge.batch_size", ("generate", "max_new_tokens"): "generation.max_new_tokens",
                 ("generate", "batch_size"): "generation.batch_size", ("generate", "top_p"): "generation.top_p",
-                ("reward", "batch_size"): "reward.batch_size", ("reward", "alpha"): "reward.alpha",
+                ("score", "batch_size"): "reward.batch_size", ("score", "chunk_size"): "reward.chunk_size",
+                ("reward", "alpha"): "reward.alpha", ("reward", "distill"): "reward.distill",
                 ("train", "lr"): "training.lr", ("train", "batch_size"): "training.batch_size",
                 ("train", "save_every"): "training.save_every", ("evaluate", "batch_size"): "evaluation.batch_size"}
     for (command, dest), key in mirrored.items():

@@ -66,10 +66,17 @@ def test_reward_file_names_what_it_reads():
     path = d.reward_file("S", "reward_acc", stage, 1)
     v = paths.parse(d.results, "rewards", path)
     assert (v["judge"], v["distill"], v["use"], float(v["alpha"])) == ("llm-S", "normalized", "acc", 1.0)
-    got = d.reward_inputs(v["student"], v["teacher"], v["ratio"], v["data"], int(v["seed"]), v["part"], v["judge"])
+    group = (v["student"], v["teacher"], v["ratio"], v["data"], int(v["seed"]), v["part"])
+    got = d.reward_inputs(*group, v["judge"])
     assert got["responses"] == [d.responses("teacher", "M", 0.2, 4, 1, "all", judge="llm-S"),
                                 d.responses("student", "S", 0.0, 4, 1, "all", judge="llm-S")]
-    assert got["teacher"] == d.teacher_dir("M", 0.2) and got["student"] == d.model_dir("S")
+    # the scores (D, pi_ref log-probs) of the same raw responses, shared by every reward setting
+    scores = d.score_inputs(*group)
+    assert got["scores"] == d.path("scores", student="S", teacher="M", ratio="0.20", data="t4s4", seed=1, part="all")
+    assert scores["responses"] == [d.responses("teacher", "M", 0.2, 4, 1, "all"), d.responses("student", "S", 0.0, 4, 1, "all")]
+    assert scores["teacher"] == d.teacher_dir("M", 0.2) and scores["student"] == d.model_dir("S")
+    other = paths.parse(d.results, "rewards", d.reward_file("S", "reward_acc_rule", d.stages("S", "reward_acc_rule")[0], 1))
+    assert other["judge"] == "rule" and d.reward_inputs(*group, "rule")["scores"] == got["scores"]
 
 
 def test_a_student_with_underscores_and_the_llm_judge_round_trips():

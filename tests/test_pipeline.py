@@ -177,7 +177,7 @@ def test_tokenizer_mismatch_is_an_error(world, rewarded, tmp_path, items):
 
 
 def test_cli_chain_generate_judge_reward_train(world, tmp_path):
-    """The subcommands the rules call, chained on files: generate -> judge -> reward -> train."""
+    """The subcommands the rules call, chained on files: generate -> judge -> score -> reward -> train."""
     from masters.cli import main
     from masters.world import vqa
 
@@ -203,11 +203,21 @@ def test_cli_chain_generate_judge_reward_train(world, tmp_path):
     # an untrained judge never writes the <answer> tag: every item takes the second prompt and fails
     assert judged.judge_parse_failed.all() and (judged.r_acc == 0).all()
     assert judged.judge_raw.str.contains("---").all(), "both raw judge outputs are kept"
-    main(["reward", "--responses", str(tmp_path / "teacher_j.parquet"), str(tmp_path / "student_j.parquet"),
+    main(["score", "--responses", str(tmp_path / "teacher.parquet"), str(tmp_path / "student.parquet"),
           "--questions", str(qfile), "--teacher", str(teacher), "--student", str(root / "student"),
-          "--chunk-size", "3", "--out", str(tmp_path / "rewards.parquet")])
+          "--chunk-size", "3", "--out", str(tmp_path / "scores.parquet")])
+    main(["reward", "--responses", str(tmp_path / "teacher_j.parquet"), str(tmp_path / "student_j.parquet"),
+          "--scores", str(tmp_path / "scores.parquet"), "--out", str(tmp_path / "rewards.parquet")])
     rewarded = pd.read_parquet(tmp_path / "rewards.parquet")
     assert len(rewarded) == 16 and rewarded.groupby("question_id").size().eq(4).all()
+    # the judged student's replies failed to parse (r_acc 0): R = R_distill of the 4-response group
+    assert rewarded.r_total.tolist() == pytest.approx((rewarded.r_acc + rewarded.r_distill).tolist())
+    assert rewarded.groupby("question_id").r_distill.max().eq(1.0).all()
+    # a reward setting of the same responses reads the same scores: only R changes
+    main(["reward", "--responses", str(tmp_path / "teacher_j.parquet"), str(tmp_path / "student_j.parquet"),
+          "--scores", str(tmp_path / "scores.parquet"), "--reward", "acc", "--out", str(tmp_path / "acc.parquet")])
+    acc = pd.read_parquet(tmp_path / "acc.parquet")
+    assert acc.divergence.equals(rewarded.divergence) and acc.r_total.equals(acc.r_acc)
     main(["train", "--student", str(root / "student"), "--questions", str(qfile),
           "--stage", "T", str(teacher), str(tmp_path / "rewards.parquet"), "2", "0.1",
           "--lr", "1e-3", "--batch-size", "4", "--out", str(tmp_path / "run")])
@@ -224,8 +234,8 @@ def test_bad_cli_inputs_name_the_problem(world, tmp_path):
     pd.DataFrame({"question_id": ["x"], "text": ["red"]}).to_parquet(bad)
     qfile = tmp_path / "q.parquet"
     questions.drop(columns=["answer"]).to_parquet(qfile)
-    with pytest.raises(KeyError, match="token_ids"):
-        main(["reward", "--responses", str(bad), "--questions", str(qfile), "--teacher", str(root / "teacher"),
+    with pytest.raises(KeyError, match=r"responses.parquet: missing column\(s\) \['source', 'sample_idx', 'token_ids'\]"):
+        main(["score", "--responses", str(bad), "--questions", str(qfile), "--teacher", str(root / "teacher"),
               "--student", str(root / "student"), "--out", str(tmp_path / "o.parquet")])
     with pytest.raises(KeyError, match="question ids not in the questions"):
         main(["judge", "--responses", str(bad), "--questions", str(qfile), "--kind", "rule", "--out", str(tmp_path / "j.parquet")])
@@ -377,6 +387,13 @@ def test_chunked_two_phase_backward_equals_autograd_of_the_full_forward_mean(wor
     assert set(direct) == set(chunked)
     for name, grad in direct.items():
         torch.testing.assert_close(chunked[name], grad.float(), rtol=1e-4, atol=1e-6, msg=name)
+    # one family (train() passes the student's processor for both): the shared batch, same step
+    assert t_proc is not s_proc
+    student.zero_grad(set_to_none=True)
+    assert training.step_loss(student, teacher, s_proc, s_proc, batch_rows, cfg, vocab) == terms
+    for name, param in student.named_parameters():
+        if param.grad is not None:
+            assert torch.equal(param.grad, chunked[name]), name
     student.zero_grad(set_to_none=True)
 
 

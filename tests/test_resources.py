@@ -49,7 +49,7 @@ def test_partition_and_account_from_the_environment_unless_configured():
 @pytest.mark.parametrize("section,key", [
     ({"default": {**BASE, "cpus": 0}}, "resources.default.cpus"),
     ({"default": BASE, "train": {"mem_mb": -5}}, "resources.train.mem_mb"),
-    ({"default": BASE, "reward": {"gpu": -1}}, "resources.reward.gpu"),
+    ({"default": BASE, "score": {"gpu": -1}}, "resources.score.gpu"),
     ({"default": {"cpus": 1, "mem_mb": 1, "runtime": 1}}, "resources.default: missing gpu"),
     ({"default": BASE, "train": {"slurm_extra": "--exclusive --gres=gpu:2"}}, "resources.train.slurm_extra: --gres"),
     ({"default": {**BASE, "slurm_extra": "-t 10"}}, "resources.default.slurm_extra: -t"),
@@ -80,7 +80,7 @@ def test_shipped_resource_configs_resolve_for_every_family(path):
         assert set(gpus.values()) == {0}
         assert max(r.resources["mem_mb"] for r in resolved.values()) <= 4000
     else:
-        assert gpus["train"] == 8 and gpus["generate"] == gpus["reward"] == 4 and gpus["mask"] == 0
+        assert gpus["train"] == 8 and gpus["generate"] == gpus["score"] == 4 and gpus["mask"] == 0
 
 
 def test_a_job_that_sees_fewer_gpus_than_it_asked_for_stops_with_the_reason():

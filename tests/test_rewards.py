@@ -190,14 +190,24 @@ def test_token_jsd_shapes_bounds_and_chunking():
         token_jsd(torch.tensor(1.0), torch.zeros(3))
 
 
-@pytest.mark.parametrize("distill,use,normalize,use_acc,use_distill", [
-    ("normalized", "both", True, True, True), ("raw", "both", False, True, True),
-    ("normalized", "acc", True, True, False), ("raw", "distill", False, False, True),
-])
-def test_reward_responses_maps_each_setting_and_joins_each_response_to_its_question(
-        tmp_path, monkeypatch, distill, use, normalize, use_acc, use_distill):
-    """The reward job's wiring, without models: two judged files in, each response scored with
-    its own question's image, the settings reaching group_rewards, no remote code unless asked."""
+def _response_files(tmp_path, judged: bool):
+    """Two response files of one stage group (teacher, student) for questions a and b."""
+    import pandas as pd
+
+    files = []
+    for name, qids, acc in (("teacher", ["a", "b"], [1.0, 0.0]), ("student", ["b", "a"], [1.0, 1.0])):
+        path = tmp_path / f"{name}{'_j' if judged else ''}.parquet"
+        frame = pd.DataFrame({"question_id": qids, "source": name, "sample_idx": [0, 0], "token_ids": [[1, 2]] * 2})
+        if judged:
+            frame["r_acc"] = acc
+        frame.to_parquet(path)
+        files.append(str(path))
+    return files
+
+
+def test_score_files_scores_each_response_with_its_own_question(tmp_path, monkeypatch):
+    """The score job's wiring, without models: the raw responses of two files in, each scored
+    with its own question's image, no remote code unless asked; out: one row per response."""
     import pandas as pd
 
     import masters.checkpoints
@@ -209,35 +219,66 @@ def test_reward_responses_maps_each_setting_and_joins_each_response_to_its_quest
 
     def score(teacher, student, t_proc, s_proc, joined, **kw):
         scored.update(models=(teacher, student, t_proc, s_proc), joined=joined.copy(), kw=kw)
-        return [0.1 * (i + 1) for i in range(len(joined))], [[-0.5]] * len(joined)
+        return [0.1 * (i + 1) for i in range(len(joined))], [[-0.5, -0.25]] * len(joined)
 
     monkeypatch.setattr(rewards, "score_responses", score)
     questions = pd.DataFrame({"id": ["a", "b"], "image": ["img-a", "img-b"], "question": ["qa", "qb"]}).set_index("id")
-    files = []
-    for name, qids, acc in (("t", ["a", "b"], [1.0, 0.0]), ("s", ["b", "a"], [1.0, 1.0])):
-        path = tmp_path / f"{name}.parquet"
-        pd.DataFrame({"question_id": qids, "token_ids": [[1, 2]] * 2, "r_acc": acc}).to_parquet(path)
-        files.append(str(path))
-    out = rewards.reward_responses(files, questions, "T", "S", distill=distill, use=use, alpha=0.5,
-                                   batch_size=3, chunk_size=7)
+    files = _response_files(tmp_path, judged=False)
+    out = rewards.score_files(files, questions, "T", "S", batch_size=3, chunk_size=7)
     assert [p for p, _ in loaded] == ["T", "S"] and all(kw == {"trust_remote_code": False} for _, kw in loaded)
     assert scored["models"] == ("model:T", "model:S", "proc:T", "proc:S")
     assert scored["joined"].image.tolist() == ["img-a", "img-b", "img-b", "img-a"]
     assert scored["joined"].question.tolist() == ["qa", "qb", "qb", "qa"]
     assert scored["kw"] == {"batch_size": 3, "chunk_size": 7, "progress": True}
+    assert list(out.columns) == rewards.SCORE_COLUMNS
+    assert out.question_id.tolist() == ["a", "b", "b", "a"] and out.source.tolist() == ["teacher"] * 2 + ["student"] * 2
+    assert out.divergence.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    rewards.score_files(files, questions, "T", "S", batch_size=3, chunk_size=7, trust_remote_code=True)
+    assert all(kw == {"trust_remote_code": True} for _, kw in loaded[2:])
+    with pytest.raises(KeyError, match="responses: question ids not in the questions files"):
+        rewards.score_files(files, questions.drop(index="b"), "T", "S", batch_size=3, chunk_size=7)
+    pd.DataFrame({"question_id": ["a"], "source": ["teacher"], "token_ids": [[1]]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(KeyError, match=r"bad.parquet: missing column\(s\) \['sample_idx'\]"):  # names the file
+        rewards.score_files([files[0], str(tmp_path / "bad.parquet")], questions, "T", "S", batch_size=3, chunk_size=7)
+
+
+@pytest.mark.parametrize("distill,use,normalize,use_acc,use_distill", [
+    ("normalized", "both", True, True, True), ("raw", "both", False, True, True),
+    ("normalized", "acc", True, True, False), ("raw", "distill", False, False, True),
+])
+def test_reward_responses_joins_scores_by_response_and_maps_each_setting(
+        tmp_path, distill, use, normalize, use_acc, use_distill):
+    """The reward job: judged responses + their scores (in another order: joined by question,
+    source and sample, not by position) -> R of each setting; scores of other responses are an error."""
+    import pandas as pd
+
+    from masters import rewards
+
+    files = _response_files(tmp_path, judged=True)
+    scores = pd.DataFrame({"question_id": ["a", "b", "a", "b"], "source": ["student", "student", "teacher", "teacher"],
+                           "sample_idx": 0, "divergence": [0.4, 0.3, 0.1, 0.2],
+                           "ref_logprobs": [[-0.4, -0.1], [-0.3, -0.1], [-0.1, -0.1], [-0.2, -0.1]]})
+    out = rewards.reward_responses(files, scores, distill=distill, use=use, alpha=0.5)
     expected = rewards.group_rewards(pd.DataFrame({"question_id": ["a", "b", "b", "a"], "r_acc": [1.0, 0.0, 1.0, 1.0],
                                                    "divergence": [0.1, 0.2, 0.3, 0.4]}),
                                      normalize=normalize, alpha=0.5, use_acc=use_acc, use_distill=use_distill)
+    assert out.divergence.tolist() == [0.1, 0.2, 0.3, 0.4]
     assert out.r_total.tolist() == pytest.approx(expected.r_total.tolist())
     assert out.r_distill.tolist() == pytest.approx(expected.r_distill.tolist())
-    assert out.ref_logprobs.tolist() == [[-0.5]] * 4 and list(out.index) == [0, 1, 2, 3]
-    rewards.reward_responses(files, questions, "T", "S", distill=distill, use=use, alpha=0.5, batch_size=3,
-                             chunk_size=7, trust_remote_code=True)
-    assert all(kw == {"trust_remote_code": True} for _, kw in loaded[2:])
-    with pytest.raises(KeyError, match="responses: question ids not in the questions files"):
-        rewards.reward_responses(files, questions.drop(index="b"), "T", "S", distill=distill, use=use, alpha=0.5,
-                                 batch_size=3, chunk_size=7)
-    pd.DataFrame({"question_id": ["a"], "token_ids": [[1]]}).to_parquet(tmp_path / "no_acc.parquet")
-    with pytest.raises(KeyError, match=r"no_acc.parquet: missing column\(s\) \['r_acc'\]"):  # names the file
-        rewards.reward_responses([files[0], str(tmp_path / "no_acc.parquet")], questions, "T", "S", distill=distill,
-                                 use=use, alpha=0.5, batch_size=3, chunk_size=7)
+    assert [list(r) for r in out.ref_logprobs] == [[-0.1, -0.1], [-0.2, -0.1], [-0.3, -0.1], [-0.4, -0.1]]
+    assert list(out.index) == [0, 1, 2, 3] and "_merge" not in out.columns
+    with pytest.raises(ValueError, match=r"s.parquet hold 3 scores for 4 judged responses; none for \(question b, source teacher, sample 0\)"):
+        rewards.reward_responses(files, scores.iloc[:3], distill=distill, use=use, alpha=0.5, scores_name="s.parquet")
+    extra = pd.concat([scores, scores.iloc[:1].assign(question_id="c")], ignore_index=True)
+    with pytest.raises(ValueError, match="hold 5 scores for 4 judged responses: scored from other responses"):
+        rewards.reward_responses(files, extra, distill=distill, use=use, alpha=0.5)
+    with pytest.raises(ValueError, match=r"scores: response \(question a, source student, sample 0\) appears twice"):
+        rewards.reward_responses(files, pd.concat([scores, scores.iloc[:1]]), distill=distill, use=use, alpha=0.5)
+    short = scores.assign(ref_logprobs=[[-0.4, -0.1], [-0.3], [-0.1, -0.1], [-0.2, -0.1]])
+    with pytest.raises(ValueError, match=r"ref_logprobs of \(question b, source student, sample 0\) have another length"):
+        rewards.reward_responses(files, short, distill=distill, use=use, alpha=0.5)
+    with pytest.raises(KeyError, match=r"scores: missing column\(s\) \['divergence'\]"):
+        rewards.reward_responses(files, scores.drop(columns="divergence"), distill=distill, use=use, alpha=0.5)
+    with pytest.raises(KeyError, match=r"teacher.parquet: missing column\(s\) \['r_acc'\]"):  # the raw file
+        rewards.reward_responses(_response_files(tmp_path, judged=False)[:1], scores, distill=distill, use=use,
+                                 alpha=0.5)

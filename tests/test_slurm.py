@@ -107,7 +107,7 @@ def test_cluster_script_is_idempotent(cluster):
 
 
 # Through SLURM: the slice of the smoke DAG behind Table 1 and the world's accuracy table (every
-# rule family that submits jobs: data, tokenizer, sft, questions, mask, generate, judge, reward,
+# rule family that submits jobs: data, tokenizer, sft, questions, mask, generate, judge, score, reward,
 # train, evaluate; ~50 jobs). The whole smoke DAG (187 jobs) through SLURM takes ~20 min on this
 # machine kind (two snakemake start-ups per SLURM job, plus polling), over CI's budget; it was
 # run once and measured (README, "Running on SLURM").
@@ -136,7 +136,7 @@ def test_every_job_is_a_slurm_job(slurm_world):
     jobs = slurm_world["jobs"]
     assert sum(planned.values()) >= 40
     assert set(planned) == {"world_data", "world_tokenizer", "world_sft", "train_questions", "mask", "generate",
-                            "judge", "reward", "train", "evaluate"}
+                            "judge", "score", "reward", "train", "evaluate"}
     assert jobs.rule.value_counts().to_dict() == planned
     assert (jobs.State == "COMPLETED").all(), jobs[jobs.State != "COMPLETED"]
 
@@ -280,7 +280,7 @@ def test_paper_resources_dry_run_asks_for_the_gpus(tmp_path):
     paper = yaml.safe_load((REPO / "configs/paper/resources.yaml").read_text())["resources"]
     blocks = re.split(r"^\[\w{3} \w{3} .*\d{4}\]$", output, flags=re.M)  # one block per planned job
     resources = lambda rule: [re.search(r"resources: (.*)", b).group(1) for b in blocks if re.search(rf"^rule {rule}:$", b, re.M)]
-    for rule in ("train", "reward", "generate", "evaluate"):
+    for rule in ("train", "score", "generate", "evaluate"):
         expected = family(paper, rule, environ={}).resources
         assert resources(rule), rule
         for line in resources(rule):

@@ -188,7 +188,7 @@ def test_changing_one_benchmark_reruns_its_evaluations_and_the_tables(world, tmp
     jobs, out = _dry_run_jobs(world.parent.parent, COUNT_CHANGED, tmp_path)
     assert set(jobs) == {"evaluate", "table", "world_accuracy_table", "fig2", "figF4", "fidelity", "curve", "curves",
                          "all"}, out[-3000:]
-    for rule in ("train", "reward", "generate", "mask"):
+    for rule in ("train", "score", "reward", "generate", "mask"):
         assert rule not in jobs
 
 
