@@ -46,7 +46,8 @@ def cmd_sft(args: argparse.Namespace) -> None:
                             intermediate_size=args.intermediate_size, vision_hidden_size=args.vision_hidden_size,
                             vision_depth=args.vision_depth, vocab_multiple=args.vocab_multiple)
     cfg = sft.SFTConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    sft.build_and_train(args.architecture, size, args.processor, args.train, cfg, args.loss_log, args.out)
+    sft.build_and_train(args.architecture, size, args.processor, args.train, cfg, args.loss_log, args.out,
+                        data=args.data)
     print(f"saved {args.out}")
 
 
@@ -105,6 +106,13 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
 
     paths = write_fidelity(json.loads(args.spec), args.out)
     print(paths[1].read_text())
+
+
+def cmd_judges(args: argparse.Namespace) -> None:
+    from masters.judge_report import write_judge_report
+
+    for path in write_judge_report(json.loads(args.spec), args.out):
+        print(f"wrote {path}")
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
@@ -272,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, required=True, help="items per step")
     p.add_argument("--lr", type=float, required=True, help="peak learning rate")
     p.add_argument("--seed", type=int, default=0, help="init and data-order seed")
+    p.add_argument("--data", choices=["vqa", "judge"], default="vqa",
+                   help="vqa: the train split; judge: App. D judge conversations built from it (a judge model)")
     _add_runtime_flags(p, None)
     p.add_argument("--loss-log", required=True, help="CSV of step, loss, lr")
     p.add_argument("--out", required=True, help="output checkpoint directory")
@@ -308,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, help="JSON: the claims, each with its table's rows and result files")
     p.add_argument("--out", required=True, help="output path stem: writes STEM.csv and STEM.md")
     p.set_defaults(func=cmd_fidelity)
+
+    p = sub.add_parser("judges", help="LLM judges vs the rule judge on the same responses (tables/judges)")
+    p.add_argument("--spec", required=True, help='JSON {"pairs": [{"judge", "source", "llm", "rule"}, ...]}')
+    p.add_argument("--out", required=True, help="output stem (.csv, .md)")
+    p.set_defaults(func=cmd_judges)
 
     p = sub.add_parser("figure", help="a paper figure (PNG + PDF) from result files")
     p.add_argument("name", choices=["fig2", "figF4", "curves"], help="which figure")

@@ -206,6 +206,8 @@ class Design:
     def _check_fidelity(self, errors: list[str]) -> None:
         if self.config["fidelity"] and "fidelity" in self.tables:
             errors.append("tables.fidelity: the name is taken by the fidelity report (results/tables/fidelity)")
+        if "judges" in self.tables:
+            errors.append("tables.judges: the name is taken by the judge report (results/tables/judges)")
         for i, claim in enumerate(self.config["fidelity"]):
             where = f"fidelity[{i}]"
             if claim["table"] not in self.tables:
@@ -305,12 +307,16 @@ class Design:
         return f"llm-{self.teacher_of(student, exp.judge_model) if exp.judge_model else student}"
 
     def reward_file(self, student: str, experiment: str, stage: StageJob, seed: int) -> str:
+        """The rewarded responses a stage trains on. No reward enters a JSD-only loss (its runs
+        read the responses and pi_ref log-probs alone), so those read the rule judge's file:
+        no LLM judge job runs for them."""
         exp = self.experiments[experiment]
         labels = exp.data == "labels"
+        judge = "rule" if exp.loss == "jsd" else self.judge_key(exp, student)
         return self.path("rewards", student=student, teacher=stage.teacher, ratio=ratio_str(stage.ratio),
                          data=paths.data_key(labels, exp.n_teacher, exp.n_student),
                          seed=0 if labels else seed,  # the dataset answers do not depend on the seed
-                         part=stage.part, judge=self.judge_key(exp, student), distill=exp.distill,
+                         part=stage.part, judge=judge, distill=exp.distill,
                          use=exp.reward, alpha=paths.alpha_str(exp.alpha))
 
     def group_responses(self, student: str, teacher: str, ratio: str, data: str, seed: int, part: str,

@@ -35,6 +35,12 @@ def build_batch(processor, images, questions, responses: list[list[int]]) -> Res
     bad = [t for r in responses for t in r if not 0 <= t < vocab]
     if bad:
         raise ValueError(f"token_ids outside the tokenizer's {vocab} ids (e.g. {bad[0]}): wrong tokenizer or padding ids")
+    pixels = {i for i in (getattr(processor, "image_token_id", None), getattr(processor, "video_token_id", None))
+              if isinstance(i, int)}
+    bad = [(row, t) for row, r in enumerate(responses) for t in r if t in pixels]
+    if bad:
+        raise ValueError(f"response {bad[0][0]} holds the image placeholder id {bad[0][1]}: a response cannot"
+                         " hold image tokens (generated without suppressing them?)")
     enc = encode_prompts(processor, images, questions, "right")
     prompt_len = enc["attention_mask"].sum(dim=1).tolist()
     total = max(p + len(r) for p, r in zip(prompt_len, responses))

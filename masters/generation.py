@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from masters.columns import QUESTION_COLUMNS, check_columns  # noqa: F401 (re-exported)
 from masters.checkpoints import checkpoint_identity, fingerprint, load_checkpoint
-from masters.prompts import decode_image, encode_prompts, eos_token_ids, pad_token_id
+from masters.prompts import decode_image, encode_prompts, eos_token_ids, pad_token_id, placeholder_token_ids
 
 RESPONSE_COLUMNS = [
     "question_id", "source", "model", "ratio", "sample_idx",
@@ -86,9 +86,10 @@ class HFBackend:
         tok = self.processor.tokenizer
         self.eos_ids = eos_token_ids(self.model, tok)
         self.pad_id = pad_token_id(tok)
-        # Never sample the embedding's padding rows (ids >= len(tokenizer)): METHOD.md §5.
+        # Never sample the embedding's padding rows (ids >= len(tokenizer)): METHOD.md §5; nor an
+        # image placeholder: a response holding one cannot be fed back (teacher forcing, training).
         width = self.model.get_output_embeddings().weight.shape[0]
-        self.suppress = list(range(len(tok), width)) or None
+        self.suppress = placeholder_token_ids(self.model) + list(range(len(tok), width))
 
     @torch.no_grad()
     def generate(self, questions: pd.DataFrame, params: SamplingParams, seed: int) -> list[list[Completion]]:

@@ -332,7 +332,12 @@ def judge_responses(responses, questions, chat: JudgeBackend | None = None, max_
         out["r_acc"] = [float(rule_score(t, a, o)) for t, a, o in zip(out.text, q["answer"], options)]
         out["judge_raw"], out["judge_parse_failed"] = "", False
         return out
-    results = llm_judge(list(zip(q["question"], q["answer"], out.text)), chat, max_new_tokens=max_new_tokens)
+    # greedy judging is a function of (question, ground truth, generated text): each distinct
+    # triple is judged once (a teacher's samples often repeat one answer)
+    items = list(zip(q["question"].astype(str), q["answer"].astype(str), out.text.astype(str)))
+    distinct = list(dict.fromkeys(items))
+    judged = dict(zip(distinct, llm_judge(distinct, chat, max_new_tokens=max_new_tokens)))
+    results = [judged[item] for item in items]
     out["r_acc"] = [float(r.score) for r in results]
     out["judge_raw"] = ["\n---\n".join(r.raw_outputs) for r in results]
     out["judge_parse_failed"] = [r.parse_failed for r in results]

@@ -61,6 +61,17 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return set(ids)
 
 
+PLACEHOLDER_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+def placeholder_token_ids(model) -> list[int]:
+    """The ids that stand for pixels in a prompt (image/video placeholders and their delimiters,
+    from the model's config): never a token of a response, so generation never samples them."""
+    config = model.config
+    ids = {getattr(config, key, None) for key in PLACEHOLDER_KEYS}
+    return sorted(i for i in ids if isinstance(i, int))
+
+
 def encoding_key(processor) -> tuple:
     """What decides how ``processor`` encodes a prompt: its image/video settings, chat template,
     tokenizer (serialized, added tokens included) and special tokens, but not where it was

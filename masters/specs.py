@@ -135,6 +135,31 @@ def fidelity_outputs(design: Design) -> list[str]:
         if design.config["fidelity"] else []
 
 
+def judges_spec(design: Design) -> dict[str, Any]:
+    """The ``masters judges`` spec: every response file an LLM judge scores for a run of this
+    workflow, with the rule judge's file of the same responses."""
+    pairs: dict[str, dict] = {}
+    for student, exp, seed in design.runs():
+        judge = design.judge_key(design.experiments[exp], student)
+        if judge == "rule":
+            continue
+        for st in design.stages(student, exp):
+            v = paths.parse(design.results, "rewards", design.reward_file(student, exp, st, seed))
+            group = (v["student"], v["teacher"], v["ratio"], v["data"], int(v["seed"]), v["part"])
+            for llm, rule in zip(design.group_responses(*group, judge=judge), design.group_responses(*group, judge="rule")):
+                pairs[llm] = {"judge": judge, "source": paths.parse(design.results, "judged", llm)["source"],
+                              "llm": llm, "rule": rule}
+    return {"pairs": list(pairs.values())}
+
+
+def judges_inputs(spec: dict[str, Any]) -> list[str]:
+    return [f for p in spec["pairs"] for f in (p["llm"], p["rule"])]
+
+
+def judges_outputs(design: Design, spec: dict[str, Any]) -> list[str]:
+    return [f"{design.path('table', table='judges')}.{ext}" for ext in ("csv", "md")] if spec["pairs"] else []
+
+
 # ---------------------------------------------------------------- figures
 
 

@@ -47,6 +47,7 @@ GEN, JUDGE, REWARD, EVAL = (
     config[k] for k in ("generation", "judge", "reward", "evaluation")
 )
 W = config["world"]
+VQA_MODELS = [m for m, size in W["models"].items() if size["sft"]["data"] == "vqa"]
 CURVES = config["figures"].get("curves") or {}
 BENCHMARKS = specs.benchmark_entries(DESIGN, REPO)
 
@@ -174,7 +175,11 @@ def eval_data(w):
 
 
 def table_outputs():
-    return specs.table_outputs(DESIGN) + specs.fidelity_outputs(DESIGN)
+    return (
+        specs.table_outputs(DESIGN)
+        + specs.fidelity_outputs(DESIGN)
+        + specs.judges_outputs(DESIGN, JUDGES_SPEC)
+    )
 
 
 def figure_outputs():

@@ -71,7 +71,7 @@ rule world_accuracy_table:
     input:
         [
             DESIGN.evaluation(paths.run("model", model=m), b)
-            for m in W["models"]
+            for m in VQA_MODELS
             for b in BENCHMARKS
         ],
     output:

@@ -46,3 +46,24 @@ rule fidelity:
         stem=output_stem,
     shell:
         "masters fidelity --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
+
+
+JUDGES_SPEC = specs.judges_spec(DESIGN)
+
+
+rule judges:
+    input:
+        specs.judges_inputs(JUDGES_SPEC),
+    output:
+        csv=report(f"{DESIGN.path('table', table='judges')}.csv", category="Tables"),
+        md=f"{DESIGN.path('table', table='judges')}.md",
+    log:
+        paths.log(RESULTS, "table").format(table="judges"),
+    localrule: True
+    conda:
+        "../envs/masters.yaml"
+    params:
+        spec=json.dumps(JUDGES_SPEC),
+        stem=output_stem,
+    shell:
+        "masters judges --spec {params.spec:q} --out {params.stem} > {log} 2>&1"

@@ -67,4 +67,5 @@ rule world_sft:
         " --intermediate-size {params.s[intermediate_size]} --vision-hidden-size {params.s[vision_hidden_size]}"
         " --vision-depth {params.s[vision_depth]} --vocab-multiple {params.s[vocab_multiple]}"
         " --steps {params.s[sft][steps]} --batch-size {params.s[sft][batch_size]} --lr {params.s[sft][lr]}"
+        " --data {params.s[sft][data]}"
         " --seed {params.seed} --threads {threads} --gpus {resources.job_gpus} --loss-log {output.loss} --out {output.model} > {log} 2>&1"

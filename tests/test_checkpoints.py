@@ -214,3 +214,19 @@ def test_same_encoding_shares_a_batch_only_between_processors_that_encode_alike(
     b = checkpoints.load_checkpoint(path)[1]
     b.chat_template = b.chat_template + " "
     assert not prompts.same_encoding(a, b)
+
+
+def test_image_placeholders_are_never_generated_nor_taken_as_a_response(saved, questions):
+    """An untrained model can sample the image placeholder id; fed back, it breaks the teacher-
+    forced forward pass ("image features and image tokens do not match"). Generation suppresses
+    the placeholder ids (with the padding rows), and build_batch names such a response."""
+    path, _ = saved
+    backend = generation.HFBackend(path)
+    placeholders = prompts.placeholder_token_ids(backend.model)
+    assert backend.model.config.image_token_id in placeholders and set(placeholders) <= set(backend.suppress)
+    vocab = len(backend.processor.tokenizer)
+    assert set(range(vocab, backend.model.get_output_embeddings().weight.shape[0])) <= set(backend.suppress)
+    images = [prompts.decode_image(c) for c in questions["image"]]
+    image_id = backend.processor.image_token_id
+    with pytest.raises(ValueError, match=f"response 1 holds the image placeholder id {image_id}"):
+        forward.build_batch(backend.processor, images, questions["question"].tolist(), [[1, 2], [3, image_id]])

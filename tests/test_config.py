@@ -20,12 +20,12 @@ def test_dry_run_plans_the_world(extra, tmp_path):
     run = snakemake("-n", "--cores", "2", "--directory", str(tmp_path), *extra)
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout + run.stderr
-    counts = {"world_data": 12, "world_sft": 3, "world_tokenizer": 1, "table": 11, "fig2": 1, "figF4": 1,
-              "fidelity": 1, "curves": 1, "curve": 3,
+    counts = {"world_data": 12, "world_sft": 4, "world_tokenizer": 1, "table": 11, "fig2": 1, "figF4": 1,
+              "fidelity": 1, "judges": 1, "curves": 1, "curve": 3,  # world_sft: L, M, S and the judge J
               "train_questions": 1, "mask": 7}  # 5 L ratios (0.1..0.5) + 2 M ratios; 0 = the teacher
     for rule, count in counts.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), rule
-    for rule in ("generate", "judge", "reward", "train", "evaluate"):
+    for rule in ("generate", "judge", "score", "reward", "train", "evaluate"):
         assert any(line.split()[:1] == [rule] for line in out.splitlines()), rule
 
 

@@ -65,11 +65,11 @@ def test_reward_file_names_what_it_reads():
     stage = d.stages("S", "reward_acc")[0]
     path = d.reward_file("S", "reward_acc", stage, 1)
     v = paths.parse(d.results, "rewards", path)
-    assert (v["judge"], v["distill"], v["use"], float(v["alpha"])) == ("llm-S", "normalized", "acc", 1.0)
+    assert (v["judge"], v["distill"], v["use"], float(v["alpha"])) == ("llm-J", "normalized", "acc", 1.0)
     group = (v["student"], v["teacher"], v["ratio"], v["data"], int(v["seed"]), v["part"])
     got = d.reward_inputs(*group, v["judge"])
-    assert got["responses"] == [d.responses("teacher", "M", 0.2, 4, 1, "all", judge="llm-S"),
-                                d.responses("student", "S", 0.0, 4, 1, "all", judge="llm-S")]
+    assert got["responses"] == [d.responses("teacher", "M", 0.2, 4, 1, "all", judge="llm-J"),
+                                d.responses("student", "S", 0.0, 4, 1, "all", judge="llm-J")]
     # the scores (D, pi_ref log-probs) of the same raw responses, shared by every reward setting
     scores = d.score_inputs(*group)
     assert got["scores"] == d.path("scores", student="S", teacher="M", ratio="0.20", data="t4s4", seed=1, part="all")
@@ -86,6 +86,7 @@ def test_a_student_with_underscores_and_the_llm_judge_round_trips():
     config["models"] = {"my_S": "{results}/world/models/S", "big_T-1.5": "{results}/world/models/L",
                         "M": "{results}/world/models/M"}
     config["students"] = {"my_S": {"large": "big_T-1.5", "mid": "M"}}
+    config["experiments"]["reward_acc"]["judge_model"] = None  # the student judges (App. F.7's default)
     config["reward"]["alpha"] = 0.25
     d = Design(config)
     for exp in ("reward_acc", "naive", "masters"):
@@ -226,9 +227,9 @@ def test_paper_tables_rows_are_the_paper_rows():
         assert set(_differences(d, main, e.name)) <= {"n_teacher", "n_student", "sources"}
     # Table 5e: one reward setting per row
     t5e = _rows("table5e")
-    want = {"reward"} | ({"judge"} if d.experiments[main].judge == "llm" else set())
+    want = {"reward"} | ({"judge", "judge_model"} if d.experiments[main].judge == "llm" else set())
     assert set(_differences(d, main, t5e["R_acc(rule)"])) == want
-    assert set(_differences(d, t5e["R_acc(rule)"], t5e["R_acc"])) == {"judge"}
+    assert set(_differences(d, t5e["R_acc(rule)"], t5e["R_acc"])) <= {"judge", "judge_model"}  # the LLM judge
     assert _differences(d, main, t5e["R_distill"]) == {"reward": ("both", "distill")}
     assert _differences(d, main, t5e["R_acc + R_distill(raw)"]) == {"distill": ("normalized", "raw")}
     # Table 5d: the components in its columns
@@ -269,9 +270,12 @@ def test_judge_model_per_experiment():
     config = copy.deepcopy(CONFIG)
     config["experiments"]["teacher_judge"] = {"extends": "reward_acc", "judge_model": "large"}
     config["experiments"]["m_judge"] = {"extends": "reward_acc", "judge_model": "M"}
+    config["experiments"]["student_judge"] = {"extends": "reward_acc", "judge_model": None}
     d = Design(config)
-    keys = {e: d.judge_key(d.experiments[e], "S") for e in ("reward_acc", "teacher_judge", "m_judge", "mid_masters")}
-    assert keys == {"reward_acc": "llm-S", "teacher_judge": "llm-L", "m_judge": "llm-M", "mid_masters": "rule"}
+    keys = {e: d.judge_key(d.experiments[e], "S") for e in ("reward_acc", "teacher_judge", "m_judge", "student_judge",
+                                                              "mid_masters")}
+    assert keys == {"reward_acc": "llm-J", "teacher_judge": "llm-L", "m_judge": "llm-M", "student_judge": "llm-S",
+                    "mid_masters": "rule"}
     config["experiments"]["x"] = {"extends": "reward_acc", "judge_model": "huge"}
     with pytest.raises(DesignError, match="experiments.x.judge_model: unknown judge 'huge'"):
         Design(config)
@@ -290,3 +294,17 @@ def test_a_plan_of_three_teachers():
         ("M", "0.10"), ("M", "0.05"), ("M", "0.00"), ("L", "0.20"), ("L", "0.10"), ("L", "0.00"), ("XL", "0.00")]
     assert sum(s.steps for s in stages) == CONFIG["training"]["steps"]
     assert d.teacher_dir("XL", 0.0) == d.model_dir("XL")
+
+
+def test_jsd_only_runs_read_the_rule_judges_file_whatever_the_judge():
+    """No reward enters a JSD-only loss, so its stages read the rule judge's reward file: with an
+    LLM judge everywhere, only the RL runs cause LLM judge jobs."""
+    config = copy.deepcopy(CONFIG)
+    config["judge"] = {**config["judge"], "kind": "llm", "model": "J"}
+    d = Design(config)
+    judge_of = lambda exp: paths.parse(d.results, "rewards", d.reward_file("S", exp, d.stages("S", exp)[0], 0))["judge"]  # noqa: E731
+    assert d.experiments["mask_progressive"].judge == "llm" and d.experiments["mask_progressive"].loss == "jsd"
+    assert {e: judge_of(e) for e in ("naive", "mask_progressive", "mid_mask_progressive", "masters", "mid_masters",
+                                     "reward_acc_rule")} == {"naive": "rule", "mask_progressive": "rule",
+                                                             "mid_mask_progressive": "rule", "masters": "llm-J",
+                                                             "mid_masters": "llm-J", "reward_acc_rule": "rule"}

@@ -251,6 +251,14 @@ def test_judge_responses_rule_and_llm_over_a_responses_frame():
     assert [m for _, m in seen] == [33, 33] and "How many?" in str(seen[0][0][0]) and "three? no, 3" in str(seen[0][0][0])
     with pytest.raises(KeyError, match="responses: question ids not in the questions files: \\['q9'\\]"):
         judge_responses(pd.DataFrame({"question_id": ["q9"], "text": ["x"]}), questions)
+    # a repeated (question, answer, text) is judged once and its verdict copied; the same text
+    # for another question is judged on its own
+    seen.clear()
+    repeated = pd.DataFrame({"question_id": ["q1", "q1", "q2", "q1"], "text": ["square", "square", "square", "circle"]})
+    chat = Chat()
+    chat.calls = [["<answer>1</answer>", "<answer>0</answer>", "<answer>0</answer>"]]
+    judged = judge_responses(repeated, questions, chat, 8)
+    assert len(seen) == 1 and len(seen[0][0]) == 3 and judged.r_acc.tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_chat_backend_builds_the_named_backend_with_the_settings(monkeypatch):
@@ -273,3 +281,55 @@ def test_chat_backend_builds_the_named_backend_with_the_settings(monkeypatch):
     with pytest.raises(NotImplementedError, match="vllm"):
         chat_backend("/judge", "vllm", 12)
     assert built[-1] == ("vllm", "/judge")
+
+
+def test_judge_report_counts_parse_failures_and_agreement_per_judge_and_source(tmp_path):
+    import pandas as pd
+
+    from masters.judge_report import judge_report, write_judge_report
+
+    def judged(name, texts, acc, failed=None):
+        path = tmp_path / f"{name}.parquet"
+        pd.DataFrame({"text": texts, "r_acc": acc, "judge_parse_failed": failed or [False] * len(texts)}).to_parquet(path)
+        return str(path)
+
+    pairs = [{"judge": "llm-J", "source": "teacher", "llm": judged("t_llm", ["a", "b", "c", "d"], [1, 1, 0, 0]),
+              "rule": judged("t_rule", ["a", "b", "c", "d"], [1, 0, 1, 0])},
+             {"judge": "llm-J", "source": "student", "llm": judged("s_llm", ["x", "y"], [0, 0], [True, False]),
+              "rule": judged("s_rule", ["x", "y"], [0, 1])}]
+    report = judge_report({"pairs": pairs}).set_index(["judge", "source"])
+    teacher, student, every = (report.loc[("llm-J", s)] for s in ("teacher", "student", "all"))
+    assert (teacher.responses, teacher.agree_pct, teacher.llm_1_rule_0_pct, teacher.llm_0_rule_1_pct) == (4, 50, 25, 25)
+    assert (student.parse_failed_pct, student.agree_pct, student.r_acc_llm, student.r_acc_rule) == (50, 50, 0, 0.5)
+    assert (every.responses, every.agree_pct, every.parse_failed_pct) == (6, 50, pytest.approx(100 / 6))
+    written = write_judge_report({"pairs": pairs}, tmp_path / "judges")
+    assert pd.read_csv(written[0]).shape == (3, 9) and "llm-J" in written[1].read_text()
+    other = judged("other", ["a", "b", "c", "e"], [1, 1, 1, 1])
+    with pytest.raises(ValueError, match="judge different responses"):
+        judge_report({"pairs": [{**pairs[0], "rule": other}]})
+    assert "no LLM judge" in write_judge_report({"pairs": []}, tmp_path / "none")[1].read_text()
+
+
+def test_world_judge_data_is_the_app_d_prompt_scored_by_the_rule_judge():
+    """The world judge's SFT data: App. D's prompt verbatim, the rule judge's score, a reply that
+    parses; right and wrong candidates in the same surface forms (no shortcut but the content)."""
+    import pandas as pd
+
+    from masters.judge import EVAL_SYSTEM_PROMPT, parse_score
+    from masters.world import vqa
+    from masters.world.judge_data import judge_examples
+
+    items = pd.DataFrame([*vqa.generate("colour", "train", 20, seed=0, image_size=28),
+                          *vqa.generate("shape", "train", 20, seed=0, image_size=28)])
+    ex = judge_examples(items, 400, seed=3)
+    assert ex.equals(judge_examples(items, 400, seed=3)) and not ex.equals(judge_examples(items, 400, seed=4))
+    assert all(m[0]["content"] == EVAL_SYSTEM_PROMPT for m in ex.messages)
+    generated = [m[1]["content"].split("<generated text>\n")[1].split("\n</generated text>")[0] for m in ex.messages]
+    truth = [m[1]["content"].split("<ground truth>\n")[1].split("\n</ground truth>")[0] for m in ex.messages]
+    by_truth = items.drop_duplicates("answer").set_index("answer")
+    assert [parse_score(r) for r in ex.reply] == ex.score.tolist()
+    assert ex.score.tolist() == [rule_score(g, t, list(by_truth.loc[t, "options"]) if by_truth.loc[t, "task"] == "shape"
+                                            else None) for g, t in zip(generated, truth)]
+    assert 0.35 < ex.score.mean() < 0.65
+    capitalized = pd.Series([g[:1].isupper() and g.endswith(".") and " " not in g for g in generated])
+    assert capitalized.any() and abs(ex.score[capitalized].mean() - ex.score[~capitalized].mean()) < 0.25

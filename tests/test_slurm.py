@@ -289,6 +289,6 @@ def test_paper_resources_dry_run_asks_for_the_gpus(tmp_path):
     assert family(paper, "train", environ={}).resources["gpu"] == 8
     judges = [(re.search(r"judge=(\S+?),", b).group(1), re.search(r"resources: (.*)", b).group(1))
               for b in blocks if re.search(r"^rule judge:$", b, re.M)]
-    assert {judge for judge, _ in judges} == {"rule", "llm-S"}
+    assert {judge for judge, _ in judges} == {"rule", "llm-J"}
     for judge, line in judges:  # the LLM judge asks for the judge family, the rule judge for default
-        assert ("gpu=1, gpu_model=h100," in line) if judge == "llm-S" else ("gpu=0," in line and "gpu_model" not in line), line
+        assert ("gpu=1, gpu_model=h100," in line) if judge == "llm-J" else ("gpu=0," in line and "gpu_model" not in line), line

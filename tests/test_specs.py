@@ -189,3 +189,29 @@ def test_curves_runs_save_step_checkpoints_and_the_figure_reads_their_curves():
     config["figures"]["curves"]["experiments"] = ["base"]
     with pytest.raises(Exception, match="figures.curves: 'base' is not trained"):
         Design(config)
+
+
+def test_judges_spec_pairs_every_llm_judged_file_with_the_rule_judges():
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["reward_acc"]["judge_model"] = "large"
+    d = Design(config)
+    spec = specs.judges_spec(d)
+    llm_runs = {(s, e, seed) for s, e, seed in d.runs() if d.judge_key(d.experiments[e], s) != "rule"}
+    assert {e for _, e, _ in llm_runs} == {e for e, x in d.experiments.items() if x.train and x.judge == "llm"
+                                          and any(e == r for _, r, _ in d.runs())}
+    judged = {p["llm"] for p in spec["pairs"]}
+    for student, exp, seed in llm_runs:
+        for st in d.stages(student, exp):
+            v = paths.parse(d.results, "rewards", d.reward_file(student, exp, st, seed))
+            assert set(d.reward_inputs(v["student"], v["teacher"], v["ratio"], v["data"], int(v["seed"]), v["part"],
+                                       v["judge"])["responses"]) <= judged
+    for pair in spec["pairs"]:
+        llm, rule = (paths.parse(d.results, "judged", pair[k]) for k in ("llm", "rule"))
+        assert llm["judge"] == pair["judge"] == "llm-L" and rule["judge"] == "rule"
+        assert {k: v for k, v in llm.items() if k != "judge"} == {k: v for k, v in rule.items() if k != "judge"}
+        assert pair["source"] == llm["source"]
+    assert len(judged) == len(spec["pairs"]) and {p["source"] for p in spec["pairs"]} == {"teacher", "student"}
+    assert specs.judges_inputs(spec)[:2] == [spec["pairs"][0]["llm"], spec["pairs"][0]["rule"]]
+    assert specs.judges_outputs(d, spec) == [f"{d.results}/tables/judges.csv", f"{d.results}/tables/judges.md"]
+    config["experiments"]["reward_acc"]["judge"] = "rule"
+    assert specs.judges_spec(Design(config)) == {"pairs": []}

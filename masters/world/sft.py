@@ -1,7 +1,9 @@
-"""Supervised fine-tuning of the tiny VLMs on the procedural VQA train split.
+"""Supervised fine-tuning of the tiny VLMs on the procedural VQA train split, or (the world's
+judge model) on App. D judge conversations built from it (:mod:`masters.world.judge_data`).
 
 Cross-entropy on the assistant tokens only (answer + ``<|im_end|>``); prompts are those of
-:mod:`masters.prompts` (the processor's chat template, as lm-eval's ``--apply_chat_template``).
+:mod:`masters.prompts` (the processor's chat template, as lm-eval's ``--apply_chat_template``),
+or the judge's text-only chat as :class:`masters.generation.HFChatBackend` renders it.
 AdamW, linear warm-up then cosine decay, grad-norm clip. Deterministic for a seed and a
 thread count.
 """
@@ -42,16 +44,20 @@ def load_items(paths: list[str | Path]) -> pd.DataFrame:
 def encode_batch(processor, images, questions, answers) -> dict[str, torch.Tensor]:
     """Right-padded prompt+answer batch with labels on the answer tokens and the eos token
     (``<|im_end|>``, which ends a turn in the chat template)."""
+    return _with_targets(processor, prompt_texts(processor, questions), answers, images=list(images))
+
+
+def encode_chat_batch(processor, conversations, replies) -> dict[str, torch.Tensor]:
+    """The same for text-only chats (``[{"role", "content"}]`` lists) and their replies."""
+    prompts = [processor.apply_chat_template(m, add_generation_prompt=True) for m in conversations]
+    return _with_targets(processor, prompts, replies)
+
+
+def _with_targets(processor, prompts, answers, **inputs) -> dict[str, torch.Tensor]:
     tokenizer = processor.tokenizer
-    prompts = prompt_texts(processor, questions)
     targets = [a + tokenizer.eos_token for a in answers]
-    enc = processor(
-        images=list(images),
-        text=[p + t for p, t in zip(prompts, targets)],
-        padding=True,
-        padding_side="right",
-        return_tensors="pt",
-    )
+    enc = processor(text=[p + t for p, t in zip(prompts, targets)], padding=True, padding_side="right",
+                    return_tensors="pt", **inputs)
     labels = torch.full_like(enc["input_ids"], -100)
     lengths = enc["attention_mask"].sum(dim=1)
     for row, target in enumerate(targets):
@@ -72,12 +78,21 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
 
 
 def train(model, processor, items: pd.DataFrame, cfg: SFTConfig, log_path: str | Path | None = None) -> list[dict]:
-    """Train ``model`` in place; returns (and writes as CSV) the loss log."""
+    """Train ``model`` in place on VQA rows (``image``, ``question``, ``answer``) or judge
+    conversations (``messages``, ``reply``); returns (and writes as CSV) the loss log."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    images = [decode_image(c) for c in items["image"]]
-    questions = items["question"].tolist()
-    answers = items["answer"].tolist()
+    if "messages" in items:
+        def batch_of(idx):
+            return encode_chat_batch(processor, [items["messages"].iat[i] for i in idx],
+                                     [items["reply"].iat[i] for i in idx])
+    else:
+        images = [decode_image(c) for c in items["image"]]
+        questions, answers = items["question"].tolist(), items["answer"].tolist()
+
+        def batch_of(idx):
+            return encode_batch(processor, [images[i] for i in idx], [questions[i] for i in idx],
+                                [answers[i] for i in idx])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
     log: list[dict] = []
@@ -89,7 +104,7 @@ def train(model, processor, items: pd.DataFrame, cfg: SFTConfig, log_path: str |
             order, cursor = rng.permutation(len(items)), 0
         idx = order[cursor : cursor + cfg.batch_size]
         cursor += cfg.batch_size
-        batch = encode_batch(processor, [images[i] for i in idx], [questions[i] for i in idx], [answers[i] for i in idx])
+        batch = batch_of(idx)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         loss = model(**batch).loss
@@ -127,9 +142,10 @@ def greedy_answers(model, processor, items: pd.DataFrame, batch_size: int = 32, 
 
 
 def build_and_train(architecture: str, size, processor_dir: str | Path, train_files: list[str], cfg: SFTConfig,
-                    loss_log: str | Path, out: str | Path) -> None:
-    """One tiny VLM of the world: built from ``size`` (seeded), fine-tuned, saved as a stock HF
-    checkpoint (``masters sft``)."""
+                    loss_log: str | Path, out: str | Path, data: str = "vqa") -> None:
+    """One tiny VLM of the world: built from ``size`` (seeded), fine-tuned on ``data`` (``vqa``,
+    or ``judge``: one App. D conversation per step and row), saved as a stock HF checkpoint
+    (``masters sft``)."""
     from transformers import AutoProcessor
 
     from masters.checkpoints import save_checkpoint
@@ -139,5 +155,10 @@ def build_and_train(architecture: str, size, processor_dir: str | Path, train_fi
     model = models.build_model(architecture, size, processor.tokenizer, seed=cfg.seed)
     print(f"{architecture} {size}: {models.num_parameters(model):,} parameters")
     Path(loss_log).parent.mkdir(parents=True, exist_ok=True)
-    train(model, processor, load_items(train_files), cfg, log_path=loss_log)
+    items = load_items(train_files)
+    if data == "judge":
+        from masters.world.judge_data import judge_examples
+
+        items = judge_examples(items, cfg.steps * cfg.batch_size, cfg.seed)
+    train(model, processor, items, cfg, log_path=loss_log)
     save_checkpoint(model, processor, out)
