@@ -27,8 +27,9 @@ class ResponseBatch:
     lengths: list[int]  # response lengths per row (sum = N)
 
 
-def build_batch(processor, images, questions, responses: list[list[int]]) -> ResponseBatch:
-    """Right-padded ``prompt + response`` inputs for a list of rows."""
+def build_batch(processor, images, questions, responses: list[list[int]], enc=None) -> ResponseBatch:
+    """Right-padded ``prompt + response`` inputs for a list of rows (``enc``: the rows' prompts
+    already encoded, right-padded, e.g. by :func:`encode_rows`)."""
     if any(len(r) == 0 for r in responses):
         raise ValueError("empty response: every response needs at least one token")
     vocab = len(processor.tokenizer)
@@ -41,7 +42,8 @@ def build_batch(processor, images, questions, responses: list[list[int]]) -> Res
     if bad:
         raise ValueError(f"response {bad[0][0]} holds the image placeholder id {bad[0][1]}: a response cannot"
                          " hold image tokens (generated without suppressing them?)")
-    enc = encode_prompts(processor, images, questions, "right")
+    if enc is None:
+        enc = encode_prompts(processor, images, questions, "right")
     prompt_len = enc["attention_mask"].sum(dim=1).tolist()
     total = max(p + len(r) for p, r in zip(prompt_len, responses))
     rows = len(responses)
@@ -65,14 +67,37 @@ def build_batch(processor, images, questions, responses: list[list[int]]) -> Res
     return ResponseBatch(inputs, predicts, targets, [len(r) for r in responses])
 
 
-def build_batch_from_rows(processor, rows) -> ResponseBatch:
-    """``rows``: a DataFrame with ``image``, ``question`` and ``token_ids`` columns."""
-    return build_batch(
-        processor,
-        [decode_image(c) for c in rows["image"]],
-        rows["question"].tolist(),
-        [list(map(int, t)) for t in rows["token_ids"]],
-    )
+def encode_rows(processor, rows, cache: dict | None = None):
+    """The rows' prompts (``image`` cells, ``question``), right-padded as :func:`encode_prompts`
+    gives them. With a ``cache`` (a dict kept for one processor), each distinct prompt is encoded
+    once, alone, and batches are assembled from those: sequence tensors padded, the others (pixel
+    patches, grids) concatenated in row order, as the processor does for a batch (tested)."""
+    if cache is None:
+        return encode_prompts(processor, [decode_image(c) for c in rows["image"]], rows["question"], "right")
+    keys = [(bytes(c["bytes"]), q) for c, q in zip(rows["image"], rows["question"])]
+    for key in dict.fromkeys(keys):
+        if key not in cache:
+            cache[key] = encode_prompts(processor, [decode_image({"bytes": key[0]})], [key[1]], "right")
+    items = [cache[k] for k in keys]
+    width = max(e["input_ids"].shape[1] for e in items)
+    pad = {"input_ids": pad_token_id(processor.tokenizer)}
+    out = {}
+    for name in items[0].keys():
+        parts = []
+        for e in items:
+            value = e[name]
+            if value.dim() == 2 and value.shape == e["input_ids"].shape:  # a sequence: pad on the right
+                value = torch.nn.functional.pad(value, (0, width - value.shape[1]), value=pad.get(name, 0))
+            parts.append(value)
+        out[name] = torch.cat(parts)
+    return out
+
+
+def build_batch_from_rows(processor, rows, cache: dict | None = None) -> ResponseBatch:
+    """``rows``: a DataFrame with ``image``, ``question`` and ``token_ids`` columns (``cache``: see
+    :func:`encode_rows`)."""
+    return build_batch(processor, None, None, [list(map(int, t)) for t in rows["token_ids"]],
+                       enc=encode_rows(processor, rows, cache))
 
 
 def response_hidden_states(model, batch: ResponseBatch) -> torch.Tensor:

@@ -76,10 +76,16 @@ def encoding_key(processor) -> tuple:
     """What decides how ``processor`` encodes a prompt: its image/video settings, chat template,
     tokenizer (serialized, added tokens included) and special tokens, but not where it was
     loaded from. Two processors with equal keys give identical :func:`encode_prompts` batches."""
+    import json
+
     tok = processor.tokenizer
     backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:  # the serialized tokenizer, less the padding/truncation its last call left set
+        backend = json.loads(backend.to_str())
+        backend.pop("padding", None), backend.pop("truncation", None)
+        backend = json.dumps(backend, sort_keys=True)
     return (type(processor).__name__, processor.to_json_string(), getattr(processor, "chat_template", None),
-            type(tok).__name__, backend.to_str() if backend is not None else sorted(tok.get_vocab().items()),
+            type(tok).__name__, backend if backend is not None else sorted(tok.get_vocab().items()),
             tuple(sorted(map(str, tok.special_tokens_map.items()))), tok.pad_token_id, tok.eos_token_id,
             getattr(tok, "chat_template", None))
 

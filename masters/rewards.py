@@ -213,10 +213,11 @@ def score_responses(teacher, student, t_proc, s_proc, rows, batch_size: int = 8,
     vocab = len(s_proc.tokenizer)
     divergences: list[float] = []
     ref_logprobs: list[list[float]] = []
+    prompts: dict = {}  # a question's prompt is encoded once for all its responses
     with torch.no_grad():
         for start in tqdm(range(0, len(rows), batch_size), desc="reward", disable=not progress):
             chunk = rows.iloc[start : start + batch_size]
-            s_batch = build_batch_from_rows(s_proc, chunk)
+            s_batch = build_batch_from_rows(s_proc, chunk, prompts)
             h_s = response_hidden_states(student, s_batch)
             t_batch = s_batch if t_proc is s_proc else build_batch_from_rows(t_proc, chunk)
             h_t = response_hidden_states(teacher, t_batch)

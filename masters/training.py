@@ -100,9 +100,11 @@ def batch_order(n_rows: int, batch_size: int, seed: int, stage: int, step: int) 
     return perm[k * batch_size : (k + 1) * batch_size] if n_rows >= batch_size else perm
 
 
-def step_loss(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainConfig, vocab: int) -> dict[str, float]:
-    """Forward + chunked backward of one batch; returns the detached means for the log."""
-    s_batch = build_batch_from_rows(s_proc, rows)
+def step_loss(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainConfig, vocab: int,
+              prompts: dict | None = None) -> dict[str, float]:
+    """Forward + chunked backward of one batch; returns the detached means for the log
+    (``prompts``: the student's encoded prompts, kept across steps; :func:`forward.encode_rows`)."""
+    s_batch = build_batch_from_rows(s_proc, rows, prompts)
     hidden = response_hidden_states(student, s_batch)
     leaf = hidden.detach().requires_grad_(True)
     n = leaf.shape[0]
@@ -201,6 +203,7 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     if cfg.curve_every and global_step == 0:
         save_checkpoint(student, s_proc, out / "steps/step0")  # pi_ref, the curve's first point
     student.train()
+    prompts: dict = {}  # each question's prompt encoded once (a question recurs in every epoch and stage)
     for k in range(state["stage"], len(stages)):
         stage = stages[k]
         teacher, t_proc = load_checkpoint(stage.teacher)
@@ -215,7 +218,7 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
                 return log_frame()
             batch = rows.iloc[batch_order(len(rows), cfg.batch_size, cfg.seed, k, local)]
             optimizer.zero_grad(set_to_none=True)
-            terms = step_loss(student, teacher, s_proc, t_proc, batch, cfg, vocab)
+            terms = step_loss(student, teacher, s_proc, t_proc, batch, cfg, vocab, prompts)
             torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
             optimizer.step()
             global_step += 1

@@ -206,6 +206,9 @@ def test_same_encoding_shares_a_batch_only_between_processors_that_encode_alike(
     images = [prompts.decode_image(c) for c in questions["image"]]
     enc_a, enc_b = (prompts.encode_prompts(p, images, questions["question"], "right") for p in (a, b))
     assert enc_a.keys() == enc_b.keys() and all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)
+    # a processor that has encoded a batch (its tokenizer keeps the last padding settings) is the same
+    b2 = checkpoints.load_checkpoint(path)[1]
+    assert prompts.same_encoding(a, b2), "after use"
     b.image_processor.image_mean = [0.0, 0.0, 0.0]
     assert not prompts.same_encoding(a, b)
     b = checkpoints.load_checkpoint(path)[1]
@@ -230,3 +233,24 @@ def test_image_placeholders_are_never_generated_nor_taken_as_a_response(saved, q
     image_id = backend.processor.image_token_id
     with pytest.raises(ValueError, match=f"response 1 holds the image placeholder id {image_id}"):
         forward.build_batch(backend.processor, images, questions["question"].tolist(), [[1, 2], [3, image_id]])
+
+
+def test_cached_prompt_encoding_builds_the_same_batches(saved, questions):
+    """forward.encode_rows with a cache (each prompt encoded once, alone; batches assembled)
+    gives exactly the tensors of encoding the batch at once, for every family, rows repeated and
+    in any order."""
+    path, _ = saved
+    _, processor = checkpoints.load_checkpoint(path)
+    rows = pd.concat([questions, questions.iloc[::-1], questions.iloc[:1]], ignore_index=True)
+    v = len(processor.tokenizer)  # ids from the top: the special (image) tokens come first
+    rows["token_ids"] = [[v - 1 - i % 4, v - 2] if i % 2 else [v - 3] for i in range(len(rows))]
+    cache: dict = {}
+    for part in (rows.iloc[:3], rows.iloc[2:], rows):
+        direct = forward.build_batch_from_rows(processor, part)
+        cached = forward.build_batch_from_rows(processor, part, cache)
+        assert direct.inputs.keys() == cached.inputs.keys()
+        for key in direct.inputs:
+            assert torch.equal(direct.inputs[key], cached.inputs[key]), key
+        assert torch.equal(direct.predicts_response, cached.predicts_response)
+        assert torch.equal(direct.targets, cached.targets) and direct.lengths == cached.lengths
+    assert len(cache) == questions.image.map(lambda c: c["bytes"]).nunique()

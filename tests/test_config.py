@@ -113,3 +113,15 @@ def test_the_rl_study_config_plans_its_table(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout + run.stderr
     assert any(line.split() == ["train", "7"] for line in out.splitlines()), out[-2000:]
+
+
+def test_the_ablation_study_config_plans_fig5_f5_and_f7(tmp_path):
+    """configs/study_ablations.yaml: Fig. 5, App. F.5 and F.7, one run per setting of mid_masters."""
+    run = snakemake("-n", "--cores", "2", "--directory", str(tmp_path), "--configfile",
+                    str(REPO / "configs/study_ablations.yaml"), "--", *(f"results/tables/{t}.csv" for t in
+                                                                       ("fig5", "tableF5", "tableF7")))
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    assert any(line.split() == ["train", "11"] for line in out.splitlines()), out[-2000:]  # 10 + mid_masters
+    for judge in ("llm-J", "llm-S", "llm-L"):
+        assert f"judged/{judge}/" in out, judge
