@@ -33,9 +33,12 @@ def cmd_data(args: argparse.Namespace) -> None:
 def cmd_tokenizer(args: argparse.Namespace) -> None:
     from masters.world import models, tokenizer
 
-    tok = tokenizer.train_tokenizer(tokenizer.corpus_of(args.train), args.vocab_size)
-    models.build_processor(tok, args.architecture, args.image_size).save_pretrained(args.out)
-    print(f"tokenizer: {len(tok)} tokens; processor for {args.architecture} @ {args.image_size}px -> {args.out}")
+    corpus = tokenizer.corpus_of(args.train)
+    outputs = [(args.out, corpus)] + ([(args.judge_out, corpus + tokenizer.judge_corpus())] if args.judge_out else [])
+    for out, text in outputs:
+        tok = tokenizer.train_tokenizer(text, args.vocab_size)
+        models.build_processor(tok, args.architecture, args.image_size).save_pretrained(out)
+        print(f"tokenizer: {len(tok)} tokens; processor for {args.architecture} @ {args.image_size}px -> {out}")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
@@ -264,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--architecture", required=True, help="qwen2_vl | qwen2_5_vl | qwen3_vl")
     p.add_argument("--image-size", type=int, required=True, help="image side the processor resizes to")
     p.add_argument("--out", required=True, help="output directory (tokenizer + processor)")
+    p.add_argument("--judge-out", default=None,
+                   help="also a judge model's tokenizer + processor here (the corpus plus the App. D text)")
     p.set_defaults(func=cmd_tokenizer)
 
     p = sub.add_parser("sft", help="build a tiny VLM and fine-tune it on the train split")

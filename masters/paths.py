@@ -48,6 +48,7 @@ PATTERNS: dict[str, str] = {
     # the embedded tiny world
     "world_data": "world/data/{task}/{split}.parquet",
     "world_processor": "world/processor",
+    "world_judge_processor": "world/judge_processor",  # the judge model's (J) own tokenizer
     "world_model": "world/models/{model}",
     "world_sft_loss": "world/sft/{model}_loss.csv",
     "world_accuracy": "world/accuracy",  # .csv .md .tex

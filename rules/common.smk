@@ -102,6 +102,12 @@ def train_data():
     return [data_path(t, "train") for t in W["tasks"]]
 
 
+def world_processor(w):
+    """A VQA model's processor, or the judge's own (its tokenizer also learns the App. D text)."""
+    judge = W["models"][w.model]["sft"]["data"] == "judge"
+    return DESIGN.path("world_judge_processor" if judge else "world_processor")
+
+
 def world_outputs():
     return [f"{DESIGN.path('world_accuracy')}.csv"] + [
         DESIGN.path("world_model", model=m) for m in W["models"]

@@ -24,7 +24,8 @@ rule world_tokenizer:
     input:
         train_data(),
     output:
-        directory(out("world_processor")),
+        processor=directory(out("world_processor")),
+        judge=directory(out("world_judge_processor")),
     log:
         log_of("world_processor"),
     conda:
@@ -38,12 +39,12 @@ rule world_tokenizer:
         size=W["image_size"],
     shell:
         "masters tokenizer --train {input} --vocab-size {params.vocab} --architecture {params.arch}"
-        " --image-size {params.size} --out {output} > {log} 2>&1"
+        " --image-size {params.size} --out {output.processor} --judge-out {output.judge} > {log} 2>&1"
 
 
 rule world_sft:
     input:
-        processor=rules.world_tokenizer.output,
+        processor=world_processor,
         train=train_data(),
     output:
         model=directory(out("world_model")),

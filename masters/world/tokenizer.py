@@ -51,19 +51,29 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Text every model will see besides the VQA questions: chat scaffolding and judge prompts.
+EXTRA_CORPUS = (
+    "system\nYou are a helpful assistant.\nuser\nassistant\n",
+    "You are an evaluation assistant that gives accuracy scores compared with Ground Truth "
+    "and Generated Text from AI. <question> </question> <ground truth> </ground truth> "
+    "<generated text> </generated text> <answer> </answer> Output the numerical evaluation "
+    "score (0 or 1) after giving a brief explanation. 0 1",
+)
+
 JUDGE_TEXT_REPEATS = 1000
 
 
-def extra_corpus() -> list[str]:
-    """Text every model will see besides the VQA questions: the chat scaffolding, and the
-    App. D judge prompts and the world judge's replies (so a judge prompt is ~100 tokens, not ~400)."""
+def judge_corpus() -> list[str]:
+    """What the judge model's own tokenizer learns besides the VQA text: the App. D prompts and
+    the judge's replies, repeated (BPE merges by frequency, and the VQA corpus has ~10^4 lines),
+    so that a judge prompt is ~250 tokens, not ~390. The VQA models keep a tokenizer without
+    them: spending the merges of a 600-token vocabulary on judge text made their prompts
+    longer and the student weaker (README, "Measured")."""
     from masters import judge
     from masters.world.judge_data import reply
 
-    judge_text = [judge.EVAL_SYSTEM_PROMPT, judge.EVAL_USER_TEMPLATE, judge.PARSE_PROMPT_SYSTEM,
-                  judge.PARSE_PROMPT_USER_TEMPLATE, reply("", "", 0), reply("", "", 1)]
-    # repeated: BPE merges by frequency, and the VQA corpus has ~10^4 lines
-    return ["system\nYou are a helpful assistant.\nuser\nassistant\n"] + judge_text * JUDGE_TEXT_REPEATS
+    return [judge.EVAL_SYSTEM_PROMPT, judge.EVAL_USER_TEMPLATE, judge.PARSE_PROMPT_SYSTEM,
+            judge.PARSE_PROMPT_USER_TEMPLATE, reply("", "", 0), reply("", "", 1)] * JUDGE_TEXT_REPEATS
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -77,7 +87,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(list(corpus) + extra_corpus(), trainer=trainer)
+    tok.train_from_iterator(list(corpus) + list(EXTRA_CORPUS), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS,
