@@ -17,6 +17,9 @@ case "${1:-}" in
     --fresh) rm -rf mutants; shift ;;
     --recheck)
         shift
+        # mutmut maps each function to the tests that reach it once, in mutmut-stats.json: a test
+        # added since would never run against the old survivors. Collect the map again.
+        rm -f mutants/mutmut-stats.json
         .venv/bin/python - <<'PY'
 import json, pathlib
 for meta in pathlib.Path("mutants").rglob("*.py.meta"):

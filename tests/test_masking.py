@@ -261,6 +261,9 @@ def test_single_file_checkpoint_and_stats(tiny_model, processor, tmp_path):
         csv = pd.read_csv(out / ratio_dirname(r) / masked_teacher.STATS_FILE)
         assert len(csv) == n_tensors and (csv.ratio == r).all()
         assert csv.zeros.tolist() == stats[stats.ratio == r].zeros.tolist()
+        assert list(csv.columns) == masked_teacher.STATS_COLUMNS  # no index column
+    assert list(stats.columns) == masked_teacher.STATS_COLUMNS
+    assert stats.sparsity.tolist() == pytest.approx((stats.zeros / stats.numel).tolist())
 
 
 def test_sharded_bf16_checkpoint_loads_and_runs(tiny_model, processor, tmp_path):
@@ -274,10 +277,14 @@ def test_sharded_bf16_checkpoint_loads_and_runs(tiny_model, processor, tmp_path)
     shards = sorted(p.name for p in teacher.glob("*.safetensors"))
     assert len(shards) > 1 and (teacher / safetensors_stream.INDEX_FILE).is_file()
 
-    out = tmp_path / "masked"
+    out = tmp_path / "not/yet/there"  # parents made
     stats = _mask_all(teacher, out, [0.2, 0.05, 0.0], progress=False)
     _check_masked_dir(teacher, out, [0.2, 0.05, 0.0], shards)
     d = out / "masked_r0.20"
+    # one stats row per tensor of every shard
+    n_tensors = sum(len(_raw_tensors(teacher / shard)) for shard in shards)
+    assert len(stats) == 3 * n_tensors and set(stats.shard) == set(shards)
+    assert len(pd.read_csv(d / masked_teacher.STATS_FILE)) == n_tensors
     assert sorted(p.name for p in d.glob("*.safetensors")) == shards
     assert (d / safetensors_stream.INDEX_FILE).read_bytes() == (teacher / safetensors_stream.INDEX_FILE).read_bytes()
     weight_map = json.loads((teacher / safetensors_stream.INDEX_FILE).read_text())["weight_map"]
@@ -659,14 +666,66 @@ def test_zero_counts_of_copied_tensors_of_every_dtype(tmp_path):
     tensors = {"a.f8_e4m3": e4m3, "b.f8_e5m2": e5m2,
                "c.i64": torch.tensor([0, 5, -1, 0, 7], dtype=torch.int64),
                "d.i16": torch.tensor([0, 0, 0, 9], dtype=torch.int16),
-               "e.u8": torch.tensor([0, 255, 1, 0, 0, 0, 2, 3], dtype=torch.uint8)}
+               "e.u8": torch.tensor([0, 255, 1, 0, 0, 0, 2, 3], dtype=torch.uint8),
+               "f.i32": torch.tensor([7, 0, 0, -3], dtype=torch.int32)}
     teacher = _synthetic(tmp_path / "t", tensors)
     stats = mask_checkpoint(teacher, tmp_path / "o", 0.0, progress=False).set_index("name")
-    assert stats.zeros.to_dict() == {"a.f8_e4m3": 3, "b.f8_e5m2": 4, "c.i64": 2, "d.i16": 3, "e.u8": 4}
+    assert stats.zeros.to_dict() == {"a.f8_e4m3": 3, "b.f8_e5m2": 4, "c.i64": 2, "d.i16": 3, "e.u8": 4, "f.i32": 2}
     assert not stats.masked.any()
     with safe_open(str(tmp_path / "o" / "masked_r0.00" / "model.safetensors"), "pt") as f:
         for name, w in tensors.items():
             assert torch.equal(f.get_tensor(name).view(torch.uint8), w.view(torch.uint8))
+
+
+def test_copies_in_small_unaligned_chunks_count_whole_elements_and_unknown_dtypes_are_minus_one(tmp_path):
+    """A copy chunk that is not a multiple of the element size is rounded down to one (the zero
+    count reads whole elements), and a dtype safetensors has but the count does not know (C64)
+    is copied byte for byte with zeros = -1 over any number of chunks."""
+    import struct
+
+    f32 = np.array([0.0, 1.5, -0.0, 0.0, 2.0, 0.0, 3.0], dtype=np.float32).tobytes()
+    c64 = np.array([0, 1 + 1j, 0, 2j], dtype=np.complex64).tobytes()
+    u8 = bytes([0, 1, 0, 2, 3, 0, 4, 5, 6, 0, 7])  # 11 bytes: a 1-byte last chunk at chunk 5
+    ends = np.cumsum([len(f32), len(c64), len(u8)]).tolist()
+    header = {"a.f32": {"dtype": "F32", "shape": [7], "data_offsets": [0, ends[0]]},
+              "b.c64": {"dtype": "C64", "shape": [4], "data_offsets": [ends[0], ends[1]]},
+              "c.u8": {"dtype": "U8", "shape": [11], "data_offsets": [ends[1], ends[2]]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    teacher = tmp_path / "t"
+    teacher.mkdir()
+    (teacher / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + f32 + c64 + u8)
+    for chunk in (5, 6, 7, 1 << 20):
+        out = tmp_path / f"o{chunk}"
+        stats = mask_checkpoint(teacher, out, 0.1, progress=False,
+                                options=MaskingOptions(copy_chunk=chunk)).set_index("name")
+        assert stats.zeros.to_dict() == {"a.f32": 4, "b.c64": -1, "c.u8": 4}, chunk
+        assert (out / "masked_r0.10/model.safetensors").read_bytes() == (teacher / "model.safetensors").read_bytes()
+
+
+def test_other_files_copied_with_subdirectories_but_no_caches_or_partial_outputs(tmp_path):
+    """Non-weight files are copied, subdirectories too; a `.cache` directory and the masking's own
+    partial outputs (`.masked_r*`, when the output is inside the teacher) are not; a shard the
+    index lists but the directory lacks is an error that names it; a file of no tensors masks."""
+    teacher = _synthetic(tmp_path / "t", {"x.weight": torch.ones(3)})
+    (teacher / "extra").mkdir()
+    (teacher / "extra" / "notes.txt").write_text("kept")
+    (teacher / ".cache").mkdir()
+    (teacher / ".cache" / "lock").write_text("skipped")
+    (teacher / ".masked_r0.50.partial-7").mkdir()
+    mask_checkpoint(teacher, tmp_path / "o", 0.1, progress=False)
+    out = tmp_path / "o" / "masked_r0.10"
+    assert (out / "extra" / "notes.txt").read_text() == "kept"
+    assert not (out / ".cache").exists() and not list(out.glob(".masked_r*"))
+    (teacher / safetensors_stream.INDEX_FILE).write_text(json.dumps({"weight_map": {"x.weight": "gone.safetensors"}}))
+    with pytest.raises(FileNotFoundError, match=r"shard .*/t/gone.safetensors listed in .* is missing"):
+        mask_checkpoint(teacher, tmp_path / "o2", 0.1, progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_file({}, str(empty / "model.safetensors"))
+    stats = mask_checkpoint(empty, tmp_path / "o3", 0.1, progress=False)
+    assert stats.empty and (tmp_path / "o3/masked_r0.10/model.safetensors").read_bytes() == \
+        (empty / "model.safetensors").read_bytes()
 
 
 def test_buffer_pool_reuses_what_fits_and_drops_beyond_its_budget():
