@@ -15,6 +15,7 @@ configfile: Path(workflow.basedir) / "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/world.smk"
+include: "rules/inputs.smk"
 include: "rules/mask.smk"
 include: "rules/generate.smk"
 include: "rules/judge.smk"

@@ -33,8 +33,8 @@ def check_model_type(model_type: str, path: str | Path) -> None:
         raise ValueError(f"{path}: model_type {model_type!r} is not supported{hint}; supported: {sorted(MODEL_TYPES)}")
 
 
-def load_checkpoint(path: str | Path, trust_remote_code: bool = False, dtype=torch.float32):
-    """``(model, processor)`` of a checkpoint directory or Hub id, weights from safetensors."""
+def load_checkpoint(path: str | Path, trust_remote_code: bool = False, dtype=torch.float32, device: str = "cpu"):
+    """``(model, processor)`` of a checkpoint directory or Hub id, weights from safetensors, on ``device``."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor  # slow import: on use
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -42,7 +42,7 @@ def load_checkpoint(path: str | Path, trust_remote_code: bool = False, dtype=tor
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, use_safetensors=True,
                                                         trust_remote_code=trust_remote_code)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return model, processor
+    return model.to(device), processor
 
 
 def save_checkpoint(model, processor, out_dir: str | Path) -> None:

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 
-def _runtime(args: argparse.Namespace) -> None:
-    """Torch threads, and the GPU check (the job sees the GPUs it asked for) before any work."""
+def _runtime(args: argparse.Namespace) -> tuple[str, str]:
+    """Torch threads, and the GPU check (the job sees the GPUs it asked for) before any work;
+    returns where the job's models run: (device, dtype), cuda/bfloat16 or cpu/float32."""
     import torch
 
-    from masters.devices import require_gpus
+    from masters.devices import placement, require_gpus
 
     torch.set_num_threads(max(1, args.threads))
     require_gpus(args.gpus, args.command)
+    return placement(args.gpus)
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -60,10 +63,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     if not (args.out or args.out_dir):
         raise SystemExit("masters evaluate: give --out and/or --out-dir")
-    _runtime(args)
+    device, dtype = _runtime(args)
     benchmarks = [Benchmark(**b) for b in json.loads(args.benchmarks)]
-    summary = evaluate(args.model, benchmarks, batch_size=args.batch_size, limit=args.limit,
-                       trust_remote_code=args.trust_remote_code, samples_path=args.samples)
+    summary = evaluate(args.model, benchmarks, batch_size=args.batch_size, limit=args.limit, device=device,
+                       dtype=dtype, trust_remote_code=args.trust_remote_code, samples_path=args.samples)
     written = write_results(summary, args.label, out=args.out, out_dir=args.out_dir)
     print(json.dumps(summary["accuracy"], indent=2) + "\n-> " + ", ".join(map(str, written)))
 
@@ -72,9 +75,10 @@ def cmd_curve(args: argparse.Namespace) -> None:
     from masters.curves import learning_curve
     from masters.evaluation import Benchmark
 
-    _runtime(args)
+    device, dtype = _runtime(args)
     curve = learning_curve(args.train_dir, [Benchmark(**b) for b in json.loads(args.benchmarks)], args.limit,
-                           batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+                           batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
+                           device=device, dtype=dtype)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     curve.to_csv(args.out, index=False)
     print(curve.groupby("step")["accuracy"].mean().to_string() + f"\n-> {args.out}")
@@ -94,6 +98,30 @@ def cmd_questions(args: argparse.Namespace) -> None:
     questions = draw_questions(args.files, args.per_file, args.seed)
     write(questions, args.out)
     print(f"{len(questions)} training questions from {len(args.files)} files -> {args.out}")
+
+
+def cmd_snapshot(args: argparse.Namespace) -> None:
+    from masters.hub import snapshot
+
+    manifest = snapshot(args.repo, args.revision, args.out, repo_type="model", allow_patterns=args.allow)
+    print(f"{args.repo}@{manifest['commit']}: {len(manifest['files'])} files -> {args.out}")
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    import shutil
+
+    from masters.hub import convert_dataset, dataset_files, snapshot
+
+    spec = json.loads(args.spec)
+    fetched = None
+    if "hub" in spec:
+        fetched = Path(args.out).with_suffix(".src")
+        snapshot(spec["hub"], spec["revision"], fetched, repo_type="dataset", allow_patterns=spec["files"])
+    files = dataset_files(spec, fetched)
+    rows = convert_dataset(args.name, files, spec["columns"], args.out)
+    if fetched is not None and not args.keep_source:
+        shutil.rmtree(fetched)
+    print(f"dataset {args.name}: {rows} questions from {len(files)} files -> {args.out}")
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -140,7 +168,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from masters.generation import SamplingParams, generate_responses, label_responses, make_backend
     from masters.questions import load_questions, shard, write
 
-    _runtime(args)
+    device, dtype = _runtime(args)
     questions = shard(load_questions(args.questions), args.shard, args.num_shards, args.limit)
     if args.source == "label":  # the dataset answers, one per question (data: labels)
         from transformers import AutoTokenizer
@@ -152,7 +180,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
                             seed=args.seed)
-    backend = make_backend(args.backend, args.model, trust_remote_code=args.trust_remote_code)
+    # vLLM: tensor parallel over the job's GPUs; HF: the job's device and dtype
+    extra = {"gpus": args.gpus} if args.backend == "vllm" else {"device": device, "dtype": dtype}
+    backend = make_backend(args.backend, args.model, trust_remote_code=args.trust_remote_code, **extra)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     frame = generate_responses(backend, questions, params, args.out, source=args.source,
                                model_name=args.label or Path(args.model).name, ratio=args.ratio,
@@ -167,13 +197,15 @@ def cmd_judge(args: argparse.Namespace) -> None:
     from masters.judge import chat_backend, judge_responses
     from masters.questions import load_questions, write
 
+    placed = {}
     if args.kind == "llm":  # the rule judge needs no torch (a second or two per job saved)
-        _runtime(args)
+        device, dtype = _runtime(args)
+        placed = {"device": device, "dtype": dtype} if args.backend == "hf" else {}
     responses = pd.read_parquet(args.responses)
     check_columns(responses, ["question_id", "text"], args.responses)
     if args.kind == "llm" and not args.judge_model:
         raise SystemExit("masters judge: --kind llm needs --judge-model")
-    chat = chat_backend(args.judge_model, args.backend, args.batch_size, args.trust_remote_code) \
+    chat = chat_backend(args.judge_model, args.backend, args.batch_size, args.trust_remote_code, args.gpus, **placed) \
         if args.kind == "llm" else None
     judged = judge_responses(responses, load_questions(args.questions).set_index("id"), chat, args.max_new_tokens)
     write(judged, args.out)
@@ -185,10 +217,10 @@ def cmd_score(args: argparse.Namespace) -> None:
     from masters.questions import load_questions, write
     from masters.rewards import score_files
 
-    _runtime(args)
+    device, dtype = _runtime(args)
     scores = score_files(args.responses, load_questions(args.questions).set_index("id"), args.teacher, args.student,
                          batch_size=args.batch_size, chunk_size=args.chunk_size,
-                         trust_remote_code=args.trust_remote_code)
+                         trust_remote_code=args.trust_remote_code, device=device, dtype=dtype)
     write(scores, args.out)
     print(f"{len(scores)} responses; mean D {scores.divergence.mean():.4f} -> {args.out}")
 
@@ -210,7 +242,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     from masters.losses import LossWeights
     from masters.questions import load_questions
 
-    _runtime(args)
+    if args.backend == "deepspeed" and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: launch
+        from masters.zero import relaunch
+
+        sys.exit(relaunch(sys.argv[1:] if argv_of(args) is None else argv_of(args),
+                          args.processes or max(1, args.gpus), args.gpus))
+    device, _ = _runtime(args)
     stages = [training.Stage(teacher=t, responses=r, steps=int(n), ratio=float(ratio), name=name)
               for name, t, r, n, ratio in args.stage]
     cfg = training.TrainConfig(lr=args.lr, batch_size=args.batch_size, grad_clip=args.grad_clip,
@@ -218,7 +255,15 @@ def cmd_train(args: argparse.Namespace) -> None:
                                curve_every=args.curve_every, seed=args.seed,
                                weights=LossWeights(beta=args.beta, lam=args.lam, kind=args.loss),
                                sources=tuple(args.sources))
-    log = training.train(args.student, stages, load_questions(args.questions), cfg, args.out)
+    backend = None
+    if args.backend == "deepspeed":
+        from masters.zero import DeepSpeedBackend
+
+        backend = DeepSpeedBackend(args.gpus)
+    elif device != "cpu":
+        backend = training.TorchBackend(device)
+    log = training.train(args.student, stages, load_questions(args.questions), cfg, args.out, backend=backend,
+                         progress=backend is None or backend.is_main)
     print(f"trained {len(log)} steps over {len(stages)} stages -> {args.out}/final")
 
 
@@ -313,6 +358,23 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--seed", "seed", int)
     p.add_argument("--out", required=True, help="output parquet")
     p.set_defaults(func=cmd_questions)
+
+    p = sub.add_parser("snapshot", help="fetch a Hub model at a revision (configs, safetensors, tokenizer files)")
+    p.add_argument("--repo", required=True, help="model repository id, owner/name (token: HF_TOKEN)")
+    p.add_argument("--revision", required=True, help="a commit (pinned) or a branch/tag (resolved and recorded)")
+    p.add_argument("--allow", nargs="+", default=None, help="fnmatch patterns of the files to fetch"
+                                                              " (default: masters.hub.MODEL_FILES)")
+    p.add_argument("--out", required=True, help="output directory (written via OUT.partial)")
+    p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("dataset", help="training questions from a Hub dataset or local parquet, in the question"
+                                       " schema (id, image, question, answer[, options])")
+    p.add_argument("--name", required=True, help="the dataset's name in the config (prefix of its question ids)")
+    p.add_argument("--spec", required=True, help="JSON: the config's datasets.<name> entry (hub, revision, files,"
+                                                 " columns)")
+    p.add_argument("--keep-source", action="store_true", help="keep the fetched Hub files beside the output")
+    p.add_argument("--out", required=True, help="output parquet")
+    p.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("table", help="one paper table (mean ± std over seeds) from evaluation summaries")
     p.add_argument("--spec", required=True, help="JSON (or a .json file): benchmarks, average, literature, rows")
@@ -422,14 +484,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also save a checkpoint every N steps (and before the first) under OUT/steps/stepN,"
                         " for learning curves; 0: none")
     p.add_argument("--seed", type=int, default=0, help="data-order seed")
+    _setting(p, "--backend", "training.backend", choices=["torch", "deepspeed"])
+    p.add_argument("--processes", type=int, default=0,
+                   help="deepspeed: processes to launch (0: one per GPU of --gpus, at least one; gloo on the CPU)")
     _add_runtime_flags(p, None)
     p.add_argument("--out", required=True, help="output directory (stage checkpoints, final/, train_log.csv)")
     p.set_defaults(func=cmd_train)
     return parser
 
 
+def argv_of(args: argparse.Namespace) -> list[str] | None:
+    """The command line ``args`` was parsed from, when :func:`main` was given one."""
+    return getattr(args, "_argv", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args._argv = argv
     args.func(args)
     return 0
 

@@ -19,6 +19,11 @@ import yaml
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 
 
+# Name-keyed maps where a null entry removes the name (a paper config drops the tiny world's
+# student, models and benchmarks that config.yaml defines: --configfile merges, it cannot delete).
+REMOVABLE = ("models", "students", "benchmarks", "tables")
+
+
 class ConfigError(ValueError):
     """An invalid config; the message names the offending key (``invalid config: key a.b: ...``)."""
 
@@ -56,6 +61,9 @@ def validate(config: dict[str, Any], repo: str | Path | None = None) -> dict[str
     """
     from jsonschema.exceptions import best_match
 
+    for key in REMOVABLE:  # merge-patch deletion: a null entry removes a name a base config defined
+        if isinstance(config.get(key), dict):
+            config[key] = {name: entry for name, entry in config[key].items() if entry is not None}
     error = best_match(_validator().iter_errors(config))
     if error is not None:
         raise ConfigError(f"invalid config: key {_key(error)}: {error.message}")

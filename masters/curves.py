@@ -34,12 +34,12 @@ def step_checkpoints(train_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def learning_curve(train_dir: str | Path, benchmarks: list[Benchmark], limit: int | None, batch_size: int = 32,
-                   trust_remote_code: bool = False) -> pd.DataFrame:
+                   trust_remote_code: bool = False, device: str = "cpu", dtype: str = "float32") -> pd.DataFrame:
     """Accuracy (%) and items scored per (step, benchmark) over a run's step checkpoints."""
     rows = []
     for step, checkpoint in step_checkpoints(train_dir):
         summary = evaluate(checkpoint, benchmarks, batch_size=batch_size, limit=limit,
-                           trust_remote_code=trust_remote_code)
+                           trust_remote_code=trust_remote_code, device=device, dtype=dtype)
         rows += [{"step": step, "benchmark": b.name, "accuracy": summary["accuracy"][b.name], "n": summary["n"][b.name]}
                  for b in benchmarks]
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)

@@ -25,6 +25,13 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def placement(gpus: int) -> tuple[str, str]:
+    """Where a job's models run: ``("cuda", "bfloat16")`` when it asked for GPUs (and sees them:
+    :func:`require_gpus` checks first), else ``("cpu", "float32")``. Training keeps fp32
+    weights on a GPU (torch backend; DeepSpeed runs bf16 with fp32 master weights itself)."""
+    return ("cuda", "bfloat16") if gpus > 0 and visible_gpus() > 0 else ("cpu", "float32")
+
+
 def require_gpus(requested: int, command: str, *, visible: int | None = None,
                  environ: Mapping[str, str] = os.environ) -> int:
     """Return how many GPUs the job will use (``requested``), or raise ``GPUsMissing``.

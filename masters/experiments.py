@@ -74,12 +74,13 @@ class Design:
             raise DesignError(str(error)) from None
         self.config = config
         self.results = config["results"].rstrip("/")
-        self.models: dict[str, str] = dict(config["models"])
+        self.models: dict[str, str | dict] = dict(config["models"])  # a directory, or a Hub source
         self.students: dict[str, dict] = dict(config["students"])
         self.benchmarks: list[str] = list(config["benchmarks"])
         self.tables: dict[str, dict] = dict(config["tables"])
         errors: list[str] = []
         self._check_students(errors)
+        self._check_questions(errors)
         raw = config["experiments"]
         self.experiments: dict[str, Experiment] = {}
         for name in raw:
@@ -120,7 +121,8 @@ class Design:
                       "training": {k: c["training"][k] for k in TRAINING_KEYS}}
         training = {**merged["training"], **entry.pop("training", {})}
         merged = {**merged, **entry, "training": training}
-        merged["plan"] = tuple(dict(p) for p in merged["plan"])
+        step = self.config["masking"]["step"]  # an entry naming no step takes the config's
+        merged["plan"] = tuple({"step": step, **p} for p in merged["plan"])
         counts = {"teacher": merged["n_teacher"], "student": merged["n_student"]}
         if merged["data"] == "generated":  # a source with no responses is not trained on (Table 5c)
             asked = list(merged["sources"])
@@ -140,6 +142,22 @@ class Design:
             for role, model in (roles or {}).items():
                 if model not in self.models:
                     errors.append(f"students.{student}.{role}: {model!r} is not a model in `models`")
+
+    def _check_questions(self, errors: list[str]) -> None:
+        q, datasets = self.config["train_questions"], self.config["datasets"]
+        if not q["files"] and not q["datasets"]:
+            errors.append("train_questions: name at least one question file (files) or dataset (datasets)")
+        for name in q["datasets"]:
+            if name not in datasets:
+                errors.append(f"train_questions.datasets: {name!r} is not in `datasets` ({sorted(datasets)})")
+        for name, source in datasets.items():
+            if "hub" in source and "revision" not in source:
+                errors.append(f"datasets.{name}.revision: a Hub dataset needs a revision (a commit, to pin it)")
+            if "hub" not in source and "revision" in source:
+                errors.append(f"datasets.{name}.revision: only a Hub dataset (hub: owner/name) has a revision")
+            if "files" not in source:
+                errors.append(f"datasets.{name}.files: name the parquet files (patterns in the Hub repository,"
+                              " or local paths)")
 
     def _check_plan(self, exp: Experiment, errors: list[str]) -> None:
         """A plan's teachers exist for every student; each step fits its r_max; the steps split."""
@@ -284,7 +302,33 @@ class Design:
         return paths.path(self.results, name, **values)
 
     def model_dir(self, name: str) -> str:
-        return self.models[name].format(results=self.results)
+        """A local model's directory as configured; a Hub model's snapshot (the `snapshot` rule)."""
+        source = self.models[name]
+        if isinstance(source, dict):
+            return self.path("hub_model", model=name)
+        return source.format(results=self.results)
+
+    def hub_models(self) -> dict[str, dict]:
+        """The models fetched from the Hub: name -> {hub, revision[, allow_patterns]}."""
+        return {name: source for name, source in self.models.items() if isinstance(source, dict)}
+
+    def uses_world(self) -> bool:
+        """Whether any model lives in the embedded tiny world (else the world is not built)."""
+        world = self.path("world_model", model="X").rsplit("/", 1)[0] + "/"
+        return any(self.model_dir(m).startswith(world) for m in self.models)
+
+    def dataset_source(self, name: str) -> dict:
+        """A ``datasets`` entry with ``{results}`` filled into its local file paths."""
+        source = dict(self.config["datasets"][name])
+        if "hub" not in source:
+            source["files"] = [f.format(results=self.results) for f in source["files"]]
+        return source
+
+    def question_files(self) -> list[str]:
+        """The question files the training questions are drawn from: files, then datasets."""
+        q = self.config["train_questions"]
+        return ([f.format(results=self.results) for f in q["files"]]
+                + [self.path("dataset", dataset=d) for d in q["datasets"]])
 
     def teacher_dir(self, model: str, ratio: float) -> str:
         """The masked teacher; ratio 0 is the unmasked teacher's own checkpoint (no copy)."""

@@ -26,6 +26,11 @@ class ResponseBatch:
     targets: torch.Tensor  # [N] the response tokens, row by row
     lengths: list[int]  # response lengths per row (sum = N)
 
+    def to(self, device) -> ResponseBatch:
+        """The batch on ``device`` (the model's); on the CPU, the same tensors."""
+        inputs = {k: v.to(device) for k, v in self.inputs.items()}
+        return ResponseBatch(inputs, self.predicts_response.to(device), self.targets.to(device), self.lengths)
+
 
 def build_batch(processor, images, questions, responses: list[list[int]], enc=None) -> ResponseBatch:
     """Right-padded ``prompt + response`` inputs for a list of rows (``enc``: the rows' prompts

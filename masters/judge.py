@@ -306,13 +306,15 @@ def rule_score(
 # ---------------------------------------------------------------- a responses file, judged
 
 
-def chat_backend(judge_model: str, backend: str, batch_size: int, trust_remote_code: bool = False):
-    """The LLM judge's chat backend: ``hf`` (batched transformers) or ``vllm``."""
-    from masters.generation import HFChatBackend, VLLMBackend
+def chat_backend(judge_model: str, backend: str, batch_size: int, trust_remote_code: bool = False, gpus: int = 0,
+                 **placement):
+    """The LLM judge's chat backend: ``hf`` (batched transformers; ``placement``: its device and
+    dtype) or ``vllm`` (tensor parallel over ``gpus``)."""
+    from masters.generation import HFChatBackend, VLLMChatBackend
 
     if backend == "vllm":
-        VLLMBackend(judge_model)  # clear error until the vLLM backend lands
-    return HFChatBackend(judge_model, batch_size=batch_size, trust_remote_code=trust_remote_code)
+        return VLLMChatBackend(judge_model, batch_size=batch_size, gpus=gpus, trust_remote_code=trust_remote_code)
+    return HFChatBackend(judge_model, batch_size=batch_size, trust_remote_code=trust_remote_code, **placement)
 
 
 def judge_responses(responses, questions, chat: JudgeBackend | None = None, max_new_tokens: int | None = None):

@@ -29,6 +29,7 @@ WILDCARDS: dict[str, str] = {
     "table": NAME,
     "figure": NAME,
     "task": NAME,
+    "dataset": NAME,
     "split": "train|test",
     "ratio": r"\d\.\d{2,6}",  # masters.schedule.ratio_str
     "source": "teacher|student|label",
@@ -52,6 +53,9 @@ PATTERNS: dict[str, str] = {
     "world_model": "world/models/{model}",
     "world_sft_loss": "world/sft/{model}_loss.csv",
     "world_accuracy": "world/accuracy",  # .csv .md .tex
+    # paper-scale inputs fetched once: Hub models (pinned revision), training datasets
+    "hub_model": "hub/{model}",
+    "dataset": "datasets/{dataset}.parquet",  # converted to the question schema
     # distillation (METHOD.md §1-§7)
     "masked": "masked/{model}/masked_r{ratio}",
     "questions": "train/questions.parquet",

@@ -217,9 +217,9 @@ def score_responses(teacher, student, t_proc, s_proc, rows, batch_size: int = 8,
     with torch.no_grad():
         for start in tqdm(range(0, len(rows), batch_size), desc="reward", disable=not progress):
             chunk = rows.iloc[start : start + batch_size]
-            s_batch = build_batch_from_rows(s_proc, chunk, prompts)
+            s_batch = build_batch_from_rows(s_proc, chunk, prompts).to(student.device)
             h_s = response_hidden_states(student, s_batch)
-            t_batch = s_batch if t_proc is s_proc else build_batch_from_rows(t_proc, chunk)
+            t_batch = s_batch if t_proc is s_proc else build_batch_from_rows(t_proc, chunk).to(teacher.device)
             h_t = response_hidden_states(teacher, t_batch)
             jsd, logp = [], []
             t_chunks = chunked_logits(teacher, h_t, chunk_size)
@@ -281,7 +281,7 @@ def read_responses(files: Sequence[str], columns: Sequence[str]):
 
 
 def score_files(response_files: Sequence[str], questions, teacher_dir: str, student_dir: str, *, batch_size: int,
-                chunk_size: int, trust_remote_code: bool = False):
+                chunk_size: int, trust_remote_code: bool = False, device: str = "cpu", dtype: str = "float32"):
     """The model half of the reward of one stage group: D(ŷ) against the stage's teacher and
     π_ref's log-probs (:func:`score_responses`) of every response in ``response_files``, as a
     frame of :data:`SCORE_COLUMNS`. It depends on the responses and the two checkpoints only,
@@ -293,8 +293,11 @@ def score_files(response_files: Sequence[str], questions, teacher_dir: str, stud
     rows = read_responses(response_files, [*RESPONSE_KEY, "token_ids"])
     questions_of(rows, questions, "responses")  # every question is there
     joined = rows.join(questions[["image", "question"]], on="question_id")
-    teacher, t_proc = load_checkpoint(teacher_dir, trust_remote_code=trust_remote_code)
-    student, s_proc = load_checkpoint(student_dir, trust_remote_code=trust_remote_code)
+    import torch
+
+    placed = {"trust_remote_code": trust_remote_code, "dtype": getattr(torch, dtype), "device": device}
+    teacher, t_proc = load_checkpoint(teacher_dir, **placed)
+    student, s_proc = load_checkpoint(student_dir, **placed)
     scores = rows[RESPONSE_KEY].copy()
     scores["divergence"], scores["ref_logprobs"] = score_responses(teacher, student, t_proc, s_proc, joined,
                                                                    batch_size=batch_size, chunk_size=chunk_size,

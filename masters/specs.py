@@ -72,7 +72,8 @@ def train_args(design: Design, student: str, experiment: str, seed: int) -> str:
     curve = f" --curve-every {curves['every']}" if experiment in curves.get("experiments", []) else ""
     return (f"{stages} --loss {exp.loss} --sources {' '.join(sources)} --lr {t['lr']}"
             f" --batch-size {t['batch_size']} --beta {t['beta']} --lam {t['lam']} --grad-clip {t['grad_clip']}"
-            f" --chunk-size {t['chunk_size']} --save-every {t['save_every']}{curve} --seed {seed}")
+            f" --chunk-size {t['chunk_size']} --save-every {t['save_every']}{curve} --seed {seed}"
+            + (" --backend deepspeed" if design.config["training"]["backend"] == "deepspeed" else ""))
 
 
 # ---------------------------------------------------------------- tables

@@ -100,39 +100,120 @@ def batch_order(n_rows: int, batch_size: int, seed: int, stage: int, step: int) 
     return perm[k * batch_size : (k + 1) * batch_size] if n_rows >= batch_size else perm
 
 
+def _step_inputs(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainConfig, prompts: dict | None):
+    """The batch, the student's response hidden states (in the graph), the teacher's (no grad;
+    None without a JSD term), and the per-token pi_ref log-probs and advantages."""
+    s_batch = build_batch_from_rows(s_proc, rows, prompts).to(student.device)
+    hidden = response_hidden_states(student, s_batch)
+    with torch.no_grad():
+        t_hidden = None
+        if cfg.weights.lam > 0:
+            t_batch = s_batch if t_proc is s_proc else build_batch_from_rows(t_proc, rows).to(teacher.device)
+            t_hidden = response_hidden_states(teacher, t_batch).to(hidden.device)
+    ref = torch.cat([torch.tensor(np.asarray(r, dtype=np.float32)) for r in rows["ref_logprobs"]]).to(hidden.device)
+    adv = torch.cat([torch.full((length,), float(a)) for a, length in zip(rows["advantage"], s_batch.lengths)])
+    adv = adv.to(hidden.device)
+    if ref.shape[0] != hidden.shape[0]:
+        raise ValueError(f"ref_logprobs hold {ref.shape[0]} values for {hidden.shape[0]} response tokens")
+    return s_batch, hidden, t_hidden, ref, adv
+
+
+def _chunk_terms(s_logits, t_logits, targets, ref, adv, cfg: TrainConfig, vocab: int) -> dict[str, torch.Tensor]:
+    """Per-token loss terms of one chunk of positions (:func:`masters.losses.token_losses`)."""
+    logp = torch.log_softmax(s_logits[:, :vocab], dim=-1)
+    logp_tok = logp.gather(1, targets[:, None]).squeeze(1)
+    if t_logits is not None:
+        jsd = token_jsd(t_logits, s_logits, vocab_size=vocab, chunk_size=cfg.chunk_size)
+    else:
+        jsd = torch.zeros_like(logp_tok)
+    return token_losses(logp_tok, ref, adv, jsd, cfg.weights)
+
+
 def step_loss(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainConfig, vocab: int,
               prompts: dict | None = None) -> dict[str, float]:
     """Forward + chunked backward of one batch; returns the detached means for the log
     (``prompts``: the student's encoded prompts, kept across steps; :func:`forward.encode_rows`)."""
-    s_batch = build_batch_from_rows(s_proc, rows, prompts)
-    hidden = response_hidden_states(student, s_batch)
+    s_batch, hidden, t_hidden, ref, adv = _step_inputs(student, teacher, s_proc, t_proc, rows, cfg, prompts)
     leaf = hidden.detach().requires_grad_(True)
     n = leaf.shape[0]
-    with torch.no_grad():
-        t_hidden = None
-        if cfg.weights.lam > 0:
-            t_batch = s_batch if t_proc is s_proc else build_batch_from_rows(t_proc, rows)
-            t_hidden = response_hidden_states(teacher, t_batch)
-    ref = torch.cat([torch.tensor(np.asarray(r, dtype=np.float32)) for r in rows["ref_logprobs"]])
-    adv = torch.cat([torch.full((length,), float(a)) for a, length in zip(rows["advantage"], s_batch.lengths)])
-    if ref.shape[0] != n:
-        raise ValueError(f"ref_logprobs hold {ref.shape[0]} values for {n} response tokens")
     sums = dict.fromkeys(("loss", "pg", "kl", "jsd"), 0.0)
     t_chunks = chunked_logits(teacher, t_hidden, cfg.chunk_size) if t_hidden is not None else None
     for part, s_logits in chunked_logits(student, leaf, cfg.chunk_size):
-        logp = torch.log_softmax(s_logits[:, :vocab], dim=-1)
-        logp_tok = logp.gather(1, s_batch.targets[part, None]).squeeze(1)
-        if t_chunks is not None:
-            _, t_logits = next(t_chunks)
-            jsd = token_jsd(t_logits, s_logits, vocab_size=vocab, chunk_size=cfg.chunk_size)
-        else:
-            jsd = torch.zeros_like(logp_tok)
-        parts = token_losses(logp_tok, ref[part], adv[part], jsd, cfg.weights)
+        t_logits = next(t_chunks)[1] if t_chunks is not None else None
+        parts = _chunk_terms(s_logits, t_logits, s_batch.targets[part], ref[part], adv[part], cfg, vocab)
         (parts["loss"].sum() / n).backward()
         for name in sums:
             sums[name] += float(parts[name].detach().sum())
     hidden.backward(leaf.grad)
     return {name: value / n for name, value in sums.items()}
+
+
+def step_loss_checkpointed(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainConfig, vocab: int,
+                           denominator: float, prompts: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of :func:`step_loss` as one differentiable scalar, ``sum of l_t / denominator``,
+    for engines that need a single backward per step (DeepSpeed ZeRO-3 reduces each parameter's
+    gradient once). Each chunk's logits are recomputed in the backward pass (activation
+    checkpointing), so no batch x sequence x vocabulary tensor is kept either. Also returns the
+    detached sums of (loss, pg, kl, jsd) over this batch's tokens, for the log."""
+    from torch.utils.checkpoint import checkpoint
+
+    s_batch, hidden, t_hidden, ref, adv = _step_inputs(student, teacher, s_proc, t_proc, rows, cfg, prompts)
+    s_head = student.get_output_embeddings()
+    t_head = teacher.get_output_embeddings() if t_hidden is not None else None
+    total, sums = hidden.new_zeros((), dtype=torch.float32), torch.zeros(4)
+    for start in range(0, hidden.shape[0], cfg.chunk_size):
+        part = slice(start, min(start + cfg.chunk_size, hidden.shape[0]))
+
+        def chunk(h, part=part):
+            t_logits = None
+            if t_head is not None:
+                with torch.no_grad():
+                    t_logits = t_head(t_hidden[part]).float()
+            parts = _chunk_terms(s_head(h).float(), t_logits, s_batch.targets[part], ref[part], adv[part], cfg, vocab)
+            return parts["loss"].sum(), torch.stack([parts[k].detach().sum() for k in ("loss", "pg", "kl", "jsd")])
+
+        loss, stats = checkpoint(chunk, hidden[part], use_reentrant=False)
+        total = total + loss
+        sums += stats.cpu()
+    return total / denominator, sums
+
+
+class TorchBackend:
+    """One process (the CPU, or one GPU): AdamW, :func:`step_loss`'s two-phase backward. On a
+    GPU the student and each stage's teacher live there in fp32."""
+
+    rank, world, is_main = 0, 1, True
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+
+    def prepare(self, student, cfg: TrainConfig):
+        student = student.to(self.device)
+        self.model, self.cfg = student, cfg
+        self.optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return student
+
+    def teacher(self, teacher):
+        return teacher.to(self.device)
+
+    def step(self, teacher, s_proc, t_proc, batch: pd.DataFrame, vocab: int, prompts: dict) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = step_loss(self.model, teacher, s_proc, t_proc, batch, self.cfg, vocab, prompts)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return terms
+
+    def save_state(self, state: dict, out: Path) -> None:
+        save_state(self.model, self.optimizer, state, out)
+
+    def load_state(self, out: Path) -> dict | None:
+        return load_state(self.model, self.optimizer, out)
+
+    def save_checkpoint(self, processor, out: Path) -> None:
+        save_checkpoint(self.model, processor, out)
+
+    def barrier(self) -> None:
+        pass
 
 
 def save_state(model, optimizer, state: dict, out: Path) -> None:
@@ -171,25 +252,31 @@ def partial_dir(out_dir: str | Path) -> Path:
 
 
 def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: TrainConfig, out_dir: str,
-          max_steps: int | None = None, progress: bool = True) -> pd.DataFrame:
+          max_steps: int | None = None, progress: bool = True, backend=None) -> pd.DataFrame:
     """Train π_θ (initialised from ``student_dir`` = π_ref) through ``stages``; see module doc.
 
-    ``max_steps`` stops after that many steps in this call (to test resuming)."""
+    ``backend``: :class:`TorchBackend` (default) or ``masters.zero.DeepSpeedBackend`` (one
+    process per GPU; only the main process writes files). ``max_steps`` stops after that many
+    steps in this call (to test resuming)."""
+    backend = backend or TorchBackend()
     final_out, out = Path(out_dir), partial_dir(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     student, s_proc = load_checkpoint(student_dir)
     vocab = len(s_proc.tokenizer)
     torch.manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     key = fingerprint(student_dir, stages, cfg)
     previous_key = None
     if (out / "resume/trainer_state.json").is_file():
         previous_key = json.loads((out / "resume/trainer_state.json").read_text()).get("fingerprint")
-    if previous_key is not None and previous_key != key:
-        print(f"{out}: a partial run of other settings; starting afresh")
-        shutil.rmtree(out)
-        out.mkdir(parents=True)
-    state = load_state(student, optimizer, out / "resume") or {"stage": 0, "step": 0}
+    if backend.is_main:
+        if previous_key is not None and previous_key != key:
+            print(f"{out}: a partial run of other settings; starting afresh")
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    backend.barrier()
+    if previous_key != key:
+        previous_key = None
+    student = backend.prepare(student, cfg)
+    state = (backend.load_state(out / "resume") if previous_key else None) or {"stage": 0, "step": 0}
     log_path = out / "train_log.csv"
     records: list[dict] = []
     if log_path.is_file() and state["step"] > 0:
@@ -198,10 +285,14 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
 
     def log_frame() -> pd.DataFrame:
         return pd.DataFrame(records, columns=LOG_COLUMNS)
+
+    def write_log() -> None:
+        if backend.is_main:
+            log_frame().to_csv(log_path, index=False)
     global_step, done = state["step"], 0
     first_step = sum(s.steps for s in stages[: state["stage"]])
     if cfg.curve_every and global_step == 0:
-        save_checkpoint(student, s_proc, out / "steps/step0")  # pi_ref, the curve's first point
+        backend.save_checkpoint(s_proc, out / "steps/step0")  # pi_ref, the curve's first point
     student.train()
     prompts: dict = {}  # each question's prompt encoded once (a question recurs in every epoch and stage)
     for k in range(state["stage"], len(stages)):
@@ -211,16 +302,14 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
         check_same_tokenizer(s_proc, t_proc)
         if same_encoding(s_proc, t_proc):
             t_proc = s_proc  # one family: the student's batch serves the teacher (step_loss)
+        teacher = backend.teacher(teacher)
         rows = load_stage_rows(stage, questions, cfg.sources)
         for local in tqdm(range(global_step - first_step, stage.steps), desc=f"stage {k} ({stage.name})",
-                          disable=not progress):
+                          disable=not (progress and backend.is_main)):
             if max_steps is not None and done >= max_steps:
                 return log_frame()
             batch = rows.iloc[batch_order(len(rows), cfg.batch_size, cfg.seed, k, local)]
-            optimizer.zero_grad(set_to_none=True)
-            terms = step_loss(student, teacher, s_proc, t_proc, batch, cfg, vocab, prompts)
-            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-            optimizer.step()
+            terms = backend.step(teacher, s_proc, t_proc, batch, vocab, prompts)
             global_step += 1
             done += 1
             record = {"step": global_step, "stage": k, "teacher": stage.name, "ratio": stage.ratio, **terms,
@@ -229,21 +318,24 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
                       "r_total": float(batch["r_total"].mean()), "lr": cfg.lr}
             records.append(record)
             if cfg.curve_every and global_step % cfg.curve_every == 0:
-                save_checkpoint(student, s_proc, out / f"steps/step{global_step}")
+                backend.save_checkpoint(s_proc, out / f"steps/step{global_step}")
             if global_step % cfg.save_every == 0:
-                log_frame().to_csv(log_path, index=False)
-                save_state(student, optimizer, {"stage": k, "step": global_step, "fingerprint": key}, out / "resume")
+                write_log()
+                backend.save_state({"stage": k, "step": global_step, "fingerprint": key}, out / "resume")
         first_step += stage.steps
         student.eval()
-        save_checkpoint(student, s_proc, out / f"stage{k}")
+        backend.save_checkpoint(s_proc, out / f"stage{k}")
         student.train()
-        log_frame().to_csv(log_path, index=False)
-        save_state(student, optimizer, {"stage": k + 1, "step": global_step, "fingerprint": key}, out / "resume")
+        write_log()
+        backend.save_state({"stage": k + 1, "step": global_step, "fingerprint": key}, out / "resume")
         del teacher
     student.eval()
-    save_checkpoint(student, s_proc, out / "final")
-    shutil.rmtree(out / "resume")
-    if final_out.exists():
-        shutil.rmtree(final_out)
-    out.rename(final_out)
+    backend.save_checkpoint(s_proc, out / "final")
+    backend.barrier()
+    if backend.is_main:
+        shutil.rmtree(out / "resume")
+        if final_out.exists():
+            shutil.rmtree(final_out)
+        out.rename(final_out)
+    backend.barrier()
     return log_frame()

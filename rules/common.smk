@@ -109,6 +109,9 @@ def world_processor(w):
 
 
 def world_outputs():
+    """The tiny world's models and accuracy table, when the config's models live there."""
+    if not DESIGN.uses_world():
+        return []
     return [f"{DESIGN.path('world_accuracy')}.csv"] + [
         DESIGN.path("world_model", model=m) for m in W["models"]
     ]

@@ -4,7 +4,7 @@
 
 rule train_questions:
     input:
-        [f.format(results=RESULTS) for f in config["train_questions"]["files"]],
+        DESIGN.question_files(),
     output:
         out("questions"),
     log:

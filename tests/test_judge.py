@@ -269,18 +269,14 @@ def test_chat_backend_builds_the_named_backend_with_the_settings(monkeypatch):
     monkeypatch.setattr(masters.generation, "HFChatBackend",
                         lambda model, **kw: built.append(("hf", model, kw)) or "hf-backend")
 
-    def vllm(model):
-        built.append(("vllm", model))
-        raise NotImplementedError("vllm backend: not installed")
-
-    monkeypatch.setattr(masters.generation, "VLLMBackend", vllm)
+    monkeypatch.setattr(masters.generation, "VLLMChatBackend",
+                        lambda model, **kw: built.append(("vllm", model, kw)) or "vllm-backend")
     assert chat_backend("/judge", "hf", 12) == "hf-backend"
     assert built == [("hf", "/judge", {"batch_size": 12, "trust_remote_code": False})]
     chat_backend("/judge", "hf", 3, trust_remote_code=True)
     assert built[-1] == ("hf", "/judge", {"batch_size": 3, "trust_remote_code": True})
-    with pytest.raises(NotImplementedError, match="vllm"):
-        chat_backend("/judge", "vllm", 12)
-    assert built[-1] == ("vllm", "/judge")
+    assert chat_backend("/judge", "vllm", 12, gpus=2) == "vllm-backend"
+    assert built[-1] == ("vllm", "/judge", {"batch_size": 12, "gpus": 2, "trust_remote_code": False})
 
 
 def test_judge_report_counts_parse_failures_and_agreement_per_judge_and_source(tmp_path):

@@ -12,7 +12,7 @@ NAMES = ["S", "my_S", "Qwen2.5-VL-3B-Instruct", "a+b", "x.y_z-1", "InternVL3_5-8
 @pytest.mark.parametrize("name", NAMES)
 def test_every_schema_name_round_trips_through_every_pattern(name):
     values = {"model": name, "student": name, "teacher": name, "experiment": name, "benchmark": name,
-              "table": name, "figure": name, "task": name, "split": "test", "ratio": "0.175", "source": "teacher",
+              "table": name, "figure": name, "task": name, "dataset": name, "split": "test", "ratio": "0.175", "source": "teacher",
               "n": 4, "seed": 2, "part": "3of5", "judge": f"llm-{name}", "data": "t4s2", "distill": "raw",
               "use": "acc", "alpha": paths.alpha_str(0.25), "checkpoint": "stage3",
               "run": paths.run("checkpoint", student=name, experiment=name, seed=1, checkpoint="final")}

@@ -570,7 +570,8 @@ def test_curve_checkpoints_and_the_learning_curve(world, rewarded, tmp_path, mon
     assert all(torch.equal(first[k], student[k]) for k in student) and all(torch.equal(last[k], final[k]) for k in final)
     seen = []
 
-    def evaluate(checkpoint, benchmarks, batch_size, limit, trust_remote_code):
+    def evaluate(checkpoint, benchmarks, batch_size, limit, trust_remote_code, device, dtype):
+        assert (device, dtype) == ("cpu", "float32")
         seen.append((Path(checkpoint).name, limit))
         step = int(Path(checkpoint).name[4:])
         return {"accuracy": {b.name: 10.0 * step + i for i, b in enumerate(benchmarks)},

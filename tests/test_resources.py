@@ -66,7 +66,7 @@ def test_slurm_extra_passes_other_flags():
     assert family(section, "train", environ={}).resources["slurm_extra"] == "--exclusive --mail-type=END"
 
 
-@pytest.mark.parametrize("path", ["config.yaml", "configs/paper/resources.yaml"])
+@pytest.mark.parametrize("path", ["config.yaml", "configs/paper/common.yaml"])
 def test_shipped_resource_configs_resolve_for_every_family(path):
     from snakemake.utils import update_config
 

@@ -225,7 +225,8 @@ def test_score_files_scores_each_response_with_its_own_question(tmp_path, monkey
     questions = pd.DataFrame({"id": ["a", "b"], "image": ["img-a", "img-b"], "question": ["qa", "qb"]}).set_index("id")
     files = _response_files(tmp_path, judged=False)
     out = rewards.score_files(files, questions, "T", "S", batch_size=3, chunk_size=7)
-    assert [p for p, _ in loaded] == ["T", "S"] and all(kw == {"trust_remote_code": False} for _, kw in loaded)
+    assert [p for p, _ in loaded] == ["T", "S"]
+    assert all(kw == {"trust_remote_code": False, "dtype": torch.float32, "device": "cpu"} for _, kw in loaded), loaded
     assert scored["models"] == ("model:T", "model:S", "proc:T", "proc:S")
     assert scored["joined"].image.tolist() == ["img-a", "img-b", "img-b", "img-a"]
     assert scored["joined"].question.tolist() == ["qa", "qb", "qb", "qa"]
@@ -234,7 +235,7 @@ def test_score_files_scores_each_response_with_its_own_question(tmp_path, monkey
     assert out.question_id.tolist() == ["a", "b", "b", "a"] and out.source.tolist() == ["teacher"] * 2 + ["student"] * 2
     assert out.divergence.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
     rewards.score_files(files, questions, "T", "S", batch_size=3, chunk_size=7, trust_remote_code=True)
-    assert all(kw == {"trust_remote_code": True} for _, kw in loaded[2:])
+    assert all(kw["trust_remote_code"] is True for _, kw in loaded[2:])
     with pytest.raises(KeyError, match="responses: question ids not in the questions files"):
         rewards.score_files(files, questions.drop(index="b"), "T", "S", batch_size=3, chunk_size=7)
     pd.DataFrame({"question_id": ["a"], "source": ["teacher"], "token_ids": [[1]]}).to_parquet(tmp_path / "bad.parquet")

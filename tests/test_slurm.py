@@ -273,11 +273,13 @@ def test_a_gpu_request_reaches_sbatch_and_a_job_without_its_gpus_stops(small_wor
 
 
 def test_paper_resources_dry_run_asks_for_the_gpus(tmp_path):
-    """configs/paper/resources.yaml over the smoke DAG: each family's GPU request is planned."""
-    run = snakemake(tmp_path / "wd", "-n", "--cores", "1", "--configfile", SMOKE, str(REPO / "configs/paper/resources.yaml"))
+    """The paper-scale resources (configs/paper/common.yaml) over the smoke DAG: each family's
+    GPU request is planned."""
+    paper = yaml.safe_load((REPO / "configs/paper/common.yaml").read_text())["resources"]
+    (tmp_path / "resources.yaml").write_text(yaml.safe_dump({"resources": paper}))
+    run = snakemake(tmp_path / "wd", "-n", "--cores", "1", "--configfile", SMOKE, str(tmp_path / "resources.yaml"))
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
-    paper = yaml.safe_load((REPO / "configs/paper/resources.yaml").read_text())["resources"]
     blocks = re.split(r"^\[\w{3} \w{3} .*\d{4}\]$", output, flags=re.M)  # one block per planned job
     resources = lambda rule: [re.search(r"resources: (.*)", b).group(1) for b in blocks if re.search(rf"^rule {rule}:$", b, re.M)]
     for rule in ("train", "score", "generate", "evaluate"):

@@ -1,0 +1,119 @@
+"""Hub snapshots and training datasets (masters/hub.py), offline: the Hub API and the download
+are stand-ins that record their calls; the dataset conversion runs on parquet made here."""
+
+import io
+import json
+from types import SimpleNamespace
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from masters import hub
+from masters.cli import main
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub:
+    """repo_info resolves any revision to COMMIT; download writes `files` into local_dir."""
+
+    def __init__(self, files):
+        self.files, self.calls = files, []
+
+    def repo_info(self, repo_id, revision, repo_type):
+        self.calls.append(("repo_info", repo_id, revision, repo_type))
+        return SimpleNamespace(sha=COMMIT)
+
+    def download(self, repo_id, repo_type, revision, local_dir, allow_patterns):
+        self.calls.append(("download", repo_id, revision, local_dir, tuple(allow_patterns)))
+        for name in self.files:
+            path = __import__("pathlib").Path(local_dir) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(name)
+
+
+def test_a_branch_is_resolved_once_and_fetched_at_its_commit(tmp_path, capsys):
+    fake = FakeHub(["config.json", "model-00001-of-00002.safetensors", "tokenizer.json", ".cache/huggingface/x"])
+    out = tmp_path / "hub/Qwen2.5-VL-7B"
+    manifest = hub.snapshot("Qwen/Qwen2.5-VL-7B-Instruct", "main", out, download=fake.download, api=fake)
+    assert fake.calls[0] == ("repo_info", "Qwen/Qwen2.5-VL-7B-Instruct", "main", "model")
+    kind, repo, revision, local_dir, patterns = fake.calls[1]
+    assert revision == COMMIT and local_dir == str(out) + ".partial"  # fetched at the commit, via .partial
+    assert patterns == tuple(hub.MODEL_FILES) and not any(p.endswith((".bin", ".py", ".pt")) for p in patterns)
+    assert "not pinned" in capsys.readouterr().err
+    recorded = json.loads((out / hub.MANIFEST).read_text())
+    assert recorded == manifest and recorded["commit"] == COMMIT and recorded["revision"] == "main"
+    assert recorded["files"] == ["config.json", "model-00001-of-00002.safetensors", "tokenizer.json"]
+    assert not (tmp_path / "hub/Qwen2.5-VL-7B.partial").exists()
+
+
+def test_a_commit_is_pinned_and_not_warned_about(tmp_path, capsys):
+    fake = FakeHub(["config.json", "model.safetensors"])
+    hub.snapshot("a/b", COMMIT, tmp_path / "m", download=fake.download, api=fake)
+    assert "not pinned" not in capsys.readouterr().err
+    assert hub.is_pinned(COMMIT) and not hub.is_pinned("main") and not hub.is_pinned(COMMIT[:12])
+
+
+def test_a_model_without_safetensors_is_refused_and_leaves_no_output(tmp_path):
+    fake = FakeHub(["config.json", "tokenizer.json"])
+    with pytest.raises(hub.HubError, match=r"a/b@0123.*no safetensors weights"):
+        hub.snapshot("a/b", COMMIT, tmp_path / "m", download=fake.download, api=fake)
+    assert not (tmp_path / "m").exists()
+
+
+def png(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def two_files(tmp_path):
+    """A ChartQA-like file (image struct, query, label list, with ids) and one with raw image
+    bytes and no id column."""
+    first = tmp_path / "src/train-0.parquet"
+    first.parent.mkdir()
+    pq.write_table(pa.table({
+        "qid": [7, 8],
+        "image": [{"bytes": png("red"), "path": "a.png"}, {"bytes": png("blue"), "path": None}],
+        "query": ["What colour?", "Which bar?"],
+        "label": [["red"], ["12", "twelve"]]}), first)
+    second = tmp_path / "src/train-1.parquet"
+    pq.write_table(pa.table({"image": [png("green")], "query": ["Colour?"], "label": [["green"]]}), second)
+    return first, second
+
+
+def test_a_dataset_becomes_questions_with_unique_ids_and_first_answers(two_files, tmp_path):
+    out = tmp_path / "datasets/chartqa.parquet"
+    columns = {"image": "image", "question": "query", "answer": "label"}
+    rows = hub.convert_dataset("chartqa", list(two_files), columns, out, batch_rows=1)
+    frame = pd.read_parquet(out)
+    assert rows == 3 and list(frame.columns) == ["id", "image", "question", "answer"]
+    assert frame.id.tolist() == ["chartqa/0-0", "chartqa/0-1", "chartqa/1-0"]
+    assert frame.answer.tolist() == ["red", "12", "green"] and frame.question.tolist()[1] == "Which bar?"
+    assert Image.open(io.BytesIO(frame.image[2]["bytes"])).getpixel((0, 0)) == (0, 128, 0)
+    with_id = hub.convert_dataset("c", [two_files[0]], {**columns, "id": "qid"}, tmp_path / "c.parquet")
+    assert with_id == 2 and pd.read_parquet(tmp_path / "c.parquet").id.tolist() == ["c/7", "c/8"]
+
+
+def test_a_missing_column_names_the_dataset_file_and_column(two_files, tmp_path):
+    with pytest.raises(hub.HubError, match=r"datasets.d: .*train-0.parquet has no column\(s\) \['question'\]"):
+        hub.convert_dataset("d", [two_files[0]], {"image": "image", "question": "question", "answer": "label"},
+                            tmp_path / "d.parquet")
+    assert not (tmp_path / "d.parquet").exists()
+    with pytest.raises(hub.HubError, match=r"pattern 'nothing-\*.parquet' matches no file"):
+        hub.dataset_files({"files": ["nothing-*.parquet"]}, two_files[0].parent)
+
+
+def test_the_dataset_command_reads_local_files_into_the_question_schema(two_files, tmp_path):
+    from masters.questions import draw_questions
+
+    spec = {"files": [str(two_files[0].parent / "train-*.parquet")],
+            "columns": {"image": "image", "question": "query", "answer": "label"}}
+    out = tmp_path / "datasets/local.parquet"
+    assert main(["dataset", "--name", "local", "--spec", json.dumps(spec), "--out", str(out)]) == 0
+    questions = draw_questions([str(out)], None, 0)  # what the train_questions rule reads
+    assert len(questions) == 3 and questions.id.is_unique

@@ -1,0 +1,91 @@
+"""The paper configs (configs/paper/): each plans its tables with `snakemake -n`, fetching
+nothing; Hub models and datasets resolve to the snapshot and dataset rules; the tiny world is
+not built; every revision is a commit or said to be unpinned."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from masters.config import load
+from masters.experiments import Design
+from tests.conftest import REPO
+
+FAMILIES = {  # family: (models fetched, masked teachers, trained runs)
+    "qwen2_5_vl": (3, 14, 23),  # mid 0.05..0.2 (4) + large 0.05..0.5 (10)
+    "internvl3_5": (3, 14, 23),
+    "qwen3_vl": (2, 10, 17),  # one teacher, 0.05..0.5
+}
+
+
+def configs(family):
+    return [REPO / "config.yaml", REPO / "configs/paper/common.yaml", REPO / f"configs/paper/{family}.yaml"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_paper_config_plans_every_table_without_fetching(family, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n",
+                          "--cores", "8", "--directory", str(tmp_path), "--configfile",
+                          *map(str, configs(family)[1:])], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if re.fullmatch(r"[a-z_0-9]+\s+\d+", line.strip())}
+    hub, masks, trains = FAMILIES[family]
+    assert counts["snapshot"] == hub and counts["dataset"] == 1, counts
+    assert counts["mask"] == masks and counts["train"] == trains, counts
+    assert not any(rule.startswith("world") for rule in counts), counts  # the tiny world is not built
+    tables = [t for t, spec in yaml.safe_load((REPO / "config.yaml").read_text())["tables"].items()]
+    config = load(configs(family), REPO)
+    assert counts["table"] == len(config["tables"]) and set(config["tables"]) <= set(tables)
+    assert not list(tmp_path.glob("results/**/*.safetensors"))  # a dry run fetched nothing
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_paper_models_are_hub_snapshots_and_the_world_is_gone(family):
+    config = load(configs(family), REPO)
+    design = Design(config)
+    assert not design.uses_world()
+    assert set(config["students"]) and "S" not in config["students"] and "S" not in config["models"]
+    assert not any(b.startswith("tiny_") for b in config["benchmarks"])
+    for name, source in design.hub_models().items():
+        assert design.model_dir(name) == f"{design.results}/hub/{name}"
+        text = (REPO / f"configs/paper/{family}.yaml").read_text()
+        # a revision is a commit, or the config says in words that it is not pinned
+        assert re.fullmatch(r"[0-9a-f]{40}", source["revision"]) or "NOT pinned" in text, (name, source)
+    assert design.question_files() == [f"{design.results}/datasets/chartqa_train.parquet"]
+    assert config["masking"]["step"] == 0.05 and config["training"]["lr"] == 1e-6
+
+
+def test_the_paper_masking_step_reaches_every_plan_entry():
+    """masking.step is the default step of a plan entry naming none (0.1 in config.yaml, 0.05
+    at paper scale); an entry's own step wins."""
+    design = Design(load(configs("qwen2_5_vl"), REPO))
+    assert [s.ratio for s in design.stages("Qwen2.5-VL-7B", "mid_masters")] == [
+        0.2, 0.15, 0.1, 0.05, 0.0, 0.2, 0.15, 0.1, 0.05, 0.0]
+    default = Design(load([REPO / "config.yaml"], REPO))
+    assert [s.ratio for s in default.stages("S", "mid_masters")] == [0.2, 0.1, 0.0, 0.2, 0.1, 0.0]
+    own = load([REPO / "config.yaml"], REPO)
+    own["experiments"]["mine"] = {"extends": "masters", "plan": [{"teacher": "large", "r_max": 0.2, "step": 0.2}]}
+    assert [s.ratio for s in Design(own).stages("S", "mine")] == [0.2, 0.0]
+
+
+def test_null_removes_a_name_and_unknown_datasets_are_named():
+    from masters.config import validated
+    from masters.experiments import DesignError
+
+    base = load([REPO / "config.yaml"], REPO)
+    removed = validated({**base, "benchmarks": {**base["benchmarks"], "tiny_shape": None}})
+    assert "tiny_shape" not in removed["benchmarks"] and "tiny_colour" in removed["benchmarks"]
+    bad = {**base, "train_questions": {**base["train_questions"], "datasets": ["nope"]}}
+    with pytest.raises(DesignError, match=r"train_questions.datasets: 'nope' is not in `datasets`"):
+        Design(bad)
+    unpinned = {**base, "datasets": {"d": {"hub": "a/b", "files": ["*.parquet"], "columns": {
+        "image": "i", "question": "q", "answer": "a"}}}}
+    with pytest.raises(DesignError, match=r"datasets.d.revision: a Hub dataset needs a revision"):
+        Design(unpinned)
+    empty = {**base, "train_questions": {"files": [], "datasets": [], "per_file": None}}
+    with pytest.raises(DesignError, match=r"train_questions: name at least one"):
+        Design(empty)
