@@ -277,6 +277,8 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
         previous_key = None
     student = backend.prepare(student, cfg)
     state = (backend.load_state(out / "resume") if previous_key else None) or {"stage": 0, "step": 0}
+    if state["step"] and backend.is_main:
+        print(f"{out}: resuming at stage {state['stage']}, step {state['step']}")
     log_path = out / "train_log.csv"
     records: list[dict] = []
     if log_path.is_file() and state["step"] > 0:
@@ -333,7 +335,7 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     backend.save_checkpoint(s_proc, out / "final")
     backend.barrier()
     if backend.is_main:
-        shutil.rmtree(out / "resume")
+        shutil.rmtree(out / "resume", ignore_errors=True)  # (a backend may keep none)
         if final_out.exists():
             shutil.rmtree(final_out)
         out.rename(final_out)

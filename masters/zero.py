@@ -14,9 +14,9 @@ process runs the same loop as the single-process trainer (:func:`masters.trainin
 * the chunked loss is unchanged (:func:`masters.training.step_loss_checkpointed`: one backward
   per step, each chunk's logits recomputed in it, never a batch x sequence x vocabulary tensor);
 * stage checkpoints are consolidated stock HF checkpoints (safetensors, loadable by the Auto
-  classes) written by the main process; the resume state is DeepSpeed's own sharded checkpoint
-  (its optimizer shards are torch pickles, read back only from this run's own directory), under
-  the same fingerprint rule as the single-process trainer.
+  classes) written by the main process;
+* NOT resumable yet (see :meth:`DeepSpeedBackend.save_state`): a killed run starts afresh and
+  ends with the same weights (tested); the stage checkpoints it had written are rewritten.
 
 Nothing here is imported unless the backend is asked for; ``deepspeed`` is an optional
 dependency (the test extra installs it with ``DS_BUILD_OPS=0``).
@@ -24,9 +24,7 @@ dependency (the test extra installs it with ``DS_BUILD_OPS=0``).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -109,26 +107,16 @@ class DeepSpeedBackend:
         sums = self._all_sum(sums) / tokens
         return dict(zip(("loss", "pg", "kl", "jsd"), map(float, sums)))
 
+    # Resuming is not supported yet: DeepSpeed's own checkpoint (engine.save_checkpoint /
+    # load_checkpoint, ZeRO-3) reloads, but the resumed processes then disagree on a gather at
+    # their second step (gloo: "Received data size doesn't match expected size", 2 processes,
+    # CPU; found by tests/test_zero.py, not understood yet). Rather than write optimizer states
+    # that cannot be used (~100 GB for a 7B student) or crash hours in, a killed run starts afresh.
     def save_state(self, state: dict, out: Path) -> None:
-        tmp = out.with_name(out.name + ".tmp")
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.barrier()
-        self.engine.save_checkpoint(str(tmp), tag="state", client_state={"rng": torch.get_rng_state()})
-        self.barrier()
-        if self.is_main:
-            (tmp / "trainer_state.json").write_text(json.dumps(state))
-            shutil.rmtree(out, ignore_errors=True)
-            tmp.rename(out)
-        self.barrier()
+        pass
 
     def load_state(self, out: Path) -> dict | None:
-        if not (out / "trainer_state.json").is_file():
-            return None
-        _, client = self.engine.load_checkpoint(str(out), tag="state")
-        torch.set_rng_state(client["rng"])
-        return json.loads((out / "trainer_state.json").read_text())
+        return None
 
     def save_checkpoint(self, processor, out: Path) -> None:
         """A consolidated stock HF checkpoint (collective: every process gathers its shards)."""

@@ -71,3 +71,42 @@ def test_two_zero3_processes_follow_the_single_process_loss(world, rewarded, tmp
     for (name, p), (_, q) in zip(ours.state_dict().items(), theirs.state_dict().items()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-4, msg=name)
     assert sorted(x.name for x in zero.iterdir()) == sorted(x.name for x in single.iterdir())
+
+
+@pytest.mark.slow
+def test_a_killed_zero3_run_starts_afresh_and_ends_as_an_uninterrupted_one(world, rewarded, tmp_path):  # noqa: F811
+    """DeepSpeed runs are not resumable yet (masters/zero.py says why): killed mid-run, a
+    2-process run is restarted from its first step and ends with the weights of a straight run."""
+    import os
+    import signal
+    import time
+
+    pytest.importorskip("deepspeed")
+    root, questions = world
+    _, path, _ = rewarded
+    qfile = tmp_path / "questions.parquet"
+    questions.to_parquet(qfile)
+    args = [sys.executable, "-m", "masters.cli", "train", "--student", str(root / "student"), "--questions",
+            str(qfile), "--stage", "T", str(root / "teacher"), str(path), "12", "0.0", "--lr", "0.001",
+            "--batch-size", "4", "--chunk-size", "5", "--save-every", "4", "--seed", "3", "--backend",
+            "deepspeed", "--processes", "2"]
+    killed = tmp_path / "killed"
+    log = killed.with_name("killed.partial") / "train_log.csv"
+    proc = subprocess.Popen([*args, "--out", str(killed)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not log.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert log.is_file() and not killed.exists(), "killed before its first log, or after the end"
+    rerun = subprocess.run([*args, "--out", str(killed)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+    assert "resuming" not in rerun.stdout
+    straight = subprocess.run([*args, "--out", str(tmp_path / "straight")], cwd=REPO, capture_output=True,
+                              text=True, timeout=900)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a, b = load_checkpoint(killed / "final")[0].state_dict(), load_checkpoint(tmp_path / "straight/final")[0].state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert list(pd.read_csv(killed / "train_log.csv").step) == list(range(1, 13))
