@@ -34,15 +34,17 @@ def check_model_type(model_type: str, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, trust_remote_code: bool = False, dtype=torch.float32, device: str = "cpu"):
-    """``(model, processor)`` of a checkpoint directory or Hub id, weights from safetensors, on ``device``."""
+    """``(model, processor)`` of a checkpoint directory or Hub id, weights from safetensors, on
+    ``device`` (``"auto"``: spread over the visible GPUs by accelerate's ``device_map="auto"``)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor  # slow import: on use
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     check_model_type(config.model_type, path)
+    placed = {"device_map": "auto"} if device == "auto" else {}
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, use_safetensors=True,
-                                                        trust_remote_code=trust_remote_code)
+                                                        trust_remote_code=trust_remote_code, **placed)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return model.to(device), processor
+    return (model if device == "auto" else model.to(device)), processor
 
 
 def save_checkpoint(model, processor, out_dir: str | Path) -> None:

@@ -261,7 +261,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         backend = DeepSpeedBackend(args.gpus)
     elif device != "cpu":
-        backend = training.TorchBackend(device)
+        backend = training.TorchBackend("cuda")  # one GPU; several: training.backend deepspeed
     log = training.train(args.student, stages, load_questions(args.questions), cfg, args.out, backend=backend,
                          progress=backend is None or backend.is_main)
     print(f"trained {len(log)} steps over {len(stages)} stages -> {args.out}/final")

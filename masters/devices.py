@@ -25,11 +25,16 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def placement(gpus: int) -> tuple[str, str]:
-    """Where a job's models run: ``("cuda", "bfloat16")`` when it asked for GPUs (and sees them:
-    :func:`require_gpus` checks first), else ``("cpu", "float32")``. Training keeps fp32
-    weights on a GPU (torch backend; DeepSpeed runs bf16 with fp32 master weights itself)."""
-    return ("cuda", "bfloat16") if gpus > 0 and visible_gpus() > 0 else ("cpu", "float32")
+def placement(gpus: int, visible: int | None = None) -> tuple[str, str]:
+    """Where a job's models run: ``("cuda", "bfloat16")`` with one GPU, ``("auto", "bfloat16")``
+    with several (``device_map="auto"``: a 72B teacher's 147 GB of bf16 weights spread over the
+    job's GPUs), else ``("cpu", "float32")``. :func:`require_gpus` checks the count first.
+    Training keeps fp32 weights on one GPU (torch backend; DeepSpeed runs bf16 with fp32 master
+    weights itself, one process per GPU)."""
+    seen = visible_gpus() if visible is None else visible
+    if gpus <= 0 or seen <= 0:
+        return "cpu", "float32"
+    return ("auto" if gpus > 1 else "cuda"), "bfloat16"
 
 
 def require_gpus(requested: int, command: str, *, visible: int | None = None,

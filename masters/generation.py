@@ -79,9 +79,9 @@ class HFBackend:
     def __init__(self, model_dir: str | Path, dtype: str = "float32", device: str = "cpu",
                  trust_remote_code: bool = False):
         self.model, self.processor = load_checkpoint(model_dir, trust_remote_code=trust_remote_code,
-                                                     dtype=getattr(torch, dtype))
-        self.model.to(device).eval()
-        self.device = device
+                                                     dtype=getattr(torch, dtype), device=device)
+        self.model.eval()  # placed by load_checkpoint (device "auto": over the GPUs)
+        self.device = self.model.device
         self.identity = checkpoint_identity(model_dir)
         tok = self.processor.tokenizer
         self.eos_ids = eos_token_ids(self.model, tok)

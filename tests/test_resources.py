@@ -111,3 +111,37 @@ def test_the_cli_checks_gpus_before_any_work(tmp_path):
     assert run.returncode == 1
     assert "masters train: this job asked for 2 GPU(s)" in run.stderr and "CUDA sees 0" in run.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_job_places_its_models_by_the_gpus_it_has():
+    """CPU jobs in fp32; one GPU: cuda in bf16; several: spread over them (device_map auto: a
+    72B teacher does not fit one 80 GB GPU); GPUs asked for but not seen: the CPU (require_gpus
+    stops such a job first)."""
+    from masters.devices import placement
+
+    assert placement(0, visible=8) == ("cpu", "float32")
+    assert placement(1, visible=8) == ("cuda", "bfloat16")
+    assert placement(4, visible=4) == ("auto", "bfloat16")
+    assert placement(2, visible=0) == ("cpu", "float32")
+
+
+def test_device_auto_loads_with_device_map_auto(monkeypatch, tmp_path):
+    import transformers
+
+    from masters import checkpoints
+
+    calls = []
+
+    class Model:
+        def to(self, device):
+            calls.append(("to", device))
+            return self
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained",
+                        lambda *a, **k: type("C", (), {"model_type": "qwen2_5_vl"})())
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained",
+                        lambda *a, **k: calls.append(("load", k.get("device_map"))) or Model())
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: "processor")
+    checkpoints.load_checkpoint(tmp_path, device="auto")
+    checkpoints.load_checkpoint(tmp_path, device="cpu")
+    assert calls == [("load", "auto"), ("load", None), ("to", "cpu")]
