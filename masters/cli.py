@@ -124,6 +124,26 @@ def cmd_dataset(args: argparse.Namespace) -> None:
     print(f"dataset {args.name}: {rows} questions from {len(files)} files -> {args.out}")
 
 
+def cmd_memory_plan(args: argparse.Namespace) -> None:
+    from masters import config, memory
+    from masters.experiments import Design
+    from masters.resources import all_families
+
+    repo = Path(__file__).resolve().parent.parent
+    design = Design(config.load([repo / "config.yaml", *args.configfile], repo))
+    given = {name: float(b) * 1e9 for name, b in (item.split("=", 1) for item in args.params)}
+
+    def count(name: str) -> float:
+        if name in given:
+            return given[name]
+        return memory.parameters_of(design.model_dir(name))  # a snapshot taken by the snapshot rule
+
+    gpus = {f: r.resources["gpu"] for f, r in all_families(design.config["resources"], environ={}).items()}
+    for student, roles in design.students.items():
+        rows = memory.plan(count(student), {m: count(m) for m in roles.values()}, gpus, gpu_gb=args.gpu_gb)
+        print(memory.markdown(student, rows) + "\n")
+
+
 def cmd_table(args: argparse.Namespace) -> None:
     from masters.tables import write_paper_table
 
@@ -375,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-source", action="store_true", help="keep the fetched Hub files beside the output")
     p.add_argument("--out", required=True, help="output parquet")
     p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("memory-plan", help="per-GPU memory of each GPU rule at paper scale (masters/memory.py)")
+    p.add_argument("--configfile", nargs="+", required=True, help="config files merged over config.yaml")
+    p.add_argument("--params", nargs="*", default=[], metavar="MODEL=BILLIONS",
+                   help="parameter counts; a model not named is counted from its snapshot's safetensors")
+    p.add_argument("--gpu-gb", type=float, default=80.0, help="memory of one GPU (GB)")
+    p.set_defaults(func=cmd_memory_plan)
 
     p = sub.add_parser("table", help="one paper table (mean ± std over seeds) from evaluation summaries")
     p.add_argument("--spec", required=True, help="JSON (or a .json file): benchmarks, average, literature, rows")

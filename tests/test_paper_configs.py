@@ -89,3 +89,29 @@ def test_null_removes_a_name_and_unknown_datasets_are_named():
     empty = {**base, "train_questions": {"files": [], "datasets": [], "per_file": None}}
     with pytest.raises(DesignError, match=r"train_questions: name at least one"):
         Design(empty)
+
+
+def test_the_memory_plan_counts_parameters_and_shards_them(tmp_path, tokenizer, processor):
+    from masters import memory
+    from masters.checkpoints import save_checkpoint
+    from masters.world import models
+    from tests.conftest import TINY
+
+    model = models.build_model("qwen2_5_vl", models.ModelSize(**TINY, vocab_multiple=64), tokenizer, seed=1)
+    save_checkpoint(model, processor, tmp_path / "m")
+    assert memory.parameters_of(tmp_path / "m") == sum(p.numel() for p in model.state_dict().values())
+    gpus = {"train": 8, "generate": 4, "score": 4, "judge": 1, "evaluate": 1}
+    rows = {r.rule: r for r in memory.plan(7e9, {"mid": 32e9, "large": 72e9}, gpus)}
+    assert rows["train"].per_gpu_gb == round((16 * 7 + 2 * 72) / 8 + memory.OVERHEAD_GB, 1)  # 40.0
+    assert rows["generate"].per_gpu_gb == 36.0 and rows["judge"].per_gpu_gb == 14.0
+    assert rows["evaluate"].per_gpu_gb == 64.0 + memory.OVERHEAD_GB  # the mid teacher on one GPU
+    assert not {r.rule: r for r in memory.plan(7e9, {"large": 72e9}, {**gpus, "score": 1})}["score"].fits
+
+
+def test_the_memory_plan_command_prints_each_family(capsys):
+    from masters.cli import main
+
+    main(["memory-plan", "--configfile", str(REPO / "configs/paper/common.yaml"),
+          str(REPO / "configs/paper/qwen3_vl.yaml"), "--params", "Qwen3-VL-8B=8", "Qwen3-VL-32B=32"])
+    out = capsys.readouterr().out
+    assert "| Qwen3-VL-8B | GPUs |" in out and "| train | 8 | 32.0 | yes |" in out  # (128 + 64) / 8 + 8
