@@ -49,7 +49,10 @@ def task_spec(bench: Benchmark) -> str | dict[str, Any]:
         if not data.is_file():
             raise FileNotFoundError(f"benchmark {bench.name!r}: data file {data} does not exist")
         split = spec.get("test_split", "test")
-        spec.setdefault("dataset_kwargs", {})["data_files"] = {split: str(data.resolve())}
+        spec["dataset_path"] = "parquet"  # a Hub benchmark read from a local file of its schema
+        spec.pop("dataset_name", None)
+        kwargs = {k: v for k, v in (spec.get("dataset_kwargs") or {}).items() if k != "revision"}
+        spec["dataset_kwargs"] = {**kwargs, "data_files": {split: str(data.resolve())}}
     return spec
 
 

@@ -1,0 +1,142 @@
+"""Prompts and scoring of the paper's multiple-choice benchmarks (lm-eval ``!function``s), as
+lmms-eval scores them (EvolvingLMMs-Lab/lmms-eval, MIT; read at commit 75571cfe, 2026-08-06;
+written here from its behaviour, not copied):
+
+* AI2D: options lettered ``A. ...`` one per line, then "Answer with the option's letter from the
+  given choices directly."; a response starting with ``X.`` counts as its letter, any other is
+  compared whole; case and punctuation ignored (``ai2d_*``).
+* MMStar: the question already lists its options; the letter is extracted with lmms-eval's
+  ``extract_mcq_answer`` rule (:func:`extract_letter`); the score is the mean over the 18 L2
+  categories of their accuracies (a macro average), as lmms-eval reports ``average``.
+* SEED-Bench-2-Plus: options ``A. ...`` to ``D. ...`` after the question (an option that is an
+  image file is shown as ``<image>`` text, as lmms-eval does), then the letter instruction; the
+  first character of the response is compared with the answer letter; accuracy overall and per
+  ``question_image_type`` (Chart, Map, Web).
+* RealWorldQA: the question as given (it carries its own instruction); a letter answer is
+  compared with :func:`extract_letter`, any other answer by lower-cased equality without a final
+  period.
+
+Each prompt starts with one ``<image>`` (lm-eval's ``hf-multimodal`` sends as many images as
+the text has placeholders).
+"""
+
+from __future__ import annotations
+
+import re
+
+LETTERS = "ABCDEFGHIJ"
+LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+PHRASES = ("the correct answer is", "the answer is", "answer is", "the correct option is", "correct answer:",
+           "answer:", "i choose", "my answer is", "option")
+
+
+def extract_letter(response: str, choices: str = "ABCD") -> str:
+    """The option letter a free-form response names ("" if none), by lmms-eval's priorities:
+    a letter opening the response (10), closing it (9), after an answer phrase (7), as
+    ``(X)`` (6), ``X.`` (5), ``X:`` (4), ``X)`` (3), ``X `` (2), anywhere (0); the highest
+    priority wins, then the latest position."""
+    text = response.strip().strip(",.!?;:'\"")
+    if not text:
+        return ""
+    padded = f" {text} "
+    lower = padded.lower()
+    found: list[tuple[int, int, str]] = []
+    for letter in choices:
+        for pattern, priority in ((f"({letter})", 6), (f"{letter}.", 5), (f"{letter}:", 4), (f"{letter})", 3),
+                                  (f"{letter} ", 2)):
+            for m in re.finditer(r"(?<![A-Za-z])" + re.escape(pattern), padded):
+                found.append((priority, m.start(), letter))
+    for phrase in PHRASES:
+        for m in re.finditer(re.escape(phrase), lower):
+            after = re.search(rf"(?<![A-Za-z])([{choices}])(?![A-Za-z])", padded[m.end():])
+            if after:
+                found.append((7, m.start(), after.group(1)))
+    if text[0] in choices and (len(text) == 1 or not text[1].isalpha()):
+        found.append((10, 0, text[0]))
+    if text[-1] in choices and (len(text) == 1 or not text[-2].isalpha()):
+        found.append((9, len(text), text[-1]))
+    if not found:
+        found = [(0, padded.find(c), c) for c in choices if c in padded]
+    return max(found)[2] if found else ""
+
+
+# ---------------------------------------------------------------- AI2D
+
+
+def ai2d_doc_to_text(doc: dict) -> str:
+    options = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(doc["options"]))
+    return f"<image>{doc['question']}\n{options}\n{LETTER_INSTRUCTION}"
+
+
+def ai2d_doc_to_target(doc: dict) -> str:
+    return LETTERS[int(doc["answer"])]
+
+
+def ai2d_process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    response = results[0]
+    m = re.match(r"^\s*([A-Z])\.", response)
+    predicted = m.group(1) if m else response
+    clean = lambda s: re.sub(r"[^\w\s]", "", s).strip().lower()  # noqa: E731
+    return {"exact_match": float(clean(predicted) == clean(ai2d_doc_to_target(doc)))}
+
+
+# ---------------------------------------------------------------- MMStar
+
+
+def mmstar_doc_to_text(doc: dict) -> str:
+    question = doc["question"].strip().replace(" Please answer yes or no.", "")
+    return f"<image>{question}\n{LETTER_INSTRUCTION.rstrip('.')}"
+
+
+def mmstar_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
+    score = float(extract_letter(results[0]) == doc["answer"].strip().upper())
+    return {"average": {"l2_category": doc["l2_category"], "score": score}}
+
+
+def mmstar_aggregate(items: list[dict]) -> float:
+    """The mean over L2 categories of each category's accuracy (lmms-eval's ``average``)."""
+    by: dict[str, list[float]] = {}
+    for item in items:
+        by.setdefault(item["l2_category"], []).append(item["score"])
+    return sum(sum(v) / len(v) for v in by.values()) / len(by)
+
+
+# ---------------------------------------------------------------- SEED-Bench-2-Plus
+
+
+def seed2plus_doc_to_text(doc: dict) -> str:
+    def option(text: str) -> str:
+        return "<image>" if ("jpg" in text or "png" in text) else text
+
+    options = "\n".join(f"{c}. {option(str(doc[f'choice_{c}']))}" for c in "ABCD")
+    return f"<image>{doc['question']}\n{options}\n{LETTER_INSTRUCTION}"
+
+
+def seed2plus_process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    response = results[0].strip()
+    score = float(bool(response) and response[0] == doc["answer"])
+    kind = str(doc["question_image_type"]).capitalize()
+    out = {"all": score}
+    for k in ("Chart", "Map", "Web"):
+        out[k.lower()] = score if k == kind else None
+    return out
+
+
+def mean_of_scored(values: list[float | None]) -> float:
+    """The mean of the items that belong to a category (None: another category's item)."""
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+# ---------------------------------------------------------------- RealWorldQA
+
+
+def realworldqa_doc_to_text(doc: dict) -> str:
+    return "<image>" + doc["question"].strip()
+
+
+def realworldqa_process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    truth, response = doc["answer"].strip(), results[0]
+    if truth.upper() in ("A", "B", "C", "D"):
+        return {"exact_match": float(extract_letter(response) == truth.upper())}
+    return {"exact_match": float(response.lower().strip().rstrip(".") == truth.lower())}

@@ -1,0 +1,112 @@
+"""The paper's multiple-choice benchmarks (benchmarks/*.yaml, benchmarks/mcq.py): the metrics
+on hand-made predictions (right, wrong, badly formatted, letter vs option text), and each task
+run through lm-eval end to end on a tiny model over a fixture in the dataset's own schema."""
+
+import io
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import mcq  # noqa: E402
+
+
+@pytest.mark.parametrize("response, letter", [
+    ("B", "B"), ("B.", "B"), ("(C) a dog", "C"), ("The answer is D.", "D"), ("D\n", "D"),
+    ("A cat is shown. Answer: C", "A"),  # a leading letter wins, as in lmms-eval
+    ("I think it is (B)", "B"), ("answer: c", ""), ("none of them", ""), ("", "")])
+def test_the_letter_extraction_follows_lmms_eval(response, letter):
+    assert mcq.extract_letter(response) == letter
+
+
+def test_ai2d_letters_options_and_scores_a_leading_letter_or_the_whole_answer():
+    doc = {"question": "Which organ?", "options": ["heart", "lung", "liver"], "answer": "1"}
+    assert mcq.ai2d_doc_to_text(doc) == ("<image>Which organ?\nA. heart\nB. lung\nC. liver\n"
+                                         "Answer with the option's letter from the given choices directly.")
+    assert mcq.ai2d_doc_to_target(doc) == "B"
+    score = lambda r: mcq.ai2d_process_results(doc, [r])["exact_match"]  # noqa: E731
+    assert [score(r) for r in ("B", "b.", "B. lung", " B", "A", "lung", "B) lung", "The answer is B")] == [
+        1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_mmstar_is_a_macro_average_over_l2_categories():
+    docs = [{"question": "Q? Options: A: x, B: y", "answer": "A", "l2_category": c} for c in ("p", "p", "p", "q")]
+    items = [mcq.mmstar_process_results(d, [r])["average"] for d, r in zip(docs, ["A", "A", "B", "A"])]
+    assert mcq.mmstar_aggregate(items) == pytest.approx((2 / 3 + 1) / 2)  # micro would be 0.75
+    assert mcq.mmstar_doc_to_text({"question": " Q? Please answer yes or no."}) == (
+        "<image>Q?\nAnswer with the option's letter from the given choices directly")
+
+
+def test_seedbench_2_plus_takes_the_first_character_and_splits_by_image_type():
+    doc = {"question": "Which?", "choice_A": "a", "choice_B": "pic.png", "choice_C": "c", "choice_D": "d",
+           "answer": "B", "question_image_type": "map"}
+    assert "\nB. <image>\n" in mcq.seed2plus_doc_to_text(doc)
+    assert mcq.seed2plus_process_results(doc, [" B) pic"]) == {"all": 1.0, "chart": None, "map": 1.0, "web": None}
+    assert mcq.seed2plus_process_results(doc, ["The answer is B"])["all"] == 0.0
+    assert mcq.mean_of_scored([1.0, None, 0.0, None, 1.0]) == pytest.approx(2 / 3)
+
+
+def test_realworldqa_letters_and_free_answers():
+    letter = {"question": "Which? A. x B. y", "answer": "B"}
+    free = {"question": "How many cars?", "answer": "3"}
+    assert mcq.realworldqa_process_results(letter, ["(B)"])["exact_match"] == 1.0
+    assert mcq.realworldqa_process_results(letter, ["y"])["exact_match"] == 0.0  # option text is not its letter
+    assert mcq.realworldqa_process_results(free, ["3."])["exact_match"] == 1.0
+    assert mcq.realworldqa_process_results(free, ["three"])["exact_match"] == 0.0
+
+
+def _png(colour):
+    buffer = io.BytesIO()
+    Image.new("RGB", (56, 56), colour).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _fixture(path, columns: dict, features: dict):
+    """A parquet file written by `datasets` (its Image feature: what the Hub's parquet holds)."""
+    from datasets import Dataset, Features, Image as HFImage, Sequence, Value
+
+    kinds = {"image": HFImage(), "string": Value("string"), "strings": Sequence(Value("string")),
+             "int": Value("int64")}
+    Dataset.from_dict(columns, features=Features({k: kinds[v] for k, v in features.items()})).to_parquet(str(path))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model, processor):
+    from masters.checkpoints import save_checkpoint
+    from masters.evaluation import Benchmark, evaluate
+
+    save_checkpoint(tiny_model, processor, tmp_path / "model")
+    images = [_png(c) for c in ("red", "green", "blue")]
+    data = {
+        "ai2d": _fixture(tmp_path / "ai2d.parquet", {
+            "question": ["q1", "q2", "q3"], "options": [["a", "b"], ["c", "d", "e"], ["f", "g"]],
+            "answer": ["0", "2", "1"], "image": images},
+            {"question": "string", "options": "strings", "answer": "string", "image": "image"}),
+        "mmstar": _fixture(tmp_path / "mmstar.parquet", {
+            "index": [0, 1, 2], "question": ["q? Options: A: x, B: y"] * 3, "answer": ["A", "B", "A"],
+            "category": ["math"] * 3, "l2_category": ["geometry", "geometry", "statistical reasoning"],
+            "meta_info": ["{}"] * 3, "image": images},
+            {"index": "int", "question": "string", "answer": "string", "category": "string", "l2_category": "string",
+             "meta_info": "string", "image": "image"}),
+        "seedbench_2_plus": _fixture(tmp_path / "seed.parquet", {
+            "question": ["q1", "q2", "q3"], **{f"choice_{c}": [c.lower()] * 3 for c in "ABCD"},
+            "answer": ["A", "B", "C"], "question_image_type": ["chart", "map", "web"], "image": images},
+            {"question": "string", **{f"choice_{c}": "string" for c in "ABCD"}, "answer": "string",
+             "question_image_type": "string", "image": "image"}),
+        "realworldqa": _fixture(tmp_path / "rwqa.parquet", {
+            "question": ["Which? A. x B. y", "How many?", "Colour?"], "answer": ["A", "2", "red"], "image": images},
+            {"question": "string", "answer": "string", "image": "image"}),
+    }
+    metric = {"ai2d": "exact_match,none", "mmstar": "average,none", "seedbench_2_plus": "all,none",
+              "realworldqa": "exact_match,none"}
+    benches = [Benchmark(name, str(REPO / f"benchmarks/{name}.yaml"), data=data[name], metric=metric[name])
+               for name in data]
+    summary = evaluate(tmp_path / "model", benches, batch_size=4, samples_path=tmp_path / "samples.jsonl")
+    assert summary["n"] == {name: 3 for name in data}
+    assert all(0.0 <= acc <= 100.0 for acc in summary["accuracy"].values())
+    prompts = (tmp_path / "samples.jsonl").read_text()
+    assert "Answer with the option" in prompts and "q? Options: A: x, B: y" in prompts
