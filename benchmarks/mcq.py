@@ -12,6 +12,9 @@ written here from its behaviour, not copied):
   image file is shown as ``<image>`` text, as lmms-eval does), then the letter instruction; the
   first character of the response is compared with the answer letter; accuracy overall and per
   ``question_image_type`` (Chart, Map, Web).
+* SEED-Bench (image items): options ``A. ...`` to ``D. ...`` and the letter instruction; the
+  first character of the response vs the answer letter; accuracy over the image items and per
+  evaluation dimension (``question_type_id`` 1-9, as the SEED-Bench paper reports them).
 * RealWorldQA: the question as given (it carries its own instruction); a letter answer is
   compared with :func:`extract_letter`, any other answer by lower-cased equality without a final
   period.
@@ -126,6 +129,38 @@ def mean_of_scored(values: list[float | None]) -> float:
     """The mean of the items that belong to a category (None: another category's item)."""
     kept = [v for v in values if v is not None]
     return sum(kept) / len(kept) if kept else float("nan")
+
+
+# ---------------------------------------------------------------- SEED-Bench (image items)
+
+SEED_DIMENSIONS = {1: "scene_understanding", 2: "instance_identity", 3: "instance_attributes",
+                   4: "instance_location", 5: "instances_counting", 6: "spatial_relation",
+                   7: "instance_interaction", 8: "visual_reasoning", 9: "text_understanding"}
+
+
+def seed_image_items(dataset):
+    """The image items of SEED-Bench (its test split also holds video items)."""
+    return dataset.filter(lambda doc: doc["data_type"] == "image")
+
+
+def seed_images(doc: dict) -> list:
+    """SEED-Bench's ``image`` is a list (one picture for an image item)."""
+    images = doc["image"]
+    return list(images) if isinstance(images, list) else [images]
+
+
+def seed_doc_to_text(doc: dict) -> str:
+    options = "\n".join(f"{c.upper()}. {doc[f'choice_{c}']}" for c in "abcd")
+    return f"<image>{doc['question']}\n{options}\n{LETTER_INSTRUCTION}"
+
+
+def seed_process_results(doc: dict, results: list[str]) -> dict[str, float | None]:
+    response = results[0].strip()
+    score = float(bool(response) and response[0].lower() == str(doc["answer"]).strip().lower())
+    out: dict[str, float | None] = {"seed_image": score}
+    for key, name in SEED_DIMENSIONS.items():
+        out[name] = score if int(doc["question_type_id"]) == key else None
+    return out
 
 
 # ---------------------------------------------------------------- RealWorldQA

@@ -58,6 +58,20 @@ def test_realworldqa_letters_and_free_answers():
     assert mcq.realworldqa_process_results(free, ["three"])["exact_match"] == 0.0
 
 
+def test_seedbench_keeps_image_items_and_scores_the_first_character_per_dimension():
+    from datasets import Dataset
+
+    kept = mcq.seed_image_items(Dataset.from_dict({"data_type": ["image", "video", "image"], "x": [1, 2, 3]}))
+    assert kept["x"] == [1, 3]
+    doc = {"question": "What?", "choice_a": "x", "choice_b": "y", "choice_c": "z", "choice_d": "w",
+           "answer": "C", "question_type_id": 5}
+    assert mcq.seed_doc_to_text(doc).endswith("C. z\nD. w\nAnswer with the option's letter from the given choices directly.")
+    out = mcq.seed_process_results(doc, ["C. z"])
+    assert out["seed_image"] == 1.0 and out["instances_counting"] == 1.0 and out["scene_understanding"] is None
+    assert mcq.seed_process_results(doc, ["(C)"])["seed_image"] == 0.0  # first character only, as lmms-eval
+    assert mcq.seed_process_results(doc, ["c"])["seed_image"] == 1.0
+
+
 def _png(colour):
     buffer = io.BytesIO()
     Image.new("RGB", (56, 56), colour).save(buffer, format="PNG")
@@ -68,8 +82,8 @@ def _fixture(path, columns: dict, features: dict):
     """A parquet file written by `datasets` (its Image feature: what the Hub's parquet holds)."""
     from datasets import Dataset, Features, Image as HFImage, Sequence, Value
 
-    kinds = {"image": HFImage(), "string": Value("string"), "strings": Sequence(Value("string")),
-             "int": Value("int64")}
+    kinds = {"image": HFImage(), "images": Sequence(HFImage()), "string": Value("string"),
+             "strings": Sequence(Value("string")), "int": Value("int64")}
     Dataset.from_dict(columns, features=Features({k: kinds[v] for k, v in features.items()})).to_parquet(str(path))
     return str(path)
 
@@ -97,16 +111,21 @@ def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model,
             "answer": ["A", "B", "C"], "question_image_type": ["chart", "map", "web"], "image": images},
             {"question": "string", **{f"choice_{c}": "string" for c in "ABCD"}, "answer": "string",
              "question_image_type": "string", "image": "image"}),
+        "seedbench": _fixture(tmp_path / "seedbench.parquet", {
+            "question": ["q1", "q2", "q3"], **{f"choice_{c}": [c] * 3 for c in "abcd"}, "answer": ["A", "B", "C"],
+            "data_type": ["image", "video", "image"], "question_type_id": [1, 2, 9], "image": [[i] for i in images]},
+            {"question": "string", **{f"choice_{c}": "string" for c in "abcd"}, "answer": "string",
+             "data_type": "string", "question_type_id": "int", "image": "images"}),
         "realworldqa": _fixture(tmp_path / "rwqa.parquet", {
             "question": ["Which? A. x B. y", "How many?", "Colour?"], "answer": ["A", "2", "red"], "image": images},
             {"question": "string", "answer": "string", "image": "image"}),
     }
     metric = {"ai2d": "exact_match,none", "mmstar": "average,none", "seedbench_2_plus": "all,none",
-              "realworldqa": "exact_match,none"}
+              "seedbench": "seed_image,none", "realworldqa": "exact_match,none"}
     benches = [Benchmark(name, str(REPO / f"benchmarks/{name}.yaml"), data=data[name], metric=metric[name])
                for name in data]
     summary = evaluate(tmp_path / "model", benches, batch_size=4, samples_path=tmp_path / "samples.jsonl")
-    assert summary["n"] == {name: 3 for name in data}
+    assert summary["n"] == {name: 2 if name == "seedbench" else 3 for name in data}  # seedbench: image items
     assert all(0.0 <= acc <= 100.0 for acc in summary["accuracy"].values())
     prompts = (tmp_path / "samples.jsonl").read_text()
     assert "Answer with the option" in prompts and "q? Options: A: x, B: y" in prompts
