@@ -115,3 +115,32 @@ def test_the_memory_plan_command_prints_each_family(capsys):
           str(REPO / "configs/paper/qwen3_vl.yaml"), "--params", "Qwen3-VL-8B=8", "Qwen3-VL-32B=32"])
     out = capsys.readouterr().out
     assert "| Qwen3-VL-8B | GPUs |" in out and "| train | 8 | 32.0 | yes |" in out  # (128 + 64) / 8 + 8
+
+
+def test_the_reported_rows_are_the_papers_tables_3_and_4(tmp_path):
+    """configs/paper/reported_table{3,4}.csv equal a fresh parse of the paper's text (nothing
+    typed in by hand), and a table renders them after the measured rows, labelled reported,
+    with the paper's "-" kept empty and no Avg over a missing benchmark."""
+    import importlib.util
+
+    import pandas as pd
+
+    from masters.tables import paper_table
+
+    seed = next((REPO.parent / "shared/seeds").glob("000_*.txt"))
+    spec = importlib.util.spec_from_file_location("reported_rows", REPO / "scripts/reported_rows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for table, count in ((3, 35), (4, 22)):
+        shipped = pd.read_csv(REPO / f"configs/paper/reported_table{table}.csv", dtype=str, keep_default_na=False)
+        parsed = pd.DataFrame(module.parse(seed.read_text(), table))
+        pd.testing.assert_frame_equal(shipped, parsed)
+        assert len(shipped) == count
+    mean, _, _ = paper_table({"benchmarks": ["ai2d", "chartqa", "mmvet"], "average": False,
+                              "literature": str(REPO / "configs/paper/reported_table3.csv"), "rows": []})
+    minicpm = mean.loc[("MiniCPM-V2.6-8B", "reported")]
+    assert minicpm["ai2d"] == 82.1 and pd.isna(minicpm["chartqa"]) and pd.isna(minicpm["Avg"])
+    qwen = mean.loc[("Qwen2.5-VL-7B-Masters", "reported")]
+    assert qwen["Avg"] == pytest.approx((88.6 + 95.6 + 81.7) / 3)
+    config = load(configs("qwen2_5_vl"), REPO)
+    assert config["tables"]["table4"]["literature"] == "configs/paper/reported_table4.csv"
