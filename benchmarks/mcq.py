@@ -15,6 +15,13 @@ written here from its behaviour, not copied):
 * SEED-Bench (image items): options ``A. ...`` to ``D. ...`` and the letter instruction; the
   first character of the response vs the answer letter; accuracy over the image items and per
   evaluation dimension (``question_type_id`` 1-9, as the SEED-Bench paper reports them).
+* MMMU-Pro (standard, 10 options; vision: the question and options inside the image): the
+  official MMMU-Pro prompts; ``<image N>`` references become ``<image>`` placeholders with their
+  images in order (as lm-eval's own MMMU task does); scored with the official
+  ``mmmu-pro/evaluate.py`` rule for both settings (:func:`mmmu_parse`: the option letter after the
+  last "Answer:", else the MMMU parser), its random pick for an unparsable response seeded by
+  the item id (deterministic). lmms-eval scores the vision setting by raw string equality
+  instead (a bare "B." is wrong there).
 * RealWorldQA: the question as given (it carries its own instruction); a letter answer is
   compared with :func:`extract_letter`, any other answer by lower-cased equality without a final
   period.
@@ -161,6 +168,66 @@ def seed_process_results(doc: dict, results: list[str]) -> dict[str, float | Non
     for key, name in SEED_DIMENSIONS.items():
         out[name] = score if int(doc["question_type_id"]) == key else None
     return out
+
+
+# ---------------------------------------------------------------- MMMU-Pro
+
+MMMU_PRO_STANDARD = "Answer with the option letter from the given choices directly."
+MMMU_PRO_VISION = (MMMU_PRO_STANDARD + " The last line of your response should be of the following format: "
+                   "'Answer: $LETTER' (without quotes) where LETTER is one of options.")
+
+
+def _options(doc: dict) -> list[str]:
+    import ast
+
+    options = doc["options"]
+    return [str(o) for o in (ast.literal_eval(options) if isinstance(options, str) else options)]
+
+
+def mmmu_pro_standard_doc_to_text(doc: dict) -> str:
+    options = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(_options(doc)))
+    text = f"{doc['question']}\n{options}\n{MMMU_PRO_STANDARD}"
+    return re.sub(r"<image \d+>", "<image>", text)
+
+
+def mmmu_pro_standard_images(doc: dict) -> list:
+    """The images the question and options refer to, in order of reference (repeats kept)."""
+    text = doc["question"] + " " + " ".join(_options(doc))
+    return [doc[f"image_{n}"] for n in re.findall(r"<image (\d+)>", text)]
+
+
+def mmmu_pro_vision_doc_to_text(doc: dict) -> str:
+    return "<image>" + MMMU_PRO_VISION
+
+
+def mmmu_parse(response: str, options: list[str], seed: str) -> str:
+    """The option letter of a response (official MMMU-Pro rule, see the module docstring)."""
+    import random
+
+    letters = list(LETTERS[: len(options)])
+    last = response.rfind("Answer:")
+    if last != -1:
+        named = [c for c in letters if c in response[last + len("Answer:"):]]
+        if len(named) == 1:
+            return named[0]
+    text = " " + response.strip().strip(",.!?;:'") + " "
+    found = [c for c in letters if f"({c})" in text] or [c for c in letters if f"{c} " in text] \
+        or [c for c in letters if f"{c}." in text]
+    by_text = False
+    if not found and len(text.split()) > 5:
+        found, by_text = [c for c, o in zip(letters, options) if o.lower() in text.lower()], True
+    if not found:
+        return random.Random(seed).choice(letters)
+    if len(found) == 1:
+        return found[0]
+    if by_text:
+        return max(found, key=lambda c: text.lower().rfind(options[letters.index(c)].lower()))
+    return max(found, key=lambda c: max(text.rfind(f"({c})"), text.rfind(f" {c} "), text.rfind(f"{c}.")))
+
+
+def mmmu_pro_process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    predicted = mmmu_parse(results[0], _options(doc), seed=str(doc["id"]))
+    return {"acc": float(predicted == str(doc["answer"]).strip())}
 
 
 # ---------------------------------------------------------------- RealWorldQA

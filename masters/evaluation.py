@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+MAX_IMAGES = 8  # per item: MMMU-Pro references up to 7 (a one-image task sends one)
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -89,7 +90,7 @@ def evaluate(
         model_args={
             "pretrained": str(model_dir),
             "dtype": dtype,
-            "max_images": 1,
+            "max_images": MAX_IMAGES,
             **({"parallelize": True} if device == "auto" else {}),  # the model over the job's GPUs
             "trust_remote_code": trust_remote_code,
         },

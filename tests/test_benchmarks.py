@@ -72,6 +72,23 @@ def test_seedbench_keeps_image_items_and_scores_the_first_character_per_dimensio
     assert mcq.seed_process_results(doc, ["c"])["seed_image"] == 1.0
 
 
+def test_mmmu_pro_parses_as_the_official_code_and_orders_images_by_reference():
+    options = ["apple", "banana pie", "cherry", "date"]
+    doc = {"id": "x1", "question": "Compare <image 2> with <image 1>", "options": str(options), "answer": "B",
+           "image_1": "one", "image_2": "two"}
+    assert mcq.mmmu_pro_standard_images({**doc, "options": "['<image 1>', 'b']"}) == ["two", "one", "one"]
+    text = mcq.mmmu_pro_standard_doc_to_text(doc)
+    assert text.startswith("Compare <image> with <image>\nA. apple\nB. banana pie\n") and "<image 2>" not in text
+    parse = lambda r: mcq.mmmu_parse(r, options, seed="x1")  # noqa: E731
+    assert parse("Let me think. Answer: B") == "B" and parse("(C)") == "C" and parse("B.") == "B"
+    assert parse("I would say it is clearly the banana pie here") == "B"  # option text, > 5 words
+    assert parse("A or (B)? Finally (D)") == "D"  # several: the last mentioned
+    guess = parse("no idea")
+    assert guess in "ABCD" and all(parse("no idea") == guess for _ in range(3))  # seeded by the item id
+    assert mcq.mmmu_pro_process_results(doc, ["Answer: B"]) == {"acc": 1.0}
+    assert mcq.mmmu_pro_vision_doc_to_text(doc).startswith("<image>Answer with the option letter")
+
+
 def _png(colour):
     buffer = io.BytesIO()
     Image.new("RGB", (56, 56), colour).save(buffer, format="PNG")
@@ -116,12 +133,23 @@ def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model,
             "data_type": ["image", "video", "image"], "question_type_id": [1, 2, 9], "image": [[i] for i in images]},
             {"question": "string", **{f"choice_{c}": "string" for c in "abcd"}, "answer": "string",
              "data_type": "string", "question_type_id": "int", "image": "images"}),
+        "mmmu_pro_standard": _fixture(tmp_path / "mmmu_pro_standard.parquet", {
+            "id": ["a", "b", "c"], "question": ["<image 1> vs <image 2>?", "Which <image 1>?", "Plain?"],
+            "options": [str(["x", "y"]), str(["<image 2>", "z"]), str(["p", "q", "r"])], "answer": ["A", "B", "C"],
+            "image_1": images, "image_2": images[::-1], "subject": ["Art"] * 3},
+            {"id": "string", "question": "string", "options": "string", "answer": "string", "image_1": "image",
+             "image_2": "image", "subject": "string"}),
+        "mmmu_pro_vision": _fixture(tmp_path / "mmmu_pro_vision.parquet", {
+            "id": ["a", "b", "c"], "image": images, "options": [str(["x", "y"])] * 3, "answer": ["A", "B", "A"],
+            "subject": ["Art"] * 3},
+            {"id": "string", "image": "image", "options": "string", "answer": "string", "subject": "string"}),
         "realworldqa": _fixture(tmp_path / "rwqa.parquet", {
             "question": ["Which? A. x B. y", "How many?", "Colour?"], "answer": ["A", "2", "red"], "image": images},
             {"question": "string", "answer": "string", "image": "image"}),
     }
     metric = {"ai2d": "exact_match,none", "mmstar": "average,none", "seedbench_2_plus": "all,none",
-              "seedbench": "seed_image,none", "realworldqa": "exact_match,none"}
+              "seedbench": "seed_image,none", "mmmu_pro_standard": "acc,none", "mmmu_pro_vision": "acc,none",
+              "realworldqa": "exact_match,none"}
     benches = [Benchmark(name, str(REPO / f"benchmarks/{name}.yaml"), data=data[name], metric=metric[name])
                for name in data]
     summary = evaluate(tmp_path / "model", benches, batch_size=4, samples_path=tmp_path / "samples.jsonl")
@@ -129,3 +157,8 @@ def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model,
     assert all(0.0 <= acc <= 100.0 for acc in summary["accuracy"].values())
     prompts = (tmp_path / "samples.jsonl").read_text()
     assert "Answer with the option" in prompts and "q? Options: A: x, B: y" in prompts
+    import json
+
+    samples = [json.loads(line) for line in prompts.splitlines()]
+    first = next(r for r in samples if r["benchmark"] == "mmmu_pro_standard" and r["doc_id"] == 0)
+    assert first["prompt"].count("<|vision_start|>") == 2 and " vs " in first["prompt"]  # two images sent
