@@ -22,6 +22,10 @@ written here from its behaviour, not copied):
   last "Answer:", else the MMMU parser), its random pick for an unparsable response seeded by
   the item id (deterministic). lmms-eval scores the vision setting by raw string equality
   instead (a bare "B." is wrong there).
+* BLINK (val, 14 subsets, up to 4 images per item): "Note: You only need to respond with A, B
+  without providing any additional information." before the item's prompt; a response must start
+  with the letter (``(A)``, ``A.``, ``a`` count; "The answer is A" does not), as lmms-eval; the
+  benchmark's score is the unweighted mean of the 14 subsets' accuracies.
 * RealWorldQA: the question as given (it carries its own instruction); a letter answer is
   compared with :func:`extract_letter`, any other answer by lower-cased equality without a final
   period.
@@ -228,6 +232,26 @@ def mmmu_parse(response: str, options: list[str], seed: str) -> str:
 def mmmu_pro_process_results(doc: dict, results: list[str]) -> dict[str, float]:
     predicted = mmmu_parse(results[0], _options(doc), seed=str(doc["id"]))
     return {"acc": float(predicted == str(doc["answer"]).strip())}
+
+
+# ---------------------------------------------------------------- BLINK
+
+
+def blink_images(doc: dict) -> list:
+    return [doc[f"image_{i}"] for i in range(1, 5) if doc.get(f"image_{i}") is not None]
+
+
+def blink_doc_to_text(doc: dict) -> str:
+    letters = ", ".join(LETTERS[i] for i in range(len(doc["choices"])))
+    placeholders = "<image>" * len(blink_images(doc))
+    return (f"{placeholders}Note: You only need to respond with {letters} without providing any additional"
+            f" information.\n{doc['prompt']}")
+
+
+def blink_process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    m = re.match(r"[\(\s]*([A-Z])[\)\.\s]*", results[0].strip(), flags=re.IGNORECASE)
+    letter = m.group(1).upper() if m else ""
+    return {"acc": float(letter == doc["answer"].strip("()"))}
 
 
 # ---------------------------------------------------------------- RealWorldQA

@@ -54,7 +54,16 @@ def task_spec(bench: Benchmark) -> str | dict[str, Any]:
         spec.pop("dataset_name", None)
         kwargs = {k: v for k, v in (spec.get("dataset_kwargs") or {}).items() if k != "revision"}
         spec["dataset_kwargs"] = {**kwargs, "data_files": {split: str(data.resolve())}}
+    subsets = spec.pop("subsets", None)
+    if subsets:  # one task per dataset config; :func:`evaluate` averages them unweighted
+        return [{**spec, "task": f"{bench.name}_{s}", **({} if bench.data else {"dataset_name": s})}
+                for s in subsets]
     return spec
+
+
+def subtask_names(spec) -> list[str] | None:
+    """The tasks of a ``subsets`` benchmark (:func:`task_spec` gave a list), else None."""
+    return [t["task"] for t in spec] if isinstance(spec, list) else None
 
 
 def evaluate(
@@ -85,6 +94,8 @@ def evaluate(
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model checkpoint (no config.json)")
     specs = [task_spec(b) for b in benchmarks]
+    parts = {b.name: subtask_names(spec) for b, spec in zip(benchmarks, specs)}
+    specs = [t for spec in specs for t in (spec if isinstance(spec, list) else [spec])]
     results = lm_eval.simple_evaluate(
         model="hf-multimodal",
         model_args={
@@ -105,14 +116,18 @@ def evaluate(
     )
     summary: dict[str, Any] = {"model": str(model_dir), "accuracy": {}, "n": {}}
     for bench in benchmarks:
-        task_result = results["results"].get(bench.name)
-        if task_result is None or bench.metric not in task_result:
-            raise KeyError(f"lm-eval gave no {bench.metric!r} for benchmark {bench.name!r}: {task_result}")
-        summary["accuracy"][bench.name] = 100.0 * float(task_result[bench.metric])
-        summary["n"][bench.name] = int(results["n-samples"][bench.name]["effective"])
+        names = parts[bench.name] or [bench.name]  # a subsets benchmark: the unweighted mean of its tasks
+        values = []
+        for name in names:
+            task_result = results["results"].get(name)
+            if task_result is None or bench.metric not in task_result:
+                raise KeyError(f"lm-eval gave no {bench.metric!r} for benchmark {bench.name!r} ({name}): {task_result}")
+            values.append(float(task_result[bench.metric]))
+        summary["accuracy"][bench.name] = 100.0 * sum(values) / len(values)
+        summary["n"][bench.name] = sum(int(results["n-samples"][name]["effective"]) for name in names)
     summary["mean_accuracy"] = sum(summary["accuracy"].values()) / len(benchmarks)
     if samples_path is not None:
-        metric_of = {b.name: b.metric.split(",")[0] for b in benchmarks}
+        metric_of = {name: b.metric.split(",")[0] for b in benchmarks for name in (parts[b.name] or [b.name])}
         with open(samples_path, "w") as f:
             for name, rows in results["samples"].items():
                 for row in rows:

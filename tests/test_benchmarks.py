@@ -89,6 +89,25 @@ def test_mmmu_pro_parses_as_the_official_code_and_orders_images_by_reference():
     assert mcq.mmmu_pro_vision_doc_to_text(doc).startswith("<image>Answer with the option letter")
 
 
+def test_blink_needs_the_letter_first_and_sends_every_image():
+    doc = {"prompt": "Which is closer?\n(A) left\n(B) right", "choices": ["(A)", "(B)"], "answer": "(B)",
+           "image_1": "i1", "image_2": "i2", "image_3": None, "image_4": None}
+    assert mcq.blink_images(doc) == ["i1", "i2"]
+    assert mcq.blink_doc_to_text(doc) == ("<image><image>Note: You only need to respond with A, B without providing"
+                                          " any additional information.\nWhich is closer?\n(A) left\n(B) right")
+    score = lambda r: mcq.blink_process_results(doc, [r])["acc"]  # noqa: E731
+    assert [score(r) for r in ("B", "(B)", "b.", " B) right", "A", "The answer is (B)")] == [1, 1, 1, 1, 0, 0]
+
+
+def test_a_subsets_benchmark_is_one_task_per_dataset_config():
+    from masters.evaluation import Benchmark, subtask_names, task_spec
+
+    spec = task_spec(Benchmark("blink", str(REPO / "benchmarks/blink.yaml"), metric="acc,none"))
+    assert len(spec) == 14 and spec[0]["task"] == "blink_Art_Style" and spec[0]["dataset_name"] == "Art_Style"
+    assert "subsets" not in spec[0] and subtask_names(spec)[-1] == "blink_Visual_Similarity"
+    assert subtask_names(task_spec(Benchmark("ai2d", str(REPO / "benchmarks/ai2d.yaml")))) is None
+
+
 def _png(colour):
     buffer = io.BytesIO()
     Image.new("RGB", (56, 56), colour).save(buffer, format="PNG")
@@ -143,17 +162,24 @@ def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model,
             "id": ["a", "b", "c"], "image": images, "options": [str(["x", "y"])] * 3, "answer": ["A", "B", "A"],
             "subject": ["Art"] * 3},
             {"id": "string", "image": "image", "options": "string", "answer": "string", "subject": "string"}),
+        "blink": _fixture(tmp_path / "blink.parquet", {
+            "idx": ["a", "b", "c"], "prompt": ["Which?\n(A) x\n(B) y"] * 3, "choices": [["(A)", "(B)"]] * 3,
+            "answer": ["(A)", "(B)", "(A)"], "image_1": images, "image_2": [images[1], None, images[2]],
+            "image_3": [None] * 3, "image_4": [None] * 3},
+            {"idx": "string", "prompt": "string", "choices": "strings", "answer": "string", "image_1": "image",
+             "image_2": "image", "image_3": "image", "image_4": "image"}),
         "realworldqa": _fixture(tmp_path / "rwqa.parquet", {
             "question": ["Which? A. x B. y", "How many?", "Colour?"], "answer": ["A", "2", "red"], "image": images},
             {"question": "string", "answer": "string", "image": "image"}),
     }
     metric = {"ai2d": "exact_match,none", "mmstar": "average,none", "seedbench_2_plus": "all,none",
               "seedbench": "seed_image,none", "mmmu_pro_standard": "acc,none", "mmmu_pro_vision": "acc,none",
-              "realworldqa": "exact_match,none"}
+              "blink": "acc,none", "realworldqa": "exact_match,none"}
     benches = [Benchmark(name, str(REPO / f"benchmarks/{name}.yaml"), data=data[name], metric=metric[name])
                for name in data]
     summary = evaluate(tmp_path / "model", benches, batch_size=4, samples_path=tmp_path / "samples.jsonl")
-    assert summary["n"] == {name: 2 if name == "seedbench" else 3 for name in data}  # seedbench: image items
+    expected = {name: 3 for name in data} | {"seedbench": 2, "blink": 14 * 3}  # image items; 14 subsets
+    assert summary["n"] == expected
     assert all(0.0 <= acc <= 100.0 for acc in summary["accuracy"].values())
     prompts = (tmp_path / "samples.jsonl").read_text()
     assert "Answer with the option" in prompts and "q? Options: A: x, B: y" in prompts
