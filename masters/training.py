@@ -228,8 +228,19 @@ def save_state(model, optimizer, state: dict, out: Path) -> None:
     tmp.rename(out)
 
 
+def complete_state(out: Path) -> Path | None:
+    """The saved state to resume from: ``out``, or ``out.tmp`` when a kill landed between
+    removing the old state and renaming the new one into place (trainer_state.json is written
+    last, so a directory holding it is complete)."""
+    for where in (out, out.with_name(out.name + ".tmp")):
+        if (where / "trainer_state.json").is_file():
+            return where
+    return None
+
+
 def load_state(model, optimizer, out: Path) -> dict | None:
-    if not (out / "trainer_state.json").is_file():
+    out = complete_state(out)
+    if out is None:
         return None
     model.load_state_dict(load_file(out / "model.safetensors"))
     optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
@@ -265,8 +276,9 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     torch.manual_seed(cfg.seed)
     key = fingerprint(student_dir, stages, cfg)
     previous_key = None
-    if (out / "resume/trainer_state.json").is_file():
-        previous_key = json.loads((out / "resume/trainer_state.json").read_text()).get("fingerprint")
+    saved = complete_state(out / "resume")
+    if saved is not None:
+        previous_key = json.loads((saved / "trainer_state.json").read_text()).get("fingerprint")
     if backend.is_main:
         if previous_key is not None and previous_key != key:
             print(f"{out}: a partial run of other settings; starting afresh")

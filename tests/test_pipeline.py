@@ -263,13 +263,21 @@ def test_sigkilled_training_resumes_to_the_same_weights(world, rewarded, tmp_pat
 
     subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True)
     proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = tmp_path / "killed.partial/resume/trainer_state.json"
+    resume = tmp_path / "killed.partial/resume"
+
+    def saved_step():  # the state being replaced may be missing for an instant: resume reads .tmp then
+        where = training.complete_state(resume)
+        try:
+            return json.loads((where / "trainer_state.json").read_text())["step"] if where else 0
+        except FileNotFoundError:
+            return 0
+
     deadline = time.time() + 120
-    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["step"] >= 5):
+    while time.time() < deadline and saved_step() < 5:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = json.loads(state.read_text())["step"]
+    killed_at = saved_step()
     assert 5 <= killed_at < 24, "the kill must land mid-run"
     subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
     a = load_file(tmp_path / "straight/final/model.safetensors")
@@ -586,3 +594,14 @@ def test_curve_checkpoints_and_the_learning_curve(world, rewarded, tmp_path, mon
     assert pd.read_csv(tmp_path / "fig.csv")["accuracy"].tolist() == [0.5, 20.5, 40.5, 60.5]
     with pytest.raises(FileNotFoundError, match="no step checkpoints"):
         curves.step_checkpoints(tmp_path / "fig")
+
+
+def test_a_state_caught_between_remove_and_rename_is_still_resumed(world, rewarded, tmp_path):
+    """Killed after the old state was removed and before the new one was renamed into place,
+    the run resumes from the complete .tmp state (not from scratch)."""
+    _train(world, rewarded, tmp_path / "run", max_steps=5)  # state saved at step 4
+    resume = tmp_path / "run.partial/resume"
+    resume.rename(resume.with_name("resume.tmp"))  # the instant between rmtree and rename
+    assert training.complete_state(resume) == resume.with_name("resume.tmp")
+    log = _train(world, rewarded, tmp_path / "run", max_steps=1)
+    assert list(log.step)[-1] == 5  # resumed at step 4, ran one step
