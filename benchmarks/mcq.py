@@ -10,7 +10,8 @@ written here from its behaviour, not copied):
   categories of their accuracies (a macro average), as lmms-eval reports ``average``.
 * SEED-Bench-2-Plus: options ``A. ...`` to ``D. ...`` after the question (an option that is an
   image file is shown as ``<image>`` text, as lmms-eval does), then the letter instruction; the
-  first character of the response is compared with the answer letter; accuracy overall and per
+  first character of the response is compared with the answer letter, case ignored (the
+  SEED-Bench rule, :func:`first_letter_score`); accuracy overall and per
   ``question_image_type`` (Chart, Map, Web).
 * SEED-Bench (image items): options ``A. ...`` to ``D. ...`` and the letter instruction; the
   first character of the response vs the answer letter; accuracy over the image items and per
@@ -74,12 +75,23 @@ def extract_letter(response: str, choices: str = "ABCD") -> str:
     return max(found)[2] if found else ""
 
 
+def lettered(options) -> str:
+    """Options one per line as ``A. first``, ``B. second``, ..."""
+    return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+def first_letter_score(response: str, answer: str) -> float:
+    """SEED-Bench's rule (both versions): the response's first character is the answer letter,
+    case ignored."""
+    response = response.strip()
+    return float(bool(response) and response[0].lower() == str(answer).strip().lower())
+
+
 # ---------------------------------------------------------------- AI2D
 
 
 def ai2d_doc_to_text(doc: dict) -> str:
-    options = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(doc["options"]))
-    return f"<image>{doc['question']}\n{options}\n{LETTER_INSTRUCTION}"
+    return f"<image>{doc['question']}\n{lettered(doc['options'])}\n{LETTER_INSTRUCTION}"
 
 
 def ai2d_doc_to_target(doc: dict) -> str:
@@ -122,13 +134,12 @@ def seed2plus_doc_to_text(doc: dict) -> str:
     def option(text: str) -> str:
         return "<image>" if ("jpg" in text or "png" in text) else text
 
-    options = "\n".join(f"{c}. {option(str(doc[f'choice_{c}']))}" for c in "ABCD")
+    options = lettered(option(str(doc[f"choice_{c}"])) for c in "ABCD")
     return f"<image>{doc['question']}\n{options}\n{LETTER_INSTRUCTION}"
 
 
 def seed2plus_process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    response = results[0].strip()
-    score = float(bool(response) and response[0] == doc["answer"])
+    score = first_letter_score(results[0], doc["answer"])
     kind = str(doc["question_image_type"]).capitalize()
     out = {"all": score}
     for k in ("Chart", "Map", "Web"):
@@ -161,13 +172,12 @@ def seed_images(doc: dict) -> list:
 
 
 def seed_doc_to_text(doc: dict) -> str:
-    options = "\n".join(f"{c.upper()}. {doc[f'choice_{c}']}" for c in "abcd")
+    options = lettered(doc[f"choice_{c}"] for c in "abcd")
     return f"<image>{doc['question']}\n{options}\n{LETTER_INSTRUCTION}"
 
 
 def seed_process_results(doc: dict, results: list[str]) -> dict[str, float | None]:
-    response = results[0].strip()
-    score = float(bool(response) and response[0].lower() == str(doc["answer"]).strip().lower())
+    score = first_letter_score(results[0], doc["answer"])
     out: dict[str, float | None] = {"seed_image": score}
     for key, name in SEED_DIMENSIONS.items():
         out[name] = score if int(doc["question_type_id"]) == key else None
@@ -189,8 +199,7 @@ def _options(doc: dict) -> list[str]:
 
 
 def mmmu_pro_standard_doc_to_text(doc: dict) -> str:
-    options = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(_options(doc)))
-    text = f"{doc['question']}\n{options}\n{MMMU_PRO_STANDARD}"
+    text = f"{doc['question']}\n{lettered(_options(doc))}\n{MMMU_PRO_STANDARD}"
     return re.sub(r"<image \d+>", "<image>", text)
 
 

@@ -46,6 +46,7 @@ def test_seedbench_2_plus_takes_the_first_character_and_splits_by_image_type():
     assert "\nB. <image>\n" in mcq.seed2plus_doc_to_text(doc)
     assert mcq.seed2plus_process_results(doc, [" B) pic"]) == {"all": 1.0, "chart": None, "map": 1.0, "web": None}
     assert mcq.seed2plus_process_results(doc, ["The answer is B"])["all"] == 0.0
+    assert mcq.seed2plus_process_results(doc, ["b"])["all"] == 1.0  # case ignored, as lmms-eval
     assert mcq.mean_of_scored([1.0, None, 0.0, None, 1.0]) == pytest.approx(2 / 3)
 
 
