@@ -265,8 +265,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.backend == "deepspeed" and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: launch
         from masters.zero import relaunch
 
-        sys.exit(relaunch(sys.argv[1:] if argv_of(args) is None else argv_of(args),
-                          args.processes or max(1, args.gpus), args.gpus))
+        sys.exit(relaunch(args.argv, args.processes or max(1, args.gpus), args.gpus))
     device, _ = _runtime(args)
     stages = [training.Stage(teacher=t, responses=r, steps=int(n), ratio=float(ratio), name=name)
               for name, t, r, n, ratio in args.stage]
@@ -520,14 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def argv_of(args: argparse.Namespace) -> list[str] | None:
-    """The command line ``args`` was parsed from, when :func:`main` was given one."""
-    return getattr(args, "_argv", None)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args._argv = argv
+    args.argv = sys.argv[1:] if argv is None else argv  # the command line (a relaunch repeats it)
     args.func(args)
     return 0
 

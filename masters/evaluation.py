@@ -66,6 +66,11 @@ def subtask_names(spec) -> list[str] | None:
     return [t["task"] for t in spec] if isinstance(spec, list) else None
 
 
+def result_names(bench: Benchmark, spec) -> list[str]:
+    """The lm-eval result entries a benchmark's score is the mean of: its subsets' tasks, or itself."""
+    return subtask_names(spec) or [bench.name]
+
+
 def evaluate(
     model_dir: str | Path,
     benchmarks: list[Benchmark],
@@ -94,7 +99,7 @@ def evaluate(
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model checkpoint (no config.json)")
     specs = [task_spec(b) for b in benchmarks]
-    parts = {b.name: subtask_names(spec) for b, spec in zip(benchmarks, specs)}
+    parts = {b.name: result_names(b, spec) for b, spec in zip(benchmarks, specs)}
     specs = [t for spec in specs for t in (spec if isinstance(spec, list) else [spec])]
     results = lm_eval.simple_evaluate(
         model="hf-multimodal",
@@ -116,18 +121,17 @@ def evaluate(
     )
     summary: dict[str, Any] = {"model": str(model_dir), "accuracy": {}, "n": {}}
     for bench in benchmarks:
-        names = parts[bench.name] or [bench.name]  # a subsets benchmark: the unweighted mean of its tasks
-        values = []
-        for name in names:
+        values = []  # a subsets benchmark: the unweighted mean of its tasks
+        for name in parts[bench.name]:
             task_result = results["results"].get(name)
             if task_result is None or bench.metric not in task_result:
                 raise KeyError(f"lm-eval gave no {bench.metric!r} for benchmark {bench.name!r} ({name}): {task_result}")
             values.append(float(task_result[bench.metric]))
         summary["accuracy"][bench.name] = 100.0 * sum(values) / len(values)
-        summary["n"][bench.name] = sum(int(results["n-samples"][name]["effective"]) for name in names)
+        summary["n"][bench.name] = sum(int(results["n-samples"][name]["effective"]) for name in parts[bench.name])
     summary["mean_accuracy"] = sum(summary["accuracy"].values()) / len(benchmarks)
     if samples_path is not None:
-        metric_of = {name: b.metric.split(",")[0] for b in benchmarks for name in (parts[b.name] or [b.name])}
+        metric_of = {name: b.metric.split(",")[0] for b in benchmarks for name in parts[b.name]}
         with open(samples_path, "w") as f:
             for name, rows in results["samples"].items():
                 for row in rows:

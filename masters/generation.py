@@ -177,9 +177,9 @@ class VLLMBackend:
             args["max_model_len"] = int(max_model_len)
         return args
 
-    def sampling(self, params: SamplingParams, seed: int, n: int | None = None):
-        """vLLM's SamplingParams of METHOD.md §3 (top_k 0 = off is -1 in vLLM; greedy: temperature 0)."""
-        return self.sampling_params(n=params.n if n is None else n, temperature=params.temperature,
+    def sampling(self, params: SamplingParams, seed: int):
+        """vLLM's SamplingParams of METHOD.md §3 (top_k 0 = off is -1 in vLLM)."""
+        return self.sampling_params(n=params.n, temperature=params.temperature,
                                     top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else -1,
                                     repetition_penalty=params.repetition_penalty, max_tokens=params.max_new_tokens,
                                     seed=seed)

@@ -182,7 +182,7 @@ class TorchBackend:
     """One process (the CPU, or one GPU): AdamW, :func:`step_loss`'s two-phase backward. On a
     GPU the student and each stage's teacher live there in fp32."""
 
-    rank, world, is_main = 0, 1, True
+    is_main = True
 
     def __init__(self, device: str = "cpu"):
         self.device = device
@@ -275,20 +275,16 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     vocab = len(s_proc.tokenizer)
     torch.manual_seed(cfg.seed)
     key = fingerprint(student_dir, stages, cfg)
-    previous_key = None
     saved = complete_state(out / "resume")
-    if saved is not None:
-        previous_key = json.loads((saved / "trainer_state.json").read_text()).get("fingerprint")
+    previous_key = json.loads((saved / "trainer_state.json").read_text()).get("fingerprint") if saved else None
     if backend.is_main:
         if previous_key is not None and previous_key != key:
             print(f"{out}: a partial run of other settings; starting afresh")
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
     backend.barrier()
-    if previous_key != key:
-        previous_key = None
     student = backend.prepare(student, cfg)
-    state = (backend.load_state(out / "resume") if previous_key else None) or {"stage": 0, "step": 0}
+    state = (backend.load_state(out / "resume") if previous_key == key else None) or {"stage": 0, "step": 0}
     if state["step"] and backend.is_main:
         print(f"{out}: resuming at stage {state['stage']}, step {state['step']}")
     log_path = out / "train_log.csv"
@@ -347,7 +343,8 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     backend.save_checkpoint(s_proc, out / "final")
     backend.barrier()
     if backend.is_main:
-        shutil.rmtree(out / "resume", ignore_errors=True)  # (a backend may keep none)
+        for resume in ("resume", "resume.tmp"):  # (a backend may keep none; .tmp: see complete_state)
+            shutil.rmtree(out / resume, ignore_errors=True)
         if final_out.exists():
             shutil.rmtree(final_out)
         out.rename(final_out)

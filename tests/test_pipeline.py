@@ -605,3 +605,24 @@ def test_a_state_caught_between_remove_and_rename_is_still_resumed(world, reward
     assert training.complete_state(resume) == resume.with_name("resume.tmp")
     log = _train(world, rewarded, tmp_path / "run", max_steps=1)
     assert list(log.step)[-1] == 5  # resumed at step 4, ran one step
+
+
+def test_a_run_resumed_from_tmp_after_its_last_stage_leaves_no_state_behind(world, rewarded, tmp_path, monkeypatch):
+    """Killed after the last stage's state was written (here: the final save fails) and caught
+    between remove and rename, the rerun writes the final checkpoint and no resume state in it."""
+    real = training.save_checkpoint
+
+    def failing(model, processor, out):
+        if Path(out).name == "final":
+            raise KeyboardInterrupt("killed before the final checkpoint")
+        return real(model, processor, out)
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "save_checkpoint", failing)
+        with pytest.raises(KeyboardInterrupt):
+            _train(world, rewarded, tmp_path / "run")
+    resume = tmp_path / "run.partial/resume"
+    resume.rename(resume.with_name("resume.tmp"))
+    log = _train(world, rewarded, tmp_path / "run")
+    assert list(log.step) == list(range(1, 7))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["final", "stage0", "stage1", "train_log.csv"]
