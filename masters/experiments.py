@@ -155,9 +155,6 @@ class Design:
                 errors.append(f"datasets.{name}.revision: a Hub dataset needs a revision (a commit, to pin it)")
             if "hub" not in source and "revision" in source:
                 errors.append(f"datasets.{name}.revision: only a Hub dataset (hub: owner/name) has a revision")
-            if "files" not in source:
-                errors.append(f"datasets.{name}.files: name the parquet files (patterns in the Hub repository,"
-                              " or local paths)")
 
     def _check_plan(self, exp: Experiment, errors: list[str]) -> None:
         """A plan's teachers exist for every student; each step fits its r_max; the steps split."""

@@ -76,6 +76,13 @@ def train_args(design: Design, student: str, experiment: str, seed: int) -> str:
             + (" --backend deepspeed" if design.config["training"]["backend"] == "deepspeed" else ""))
 
 
+def snapshot_args(design: Design, model: str) -> str:
+    """The ``masters snapshot`` arguments of a Hub model: repository, revision, file patterns."""
+    source = design.hub_models()[model]
+    allow = " --allow " + " ".join(map(shlex.quote, source["allow_patterns"])) if "allow_patterns" in source else ""
+    return f"--repo {source['hub']} --revision {source['revision']}{allow}"
+
+
 # ---------------------------------------------------------------- tables
 
 

@@ -14,19 +14,9 @@ rule snapshot:
     resources:
         **RES["default"].resources,
     params:
-        repo=lambda w: DESIGN.hub_models()[w.model]["hub"],
-        revision=lambda w: DESIGN.hub_models()[w.model]["revision"],
-        allow=lambda w: (
-            "--allow "
-            + " ".join(
-                map(shlex.quote, DESIGN.hub_models()[w.model]["allow_patterns"])
-            )
-            if "allow_patterns" in DESIGN.hub_models()[w.model]
-            else ""
-        ),
+        args=lambda w: specs.snapshot_args(DESIGN, w.model),
     shell:
-        "masters snapshot --repo {params.repo} --revision {params.revision} {params.allow}"
-        " --out {output} > {log} 2>&1"
+        "masters snapshot {params.args} --out {output} > {log} 2>&1"
 
 
 rule dataset:

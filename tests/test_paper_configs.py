@@ -144,3 +144,18 @@ def test_the_reported_rows_are_the_papers_tables_3_and_4(tmp_path):
     assert qwen["Avg"] == pytest.approx((88.6 + 95.6 + 81.7) / 3)
     config = load(configs("qwen2_5_vl"), REPO)
     assert config["tables"]["table4"]["literature"] == "configs/paper/reported_table4.csv"
+
+
+def test_a_snapshot_job_gets_the_repository_revision_and_quoted_patterns():
+    from masters import specs
+    from masters.config import ConfigError, validated
+
+    config = load(configs("qwen2_5_vl"), REPO)
+    design = Design(config)
+    assert specs.snapshot_args(design, "Qwen2.5-VL-7B") == (
+        "--repo Qwen/Qwen2.5-VL-7B-Instruct --revision cc594898137f460bfe9f0759e9844b3ce807cfb5")
+    config["models"]["Qwen2.5-VL-7B"]["allow_patterns"] = ["*.json", "model 1.safetensors"]
+    assert specs.snapshot_args(Design(config), "Qwen2.5-VL-7B").endswith("--allow '*.json' 'model 1.safetensors'")
+    no_files = {**config, "datasets": {"d": {"columns": {"image": "i", "question": "q", "answer": "a"}}}}
+    with pytest.raises(ConfigError, match=r"key datasets.d: 'files' is a required property"):
+        validated(no_files)
