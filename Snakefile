@@ -29,6 +29,25 @@ include: "rules/figures.smk"
 report: "report/workflow.rst"
 
 
+# Local runs: the jobs' `masters` commands fork from one warm process (masters/worker.py).
+WORKER = []
+
+
+onstart:
+    if config["warm_worker"] and workflow.local_exec:
+        WORKER.extend(worker.start(log=f"{RESULTS}/logs/worker.log"))
+
+
+onsuccess:
+    if WORKER:
+        worker.stop(*WORKER)
+
+
+onerror:
+    if WORKER:
+        worker.stop(*WORKER)
+
+
 rule all:
     default_target: True
     input:

@@ -520,6 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command itself: in the warm worker if one serves this run (masters.worker)
+        from masters.worker import run_remote
+
+        status = run_remote(sys.argv)
+        if status is not None:
+            return status
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv  # the command line (a relaunch repeats it)
     args.func(args)

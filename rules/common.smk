@@ -28,7 +28,7 @@ REPO = Path(workflow.basedir)
 sys.path.insert(
     0, str(REPO)
 )  # the masters package of this checkout, also without `pip install -e`
-from masters import paths, specs
+from masters import paths, specs, worker
 from masters.config import ConfigError, validate
 from masters.experiments import Design, DesignError, part_shard
 from masters.resources import RESOURCE_KEYS, ResourcesError, all_families

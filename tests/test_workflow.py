@@ -72,9 +72,13 @@ def test_checkpoints_are_stock_hf_dirs_with_distinct_padding(world):
 def test_rebuild_is_bit_identical_and_nothing_left_to_do(world, tmp_path):
     again = snakemake(world.parent.parent, "-n", "--cores", "1")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
-    # rebuild data and S from clean elsewhere: same bytes, same weights
+    # the session's world ran its jobs in the warm worker (masters/worker.py); rebuild data and S
+    # from clean elsewhere, each job in its own process: same bytes, same weights
+    jobs = [line for line in (world / "logs/worker.log").read_text().splitlines() if ": job " in line]
+    assert any(" sft " in job and "models/S" in job for job in jobs) and len(jobs) > 20
     targets = ["results/smoke/world/data/count/train.parquet", "results/smoke/world/models/S"]
-    run = snakemake(tmp_path, "--cores", "2", *targets)
+    run = snakemake(tmp_path, "--cores", "2", "--config", "warm_worker=false", *targets)
+    assert not (tmp_path / "results/smoke/logs/worker.log").exists()
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
     for task in ("colour", "count", "digits"):
