@@ -31,6 +31,7 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import traceback
 
 ENV = "MASTERS_WORKER"
@@ -54,13 +55,29 @@ PRELOAD = (
     "masters.rewards",
     "masters.evaluation",
 )
+# Thread counts that Snakemake sets per job (snakemake/shell.py): not compared, but applied in the
+# child (torch's pool, and every BLAS/OpenMP pool through threadpoolctl), as a fresh process with
+# them would start.
+THREAD_ENV = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+              "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 _HEADER = struct.Struct("!Q")
 _STATUS = struct.Struct("!i")
 
 
 def import_time_env(env: dict[str, str]) -> dict[str, str]:
     """The part of an environment that the server's imported modules depend on."""
-    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV) and k not in THREAD_ENV}
+
+
+def _apply_thread_env() -> None:
+    """Size torch's and the BLAS/OpenMP libraries' thread pools from THREAD_ENV, as at a fresh start."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0:
+        import threadpoolctl
+        import torch
+
+        torch.set_num_threads(int(threads))
+        threadpoolctl.threadpool_limits(int(threads))
 
 
 # ---- the client: the `masters` command ------------------------------------------------------
@@ -215,6 +232,8 @@ def _child(request: dict, fds: list[int], induced: dict) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update({**request["env"], **induced})
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR (set per job by Snakemake) again
+        _apply_thread_env()
         sys.argv = list(request["argv"])
         from masters.cli import main
 

@@ -48,7 +48,8 @@ def server(tmp_path_factory):
 
 
 def _env(socket_path=None, **extra):
-    env = {k: v for k, v in os.environ.items() if k != worker.ENV}
+    """The environment of a job as Snakemake starts it (thread counts of its `threads`)."""
+    env = {k: v for k, v in os.environ.items() if k != worker.ENV} | dict.fromkeys(worker.THREAD_ENV, "1")
     if socket_path:
         env[worker.ENV] = socket_path
     return {**env, **extra}
@@ -119,7 +120,7 @@ def test_a_failing_job_fails_with_its_message_and_status(files, server, tmp_path
     assert log().count("exited 1") >= 2
 
 
-@pytest.mark.parametrize("extra", [{"SLURM_JOB_ID": "7"}, {"HF_HUB_OFFLINE": "0"}, {"OMP_NUM_THREADS": "3"}])
+@pytest.mark.parametrize("extra", [{"SLURM_JOB_ID": "7"}, {"HF_HUB_OFFLINE": "0"}, {"TOKENIZERS_PARALLELISM": "false"}])
 def test_jobs_the_worker_must_not_run_run_in_their_own_process(files, server, tmp_path, extra):
     path, log = server
     before = log()
