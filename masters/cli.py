@@ -278,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.backend == "deepspeed":
         from masters.zero import DeepSpeedBackend
 
-        backend = DeepSpeedBackend(args.gpus)
+        backend = DeepSpeedBackend(args.gpus, args.deepspeed_config)
     elif device != "cpu":
         backend = training.TorchBackend("cuda")  # one GPU; several: training.backend deepspeed
     log = training.train(args.student, stages, load_questions(args.questions), cfg, args.out, backend=backend,
@@ -511,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
                         " for learning curves; 0: none")
     p.add_argument("--seed", type=int, default=0, help="data-order seed")
     _setting(p, "--backend", "training.backend", choices=["torch", "deepspeed"])
+    p.add_argument("--deepspeed-config", type=json.loads, default={}, metavar="JSON",
+                   help="deepspeed: entries merged over the generated ZeRO-3 config (config training.deepspeed)")
     p.add_argument("--processes", type=int, default=0,
                    help="deepspeed: processes to launch (0: one per GPU of --gpus, at least one; gloo on the CPU)")
     _add_runtime_flags(p, None)

@@ -8,6 +8,7 @@ running the DAG (``tests/test_specs.py``).
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,14 @@ def train_args(design: Design, student: str, experiment: str, seed: int) -> str:
     return (f"{stages} --loss {exp.loss} --sources {' '.join(sources)} --lr {t['lr']}"
             f" --batch-size {t['batch_size']} --beta {t['beta']} --lam {t['lam']} --grad-clip {t['grad_clip']}"
             f" --chunk-size {t['chunk_size']} --save-every {t['save_every']}{curve} --seed {seed}"
-            + (" --backend deepspeed" if design.config["training"]["backend"] == "deepspeed" else ""))
+            + _deepspeed_flags(design.config["training"]))
+
+
+def _deepspeed_flags(training: dict) -> str:
+    if training["backend"] != "deepspeed":
+        return ""
+    extra = training.get("deepspeed") or {}
+    return " --backend deepspeed" + (f" --deepspeed-config {shlex.quote(json.dumps(extra))}" if extra else "")
 
 
 def snapshot_args(design: Design, model: str) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,20 +150,26 @@ def step_loss(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainCo
 
 
 def step_loss_checkpointed(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainConfig, vocab: int,
-                           denominator: float, prompts: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           denominator: float, prompts: dict | None = None,
+                           n_chunks: Callable[[int], int] = lambda n: n) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss of :func:`step_loss` as one differentiable scalar, ``sum of l_t / denominator``,
     for engines that need a single backward per step (DeepSpeed ZeRO-3 reduces each parameter's
     gradient once). Each chunk's logits are recomputed in the backward pass (activation
     checkpointing), so no batch x sequence x vocabulary tensor is kept either. Also returns the
-    detached sums of (loss, pg, kl, jsd) over this batch's tokens, for the log."""
+    detached sums of (loss, pg, kl, jsd) over this batch's tokens, for the log.
+
+    ``n_chunks(needed)``: how many chunks to run, at least the ``needed`` ones (the extra ones are
+    empty). Under ZeRO-3 each call of an output head gathers its weight across the processes, so
+    every process must call it equally often although their batches differ in response tokens."""
     from torch.utils.checkpoint import checkpoint
 
     s_batch, hidden, t_hidden, ref, adv = _step_inputs(student, teacher, s_proc, t_proc, rows, cfg, prompts)
     s_head = student.get_output_embeddings()
     t_head = teacher.get_output_embeddings() if t_hidden is not None else None
     total, sums = hidden.new_zeros((), dtype=torch.float32), torch.zeros(4)
-    for start in range(0, hidden.shape[0], cfg.chunk_size):
-        part = slice(start, min(start + cfg.chunk_size, hidden.shape[0]))
+    n = hidden.shape[0]
+    for start in range(0, n_chunks(math.ceil(n / cfg.chunk_size)) * cfg.chunk_size, cfg.chunk_size):
+        part = slice(min(start, n), min(start + cfg.chunk_size, n))  # empty past the last token
 
         def chunk(h, part=part):
             t_logits = None

@@ -15,8 +15,11 @@ process runs the same loop as the single-process trainer (:func:`masters.trainin
   per step, each chunk's logits recomputed in it, never a batch x sequence x vocabulary tensor);
 * stage checkpoints are consolidated stock HF checkpoints (safetensors, loadable by the Auto
   classes) written by the main process;
-* NOT resumable yet (see :meth:`DeepSpeedBackend.save_state`): a killed run starts afresh and
-  ends with the same weights (tested); the stage checkpoints it had written are rewritten.
+* every process runs as many loss chunks as the one with the most response tokens (ZeRO-3
+  gathers the output head's weight at each call: unequal counts break the step);
+* resumable: the state is DeepSpeed's own sharded checkpoint (:meth:`DeepSpeedBackend.save_state`,
+  same fingerprint rule as the single-process trainer). Its shards are torch pickles that
+  DeepSpeed reads with ``weights_only=False``: read back only from the run's own directory.
 
 Nothing here is imported unless the backend is asked for; ``deepspeed`` is an optional
 dependency (the test extra installs it with ``DS_BUILD_OPS=0``).
@@ -24,7 +27,9 @@ dependency (the test extra installs it with ``DS_BUILD_OPS=0``).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,15 +37,31 @@ import pandas as pd
 import torch
 
 
-def ds_config(batch_size: int, world: int, grad_clip: float, bf16: bool) -> dict:
-    """The ZeRO-3 config of one training run: the global batch split evenly over the processes."""
+FIXED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "zero_optimization.stage")
+
+
+def ds_config(batch_size: int, world: int, grad_clip: float, bf16: bool, extra: dict | None = None) -> dict:
+    """The ZeRO-3 config of one training run: the global batch split evenly over the processes;
+    ``extra`` (config ``training.deepspeed``) merged over it, nested dicts key by key."""
     if batch_size % world:
         raise ValueError(f"training.batch_size {batch_size} must be a multiple of the {world} processes")
-    return {"train_batch_size": batch_size, "train_micro_batch_size_per_gpu": batch_size // world,
-            "gradient_accumulation_steps": 1, "gradient_clipping": grad_clip,
-            "zero_optimization": {"stage": 3, "contiguous_gradients": True,
-                                  "stage3_gather_16bit_weights_on_model_save": True},
-            "bf16": {"enabled": bf16}, "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False}
+    config = {"train_batch_size": batch_size, "train_micro_batch_size_per_gpu": batch_size // world,
+              "gradient_accumulation_steps": 1, "gradient_clipping": grad_clip,
+              "zero_optimization": {"stage": 3, "contiguous_gradients": True,
+                                    "stage3_gather_16bit_weights_on_model_save": True},
+              "bf16": {"enabled": bf16}, "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False}
+    return _merge(config, extra or {}, "")
+
+
+def _merge(base: dict, extra: dict, where: str) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        name = where + key
+        if name in FIXED:
+            raise ValueError(f"training.deepspeed.{name}: set by the workflow (training.batch_size, ZeRO stage 3)")
+        out[key] = _merge(out[key], value, name + ".") if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
 
 
 def launch_command(argv: list[str], processes: int) -> list[str]:
@@ -62,7 +83,7 @@ def relaunch(argv: list[str], processes: int, gpus: int) -> int:
 class DeepSpeedBackend:
     """One process of a ZeRO-3 run (see the module docstring)."""
 
-    def __init__(self, gpus: int):
+    def __init__(self, gpus: int, extra_config: dict | None = None):
         import deepspeed
         import torch.distributed as dist
 
@@ -74,20 +95,27 @@ class DeepSpeedBackend:
         if gpus:
             torch.cuda.set_device(self.device)
         self.bf16 = bool(gpus)  # bf16 on GPUs (the paper's A100s); fp32 on the CPU
+        self.extra = extra_config or {}
 
     def prepare(self, student, cfg):
         self.cfg = cfg
-        config = ds_config(cfg.batch_size, self.world, cfg.grad_clip, self.bf16)
+        config = ds_config(cfg.batch_size, self.world, cfg.grad_clip, self.bf16, self.extra)
         optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.engine, *_ = self.deepspeed.initialize(model=student, optimizer=optimizer, config=config)
         return self.engine.module
 
     def teacher(self, teacher):
-        config = {**ds_config(self.cfg.batch_size, self.world, self.cfg.grad_clip, self.bf16)}
+        config = ds_config(self.cfg.batch_size, self.world, self.cfg.grad_clip, self.bf16, self.extra)
         config.pop("gradient_clipping")
         engine, *_ = self.deepspeed.initialize(model=teacher, config=config)
         engine.eval()
         return engine.module
+
+    def _most(self, count: int) -> int:
+        """The largest ``count`` over the processes (each runs that many loss chunks)."""
+        most = torch.tensor([count])
+        self.dist.all_reduce(most, op=self.dist.ReduceOp.MAX)
+        return int(most)
 
     def _all_sum(self, values: torch.Tensor) -> torch.Tensor:
         values = values.clone()
@@ -101,22 +129,38 @@ class DeepSpeedBackend:
         tokens = self._all_sum(torch.tensor([float(sum(len(t) for t in mine["token_ids"]))]))[0]
         # DeepSpeed averages gradients over the processes: sum/tokens x world = the global mean's
         loss, sums = step_loss_checkpointed(self.engine.module, teacher, s_proc, t_proc, mine, self.cfg, vocab,
-                                            denominator=float(tokens) / self.world, prompts=prompts)
+                                            denominator=float(tokens) / self.world, prompts=prompts,
+                                            n_chunks=self._most)
         self.engine.backward(loss)
         self.engine.step()
         sums = self._all_sum(sums) / tokens
         return dict(zip(("loss", "pg", "kl", "jsd"), map(float, sums)))
 
-    # Resuming is not supported yet: DeepSpeed's own checkpoint (engine.save_checkpoint /
-    # load_checkpoint, ZeRO-3) reloads, but the resumed processes then disagree on a gather at
-    # their second step (gloo: "Received data size doesn't match expected size", 2 processes,
-    # CPU; found by tests/test_zero.py, not understood yet). Rather than write optimizer states
-    # that cannot be used (~100 GB for a 7B student) or crash hours in, a killed run starts afresh.
     def save_state(self, state: dict, out: Path) -> None:
-        pass
+        """DeepSpeed's own sharded checkpoint (every process writes its shards), made complete
+        under ``out.tmp`` and then renamed, as the single-process trainer's state is."""
+        tmp = out.with_name(out.name + ".tmp")
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.barrier()
+        self.engine.save_checkpoint(str(tmp), tag="state", client_state={"rng": torch.get_rng_state()})
+        self.barrier()
+        if self.is_main:
+            (tmp / "trainer_state.json").write_text(json.dumps(state))  # last: the state is complete
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+        self.barrier()
 
     def load_state(self, out: Path) -> dict | None:
-        return None
+        from masters.training import complete_state
+
+        where = complete_state(out)
+        if where is None:
+            return None
+        _, client = self.engine.load_checkpoint(str(where), tag="state")
+        torch.set_rng_state(client["rng"])
+        return json.loads((where / "trainer_state.json").read_text())
 
     def save_checkpoint(self, processor, out: Path) -> None:
         """A consolidated stock HF checkpoint (collective: every process gathers its shards)."""

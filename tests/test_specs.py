@@ -67,6 +67,18 @@ def test_train_args_carry_each_stage_with_its_name_teacher_and_exact_ratio():
     assert naive[naive.index("--sources") + 1] == "label" and naive[naive.index("--loss") + 1] == "jsd"
 
 
+def test_deepspeed_settings_reach_the_train_command():
+    from masters.cli import build_parser
+
+    config = copy.deepcopy(CONFIG)
+    config["training"] = {**config["training"], "backend": "deepspeed",
+                          "deepspeed": {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}}
+    args = shlex.split(specs.train_args(Design(config), "S", "mid_masters", 0))
+    parsed = build_parser().parse_args(["train", "--student", "s", "--questions", "q", "--out", "o", *args])
+    assert parsed.backend == "deepspeed" and parsed.deepspeed_config == config["training"]["deepspeed"]
+    assert "--deepspeed-config" not in specs.train_args(Design(CONFIG), "S", "mid_masters", 0)
+
+
 def test_fig2_and_figf4_specs():
     d = Design(CONFIG)
     fig2 = specs.fig2_spec(d)

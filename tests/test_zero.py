@@ -1,7 +1,9 @@
 """DeepSpeed ZeRO-3 training (masters/zero.py) on the CPU: two processes with gloo follow the
 single-process trainer's loss curve (same global batch) within 1e-4 over 10 steps, and the
-consolidated checkpoint loads with the stock Auto classes. The chunked single-backward loss it
-uses equals the two-phase one, gradients included (no DeepSpeed needed for that)."""
+consolidated checkpoint loads with the stock Auto classes; killed, a run resumes. The runs
+partition every parameter and their processes' batches differ in response tokens, as at paper
+scale. The chunked single-backward loss equals the two-phase one, gradients included, with
+or without extra empty chunks (no DeepSpeed needed for that)."""
 
 import subprocess
 import sys
@@ -41,6 +43,66 @@ def test_the_single_backward_loss_equals_the_two_phase_one(world, rewarded):  # 
     student.zero_grad()
 
 
+def test_deepspeed_config_entries_merge_over_the_generated_one():
+    from masters.zero import ds_config
+
+    base = ds_config(8, 2, 1.0, bf16=False)
+    assert base["train_micro_batch_size_per_gpu"] == 4 and base["zero_optimization"]["stage"] == 3
+    merged = ds_config(8, 2, 1.0, bf16=False, extra={"zero_optimization": {"offload_optimizer": {"device": "cpu"}},
+                                                     "bf16": {"enabled": True}})
+    assert merged["zero_optimization"] == {**base["zero_optimization"], "offload_optimizer": {"device": "cpu"}}
+    assert merged["bf16"] == {"enabled": True} and base["bf16"] == {"enabled": False}
+    for fixed in ({"train_batch_size": 4}, {"zero_optimization": {"stage": 2}}):
+        with pytest.raises(ValueError, match=r"training\.deepspeed\.(train_batch_size|zero_optimization\.stage)"):
+            ds_config(8, 2, 1.0, bf16=False, extra=fixed)
+    with pytest.raises(ValueError, match="multiple of the 3 processes"):
+        ds_config(8, 3, 1.0, bf16=False)
+
+
+def test_every_process_runs_the_same_number_of_loss_chunks(world, rewarded):  # noqa: F811
+    """Under ZeRO-3 each output-head call gathers its weight across the processes: a process with
+    fewer response tokens runs empty chunks up to the most any process needs; the loss and the
+    gradients are unchanged by them."""
+    _, _, (teacher, student, t_proc, s_proc) = rewarded
+    root, questions = world
+    batch = training.load_stage_rows(training.Stage("t", str(rewarded[1]), 1), questions, ("teacher", "student")).iloc[:3]
+    cfg = training.TrainConfig(chunk_size=4, weights=LossWeights(beta=0.1, lam=0.7))
+    vocab, tokens = len(s_proc.tokenizer), float(sum(len(t) for t in batch.token_ids))
+    calls = []
+    hook = student.get_output_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    results = []
+    for most in (lambda n: n, lambda n: n + 3):
+        student.zero_grad()
+        calls.clear()
+        loss, sums = training.step_loss_checkpointed(student, teacher, s_proc, t_proc, batch, cfg, vocab, tokens,
+                                                     n_chunks=most)
+        loss.backward()
+        results.append((loss.item(), sums, {n: p.grad.clone() for n, p in student.named_parameters()
+                                            if p.grad is not None}, len(calls)))
+    hook.remove()
+    student.zero_grad()
+    (a, a_sums, a_grads, a_calls), (b, b_sums, b_grads, b_calls) = results
+    needed = -(-int(tokens) // cfg.chunk_size)
+    assert a_calls == 2 * needed and b_calls == 2 * (needed + 3)  # forward + recompute in backward
+    assert a == b and torch.equal(a_sums, b_sums) and a_grads.keys() == b_grads.keys()
+    assert all(torch.equal(a_grads[k], b_grads[k]) for k in a_grads)
+
+
+# Every parameter partitioned: DeepSpeed keeps parameters under 1e5 elements whole on every
+# process, and at this size that is all of them, so nothing would be gathered in a step.
+PARTITIONED = ["--deepspeed-config", '{"zero_optimization": {"stage3_param_persistence_threshold": 0}}']
+
+
+def _uneven_responses(path, tmp_path):
+    """The rewarded responses cut to 1..6 tokens (the fixture's are all 6 long)."""
+    rows = pd.read_parquet(path)
+    keep = [1 + i % 6 for i in range(len(rows))]
+    rows["token_ids"] = [list(t)[:k] for t, k in zip(rows.token_ids, keep)]
+    rows["ref_logprobs"] = [list(r)[:k] for r, k in zip(rows.ref_logprobs, keep)]
+    rows.to_parquet(tmp_path / "uneven.parquet")
+    return tmp_path / "uneven.parquet"
+
+
 @pytest.mark.slow
 def test_two_zero3_processes_follow_the_single_process_loss(world, rewarded, tmp_path):  # noqa: F811
     pytest.importorskip("deepspeed", reason="deepspeed is in the test extra (scripts/setup.sh installs it)")
@@ -48,6 +110,7 @@ def test_two_zero3_processes_follow_the_single_process_loss(world, rewarded, tmp
     _, path, _ = rewarded
     qfile = tmp_path / "questions.parquet"
     questions.to_parquet(qfile)
+    path = _uneven_responses(path, tmp_path)
     args = ["--student", str(root / "student"), "--questions", str(qfile),
             "--stage", "T", str(root / "teacher"), str(path), "10", "0.0",
             "--loss", "masters", "--lr", "0.001", "--batch-size", "4", "--chunk-size", "5", "--save-every", "5",
@@ -56,9 +119,16 @@ def test_two_zero3_processes_follow_the_single_process_loss(world, rewarded, tmp
     run = subprocess.run([sys.executable, "-m", "masters.cli", "train", *args, "--out", str(single)],
                          capture_output=True, text=True, cwd=REPO, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+    # in some step the two processes need different numbers of loss chunks (their rows differ in
+    # response tokens), and each of their head calls gathers the head's weight (PARTITIONED)
+    rows = training.load_stage_rows(training.Stage("T", str(path), 10), questions, ("teacher", "student"))
+    steps = [rows.iloc[training.batch_order(len(rows), 4, 3, 0, step)].token_ids for step in range(10)]
+    chunks = [[-(-sum(map(len, ids.iloc[r::2])) // 5) for r in (0, 1)] for ids in steps]
+    assert any(a != b for a, b in chunks), chunks
     zero = tmp_path / "zero"
     run = subprocess.run([sys.executable, "-m", "masters.cli", "train", *args, "--backend", "deepspeed",
-                          "--processes", "2", "--out", str(zero)], capture_output=True, text=True, cwd=REPO, timeout=900)
+                          *PARTITIONED, "--processes", "2", "--out", str(zero)],
+                         capture_output=True, text=True, cwd=REPO, timeout=900)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     a, b = pd.read_csv(single / "train_log.csv"), pd.read_csv(zero / "train_log.csv")
     assert list(a.step) == list(b.step) == list(range(1, 11))
@@ -74,12 +144,15 @@ def test_two_zero3_processes_follow_the_single_process_loss(world, rewarded, tmp
 
 
 @pytest.mark.slow
-def test_a_killed_zero3_run_starts_afresh_and_ends_as_an_uninterrupted_one(world, rewarded, tmp_path):  # noqa: F811
-    """DeepSpeed runs are not resumable yet (masters/zero.py says why): killed mid-run, a
-    2-process run is restarted from its first step and ends with the weights of a straight run."""
-    import os
+def test_a_killed_zero3_run_resumes_and_ends_as_an_uninterrupted_one(world, rewarded, tmp_path):  # noqa: F811
+    """Killed (SIGKILL) after it saved a state, a 2-process ZeRO-3 run resumes from DeepSpeed's
+    own checkpoint at that step, runs only the remaining steps, and ends with the weights of a
+    straight run."""
+    import json
     import signal
     import time
+
+    import psutil
 
     pytest.importorskip("deepspeed")
     root, questions = world
@@ -87,26 +160,35 @@ def test_a_killed_zero3_run_starts_afresh_and_ends_as_an_uninterrupted_one(world
     qfile = tmp_path / "questions.parquet"
     questions.to_parquet(qfile)
     args = [sys.executable, "-m", "masters.cli", "train", "--student", str(root / "student"), "--questions",
-            str(qfile), "--stage", "T", str(root / "teacher"), str(path), "12", "0.0", "--lr", "0.001",
-            "--batch-size", "4", "--chunk-size", "5", "--save-every", "4", "--seed", "3", "--backend",
-            "deepspeed", "--processes", "2"]
+            str(qfile), "--stage", "T", str(root / "teacher"), str(_uneven_responses(path, tmp_path)), "12", "0.0",
+            "--lr", "0.001", "--batch-size", "4", "--chunk-size", "5", "--save-every", "4", "--seed", "3",
+            "--backend", "deepspeed", *PARTITIONED, "--processes", "2"]
     killed = tmp_path / "killed"
-    log = killed.with_name("killed.partial") / "train_log.csv"
+    state = killed.with_name("killed.partial") / "resume/trainer_state.json"
     proc = subprocess.Popen([*args, "--out", str(killed)], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
-    while not log.is_file() and time.time() < deadline and proc.poll() is None:
+    while not state.is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # every process of the run at once: torchrun starts each rank in a session of its own, so
+    # killing the launcher's process group would leave the ranks training on
+    tree = [proc_ for proc_ in psutil.Process(proc.pid).children(recursive=True)]
+    for victim in [psutil.Process(proc.pid), *tree]:
+        victim.send_signal(signal.SIGKILL)
     proc.wait()
-    assert log.is_file() and not killed.exists(), "killed before its first log, or after the end"
+    psutil.wait_procs(tree, timeout=30)
+    saved = json.loads(state.read_text())["step"]
+    assert saved in (4, 8) and not killed.exists(), "killed after a saved state, before the end"
     rerun = subprocess.run([*args, "--out", str(killed)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
-    assert "resuming" not in rerun.stdout
+    assert f"resuming at stage 0, step {saved}" in rerun.stdout, rerun.stdout[-3000:]
+    assert f"| {12 - saved}/{12 - saved} [" in rerun.stderr  # the progress bar: only the remaining steps ran
     straight = subprocess.run([*args, "--out", str(tmp_path / "straight")], cwd=REPO, capture_output=True,
                               text=True, timeout=900)
     assert straight.returncode == 0, straight.stderr[-3000:]
     a, b = load_checkpoint(killed / "final")[0].state_dict(), load_checkpoint(tmp_path / "straight/final")[0].state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
-    assert list(pd.read_csv(killed / "train_log.csv").step) == list(range(1, 13))
+    log = pd.read_csv(killed / "train_log.csv")
+    assert list(log.step) == list(range(1, 13))
+    assert log.loss.tolist() == pytest.approx(pd.read_csv(tmp_path / "straight/train_log.csv").loss.tolist(), abs=1e-6)
