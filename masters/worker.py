@@ -19,7 +19,7 @@ server's in a variable that libraries read when imported (``IMPORT_TIME_ENV``).
 
 Costs, stated: a job's process tree no longer contains the forked child, so Snakemake's
 `benchmark:` files keep the wall time (``s``) right but undercount CPU and memory of such jobs;
-turn the worker off (``--config warm_worker=false``) to measure those.
+turn the worker off (``--config warm_worker=False``) to measure those.
 """
 
 from __future__ import annotations

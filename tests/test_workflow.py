@@ -77,7 +77,7 @@ def test_rebuild_is_bit_identical_and_nothing_left_to_do(world, tmp_path):
     jobs = [line for line in (world / "logs/worker.log").read_text().splitlines() if ": job " in line]
     assert any(" sft " in job and "models/S" in job for job in jobs) and len(jobs) > 20
     targets = ["results/smoke/world/data/count/train.parquet", "results/smoke/world/models/S"]
-    run = snakemake(tmp_path, "--cores", "2", "--config", "warm_worker=false", *targets)
+    run = snakemake(tmp_path, "--cores", "2", *targets, "--config", "warm_worker=False")  # --config takes every word after it
     assert not (tmp_path / "results/smoke/logs/worker.log").exists()
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
