@@ -30,6 +30,10 @@ written here from its behaviour, not copied):
 * RealWorldQA: the question as given (it carries its own instruction); a letter answer is
   compared with :func:`extract_letter`, any other answer by lower-cased equality without a final
   period.
+* MMBench (en dev): lmms-eval's prompt (hint, question and options joined by spaces); the option
+  read by MMBench's rule (``can_infer``), else by :func:`extract_letter` (lmms-eval's judge-free
+  ``mmbench_en_dev_static``; the reference asks GPT there); CircularEval over the rotated copies
+  (index + k * 1e6), overall and per L2 category.
 
 Each prompt starts with one ``<image>`` (lm-eval's ``hf-multimodal`` sends as many images as
 the text has placeholders).
@@ -275,3 +279,105 @@ def realworldqa_process_results(doc: dict, results: list[str]) -> dict[str, floa
     if truth.upper() in ("A", "B", "C", "D"):
         return {"exact_match": float(extract_letter(response) == truth.upper())}
     return {"exact_match": float(response.lower().strip().rstrip(".") == truth.lower())}
+
+
+# ---------------------------------------------------------------- MMBench
+
+MMBENCH_OPTIONS = "There are several options:"
+MMBENCH_L2 = {"coarse_perception": "Coarse Perception",
+              "fine_grained_single": "Fine-grained Perception (single-instance)",
+              "fine_grained_cross": "Fine-grained Perception (cross-instance)",
+              "attribute_reasoning": "Attribute Reasoning", "relation_reasoning": "Relation Reasoning",
+              "logic_reasoning": "Logic Reasoning"}
+_PUNCTUATED = (("", "."), ("", ","), ("", ":"), ("", ")"), ("", ")."), ("(", ")"), ("(", ")."), (":", ""), (":", ","),
+               (":", "."), (":", ")"), (":", ")."))
+
+
+def _given(value) -> bool:
+    """A cell that holds text (not None, NaN, "nan" or empty)."""
+    return value is not None and value == value and str(value) not in ("", "nan")
+
+
+def mmbench_options(doc: dict, letters: str = "ABCDE") -> dict[str, str]:
+    return {k: str(doc[k]) for k in letters if _given(doc.get(k))}
+
+
+def mmbench_doc_to_text(doc: dict) -> str:
+    """lmms-eval's prompt: hint, question and options joined by spaces (no "Hint:" label)."""
+    options = "\n".join([MMBENCH_OPTIONS, *(f"{k}. {v}" for k, v in mmbench_options(doc).items())])
+    query = f"{doc['question']} {options}"
+    if _given(doc.get("hint")):
+        query = f"{doc['hint']} {query}"
+    return f"<image>{query}\n\n{LETTER_INSTRUCTION}"
+
+
+def mmbench_infer_option(response: str) -> str:
+    """MMBench's ``can_infer_option`` (lmms-eval, VLMEvalKit): a lone letter A-E among the
+    whitespace-separated tokens, bare or punctuated (``B.``, ``(B)``, ``:B`` ...). Its quirks are
+    kept: a bare "A" in a response of more than 3 tokens is read as the article, so the bare
+    pass gives up (and "(B) A dog" is A, since the bare "A" is found first)."""
+    tokens = [t.strip() for t in response.split()]
+
+    def count(prefix: str = "", suffix: str = "") -> int:
+        return sum(prefix + c + suffix in tokens for c in "ABCDE")
+
+    if count() == 1:
+        for letter in "ABCDE":
+            if "A" in tokens and len(tokens) > 3:
+                break
+            if letter in tokens:
+                return letter
+    for prefix, suffix in _PUNCTUATED:
+        if count(prefix, suffix) == 1:
+            return next(c for c in "ABCDE" if prefix + c + suffix in tokens)
+    return ""
+
+
+def mmbench_infer_text(response: str, options: dict[str, str]) -> str:
+    """MMBench's ``can_infer_text``: the one option (A-D) whose text the response contains."""
+    lower = response.lower()
+    found = [k for k, v in options.items() if v.lower() in lower]
+    return found[0] if len(found) == 1 else ""
+
+
+def mmbench_process_results(doc: dict, results: list[str]) -> dict[str, dict]:
+    """One row (a question or one of its rotated copies): the option the response names, by
+    MMBench's rule, else lmms-eval's priority extraction (the judge-free ``mmbench_en_dev_static``
+    path; the reference asks GPT instead). Every metric gets the row; the aggregations do the
+    circular evaluation."""
+    response = results[0].strip()
+    options = mmbench_options(doc, "ABCD")
+    predicted = (mmbench_infer_option(response) or mmbench_infer_text(response, options)
+                 or extract_letter(response, "".join(sorted(options))))
+    row = {"index": int(doc["index"]), "correct": predicted == str(doc["answer"]).strip(),
+           "l2": doc.get("L2-category") or doc.get("l2-category")}
+    return {"circular": row, **dict.fromkeys(MMBENCH_L2, row)}
+
+
+def mmbench_circular(rows: list[dict], l2: str | None = None) -> float:
+    """CircularEval (MMBench): the dev split holds each question (index < 1e6) and copies with its
+    options rotated (index + k * 1e6); a question counts only if every copy is answered right.
+    The accuracy over the questions (of one L2 category, if given)."""
+    copies: dict[int, list[bool]] = {}
+    for row in rows:
+        copies.setdefault(row["index"] % 1_000_000, []).append(row["correct"])
+    questions = [r for r in rows if r["index"] < 1_000_000 and (l2 is None or r["l2"] == l2)]
+    if not questions:
+        return float("nan")
+    return sum(all(copies[r["index"]]) for r in questions) / len(questions)
+
+
+def _l2_aggregate(name: str):
+    def aggregate(rows: list[dict]) -> float:
+        return mmbench_circular(rows, MMBENCH_L2[name])
+
+    aggregate.__name__ = f"mmbench_{name}"
+    return aggregate
+
+
+mmbench_coarse_perception = _l2_aggregate("coarse_perception")
+mmbench_fine_grained_single = _l2_aggregate("fine_grained_single")
+mmbench_fine_grained_cross = _l2_aggregate("fine_grained_cross")
+mmbench_attribute_reasoning = _l2_aggregate("attribute_reasoning")
+mmbench_relation_reasoning = _l2_aggregate("relation_reasoning")
+mmbench_logic_reasoning = _l2_aggregate("logic_reasoning")

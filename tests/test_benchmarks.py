@@ -3,6 +3,7 @@ on hand-made predictions (right, wrong, badly formatted, letter vs option text),
 run through lm-eval end to end on a tiny model over a fixture in the dataset's own schema."""
 
 import io
+import math
 import sys
 
 import pytest
@@ -115,6 +116,41 @@ def _png(colour):
     return {"bytes": buffer.getvalue(), "path": None}
 
 
+def test_mmbench_prompt_is_lmms_evals():
+    doc = {"question": "Which one is the correct caption of this image?", "hint": None, "A": "A cat", "B": "A dog",
+           "C": "A bird", "D": float("nan")}
+    assert mcq.mmbench_doc_to_text(doc) == (
+        "<image>Which one is the correct caption of this image? There are several options:\nA. A cat\nB. A dog\n"
+        "C. A bird\n\nAnswer with the option's letter from the given choices directly.")
+    assert mcq.mmbench_doc_to_text({**doc, "hint": "The passage says X."}).startswith(
+        "<image>The passage says X. Which one is the correct caption")
+    assert "D." not in mcq.mmbench_doc_to_text({**doc, "D": "nan"})
+
+
+@pytest.mark.parametrize("response, letter", [
+    ("B", "B"), ("B.", "B"), ("Answer: B", "B"), ("The answer is B", "B"), ("The answer is (B).", "B"),
+    ("(B) A dog", "A"),  # MMBench's rule reads the bare "A" (a quirk the reference has too)
+    ("A dog", "A"), ("a dog is shown", "B"), ("I think A is wrong, B", ""), ("E", "E")])
+def test_mmbench_rule_reads_the_option_as_the_reference_does(response, letter):
+    options = {"A": "A cat", "B": "A dog", "C": "A bird"}
+    assert (mcq.mmbench_infer_option(response) or mcq.mmbench_infer_text(response, options)) == letter
+
+
+def test_mmbench_circular_eval_needs_every_rotation_right():
+    def row(index, answer, response, l2="Coarse Perception"):
+        doc = {"index": index, "answer": answer, "question": "q", "A": "x", "B": "y", "C": "z", "D": None,
+               "L2-category": l2}
+        return mcq.mmbench_process_results(doc, [response])["circular"]
+
+    rows = [row(1, "A", "A"), row(1_000_001, "B", "B"), row(2_000_001, "C", "C"),  # all three rotations right
+            row(2, "B", "B"), row(1_000_002, "C", "A"),  # one rotation wrong
+            row(3, "C", "I pick C", "Logic Reasoning")]  # no rotation, read by the priority extraction
+    assert mcq.mmbench_circular(rows) == pytest.approx(2 / 3)  # per row it would be 5 / 6
+    assert mcq.mmbench_coarse_perception(rows) == pytest.approx(1 / 2)
+    assert mcq.mmbench_logic_reasoning(rows) == 1.0
+    assert math.isnan(mcq.mmbench_relation_reasoning(rows))
+
+
 def _fixture(path, columns: dict, features: dict):
     """A parquet file written by `datasets` (its Image feature: what the Hub's parquet holds)."""
     from datasets import Dataset, Features, Image as HFImage, Sequence, Value
@@ -169,13 +205,19 @@ def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model,
             "image_3": [None] * 3, "image_4": [None] * 3},
             {"idx": "string", "prompt": "string", "choices": "strings", "answer": "string", "image_1": "image",
              "image_2": "image", "image_3": "image", "image_4": "image"}),
+        "mmbench": _fixture(tmp_path / "mmbench.parquet", {
+            "index": [0, 1_000_000, 1], "question": ["q1", "q1", "q2"], "hint": ["h", "h", None],
+            "A": ["x", "y", "p"], "B": ["y", "x", "q"], "C": [None] * 3, "D": [None] * 3, "answer": ["A", "B", "B"],
+            "category": ["c"] * 3, "L2-category": ["Coarse Perception"] * 3, "image": images},
+            {"index": "int", "question": "string", "hint": "string", **{c: "string" for c in "ABCD"},
+             "answer": "string", "category": "string", "L2-category": "string", "image": "image"}),
         "realworldqa": _fixture(tmp_path / "rwqa.parquet", {
             "question": ["Which? A. x B. y", "How many?", "Colour?"], "answer": ["A", "2", "red"], "image": images},
             {"question": "string", "answer": "string", "image": "image"}),
     }
     metric = {"ai2d": "exact_match,none", "mmstar": "average,none", "seedbench_2_plus": "all,none",
               "seedbench": "seed_image,none", "mmmu_pro_standard": "acc,none", "mmmu_pro_vision": "acc,none",
-              "blink": "acc,none", "realworldqa": "exact_match,none"}
+              "blink": "acc,none", "realworldqa": "exact_match,none", "mmbench": "circular,none"}
     benches = [Benchmark(name, str(REPO / f"benchmarks/{name}.yaml"), data=data[name], metric=metric[name])
                for name in data]
     summary = evaluate(tmp_path / "model", benches, batch_size=4, samples_path=tmp_path / "samples.jsonl")
