@@ -159,3 +159,17 @@ def test_a_snapshot_job_gets_the_repository_revision_and_quoted_patterns():
     no_files = {**config, "datasets": {"d": {"columns": {"image": "i", "question": "q", "answer": "a"}}}}
     with pytest.raises(ConfigError, match=r"key datasets.d: 'files' is a required property"):
         validated(no_files)
+
+
+def test_the_gpu_check_config_puts_each_model_job_on_one_gpu():
+    """configs/gpu_check.yaml (scripts/gpu_check.sh): the smoke scale, its model jobs on one GPU,
+    the world's SFT on the CPU (it is built before, where there is no GPU)."""
+    from masters.resources import family
+
+    config = load([REPO / "config.yaml", REPO / "configs/smoke.yaml", REPO / "configs/gpu_check.yaml"], REPO)
+    assert config["results"] == "results/gpu_check"
+    gpus = {name: family(config["resources"], name, environ={}).resources["job_gpus"]
+            for name in ("default", "sft", "mask", "generate", "judge", "score", "train", "evaluate")}
+    assert gpus == {"default": 0, "sft": 0, "mask": 0, "generate": 1, "judge": 1, "score": 1, "train": 1,
+                    "evaluate": 1}
+    assert Design(config).uses_world() and config["generation"]["backend"] == config["judge"]["backend"] == "hf"
