@@ -1,4 +1,4 @@
-"""The paper's multiple-choice benchmarks (benchmarks/*.yaml, benchmarks/mcq.py): the metrics
+"""The paper's benchmarks (benchmarks/*.yaml; mcq.py for the multiple-choice ones, mathvista.py): the metrics
 on hand-made predictions (right, wrong, badly formatted, letter vs option text), and each task
 run through lm-eval end to end on a tiny model over a fixture in the dataset's own schema."""
 
@@ -12,6 +12,7 @@ from PIL import Image
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import mathvista  # noqa: E402
 import mcq  # noqa: E402
 
 
@@ -151,12 +152,53 @@ def test_mmbench_circular_eval_needs_every_rotation_right():
     assert math.isnan(mcq.mmbench_relation_reasoning(rows))
 
 
+MC = {"question": "What fraction of the shape is blue?", "choices": ["3/11", "8/11", "6/11", "3/5"], "unit": None,
+      "precision": None, "answer": "8/11", "question_type": "multi_choice", "answer_type": "text"}
+INTEGER = {"question": "what is the total volume of the measuring cup?", "choices": None, "unit": "g",
+           "precision": None, "answer": "1000", "question_type": "free_form", "answer_type": "integer"}
+FLOAT = {"question": "What is the fraction of females facing the camera?", "choices": None, "unit": "",
+         "precision": 1.0, "answer": "0.6", "question_type": "free_form", "answer_type": "float"}  # float, as on the Hub
+
+
+def test_mathvista_prompt_is_lmms_evals_format_prompt():
+    assert mathvista.doc_to_text(MC) == ("<image>What fraction of the shape is blue?\nA. 3/11\nB. 8/11\nC. 6/11\n"
+                                         "D. 3/5\nAnswer with the option's letter from the given choices directly.")
+    assert mathvista.doc_to_text(INTEGER) == ("<image>what is the total volume of the measuring cup? (Unit: g)\n"
+                                              "Answer the question using a single integer number.")
+    assert mathvista.doc_to_text(FLOAT).endswith("\nAnswer the question using a single floating-point number with "
+                                                 "one decimal place.")
+    assert mathvista.doc_to_text({**FLOAT, "precision": 2.0}).endswith("with two decimal places.")
+    assert mathvista.doc_to_text({**INTEGER, "answer_type": "list"}).endswith("using a Python list.")
+
+
+@pytest.mark.parametrize("doc, response, right, extracted", [
+    (MC, "B", 1, 1), (MC, "(B)", 1, 1), (MC, "The answer is B.", 1, 1), (MC, "8/11", 1, 1),
+    (MC, "It is 8/11 of the shape", 1, 1),  # the one choice text the response contains
+    (MC, "C", 0, 1), (MC, "no idea", 0, 0), (MC, "", 0, 0),
+    (INTEGER, "1000", 1, 1), (INTEGER, "1000.0", 1, 1), (INTEGER, "1,000", 1, 1),
+    (INTEGER, "The cup holds 1000 g in total.", 1, 1), (INTEGER, "From 0 to 500, so the answer is 1000", 1, 1),
+    (INTEGER, "999", 0, 1), (INTEGER, "a lot", 0, 0),
+    (FLOAT, "0.6", 1, 1), (FLOAT, "0.60", 1, 1), (FLOAT, ".6", 1, 1), (FLOAT, "0.58", 1, 1),  # rounded to 1 place
+    (FLOAT, "6 of 10, i.e. 0.6", 1, 1), (FLOAT, "0.7", 0, 1),
+    ({**INTEGER, "answer_type": "list", "answer": "[2007, 2008]"}, "between [2007, 2008]", 1, 1),
+])
+def test_mathvista_reads_and_normalizes_answers_as_the_official_scorer(doc, response, right, extracted):
+    assert mathvista.process_results(doc, [response]) == {"acc": float(right), "extracted": float(extracted)}
+
+
+def test_mathvista_normalization_maps_other_text_to_the_nearest_choice():
+    assert mathvista.normalize("8/12", MC) == "8/11"  # edit distance 1
+    assert mathvista.normalize("(c) six", MC) == "6/11"
+    assert mathvista.normalize("x", {**INTEGER}) is None
+    assert mathvista.normalize("0.56", {**FLOAT, "precision": 2.0}) == "0.56"
+
+
 def _fixture(path, columns: dict, features: dict):
     """A parquet file written by `datasets` (its Image feature: what the Hub's parquet holds)."""
     from datasets import Dataset, Features, Image as HFImage, Sequence, Value
 
     kinds = {"image": HFImage(), "images": Sequence(HFImage()), "string": Value("string"),
-             "strings": Sequence(Value("string")), "int": Value("int64")}
+             "strings": Sequence(Value("string")), "int": Value("int64"), "float": Value("float64")}
     Dataset.from_dict(columns, features=Features({k: kinds[v] for k, v in features.items()})).to_parquet(str(path))
     return str(path)
 
@@ -211,13 +253,18 @@ def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model,
             "category": ["c"] * 3, "L2-category": ["Coarse Perception"] * 3, "image": images},
             {"index": "int", "question": "string", "hint": "string", **{c: "string" for c in "ABCD"},
              "answer": "string", "category": "string", "L2-category": "string", "image": "image"}),
+        "mathvista": _fixture(tmp_path / "mathvista.parquet", {
+            "pid": ["1", "2", "3"], **{k: [MC[k], INTEGER[k], FLOAT[k]] for k in MC}, "decoded_image": images},
+            {"pid": "string", "question": "string", "choices": "strings", "unit": "string", "precision": "float",
+             "answer": "string", "question_type": "string", "answer_type": "string", "decoded_image": "image"}),
         "realworldqa": _fixture(tmp_path / "rwqa.parquet", {
             "question": ["Which? A. x B. y", "How many?", "Colour?"], "answer": ["A", "2", "red"], "image": images},
             {"question": "string", "answer": "string", "image": "image"}),
     }
     metric = {"ai2d": "exact_match,none", "mmstar": "average,none", "seedbench_2_plus": "all,none",
               "seedbench": "seed_image,none", "mmmu_pro_standard": "acc,none", "mmmu_pro_vision": "acc,none",
-              "blink": "acc,none", "realworldqa": "exact_match,none", "mmbench": "circular,none"}
+              "blink": "acc,none", "realworldqa": "exact_match,none", "mmbench": "circular,none",
+              "mathvista": "acc,none"}
     benches = [Benchmark(name, str(REPO / f"benchmarks/{name}.yaml"), data=data[name], metric=metric[name])
                for name in data]
     summary = evaluate(tmp_path / "model", benches, batch_size=4, samples_path=tmp_path / "samples.jsonl")
