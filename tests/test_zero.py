@@ -19,12 +19,13 @@ from tests.conftest import REPO
 from tests.test_pipeline import rewarded, world  # noqa: F401  (module fixtures)
 
 
-def test_the_single_backward_loss_equals_the_two_phase_one(world, rewarded):  # noqa: F811
+@pytest.mark.parametrize("lam", [0.7, 0.0])  # 0: no JSD term, the teacher is not run
+def test_the_single_backward_loss_equals_the_two_phase_one(world, rewarded, lam):  # noqa: F811
     rows, _, (teacher, student, t_proc, s_proc) = rewarded
     root, questions = world
     batch = training.load_stage_rows(training.Stage("t", str(rewarded[1]), 1), questions, ("teacher", "student"))
     batch = batch.iloc[:6]
-    cfg = training.TrainConfig(chunk_size=3, weights=LossWeights(beta=0.1, lam=0.7))
+    cfg = training.TrainConfig(chunk_size=3, weights=LossWeights(beta=0.1, lam=lam))
     vocab = len(s_proc.tokenizer)
     student.zero_grad()
     terms = training.step_loss(student, teacher, s_proc, t_proc, batch, cfg, vocab)
