@@ -33,7 +33,9 @@ written here from its behaviour, not copied):
 * MMBench (en dev): lmms-eval's prompt (hint, question and options joined by spaces); the option
   read by MMBench's rule (``can_infer``), else by :func:`extract_letter` (lmms-eval's judge-free
   ``mmbench_en_dev_static``; the reference asks GPT there); CircularEval over the rotated copies
-  (index + k * 1e6), overall and per L2 category.
+  (index + k * 1e6), overall and per L2 category. MMBench-CN (cn dev): the same with lmms-eval's
+  Chinese options title and instruction (lmms-eval only writes a submission file for it; it is
+  scored here as the English one).
 
 Each prompt starts with one ``<image>`` (lm-eval's ``hf-multimodal`` sends as many images as
 the text has placeholders).
@@ -284,6 +286,8 @@ def realworldqa_process_results(doc: dict, results: list[str]) -> dict[str, floa
 # ---------------------------------------------------------------- MMBench
 
 MMBENCH_OPTIONS = "There are several options:"
+MMBENCH_CN_OPTIONS = "有如下几个选项："
+MMBENCH_CN_INSTRUCTION = "请直接使用所提供的选项字母作为答案回答。"
 MMBENCH_L2 = {"coarse_perception": "Coarse Perception",
               "fine_grained_single": "Fine-grained Perception (single-instance)",
               "fine_grained_cross": "Fine-grained Perception (cross-instance)",
@@ -302,13 +306,22 @@ def mmbench_options(doc: dict, letters: str = "ABCDE") -> dict[str, str]:
     return {k: str(doc[k]) for k in letters if _given(doc.get(k))}
 
 
-def mmbench_doc_to_text(doc: dict) -> str:
+def _mmbench_prompt(doc: dict, title: str, instruction: str) -> str:
     """lmms-eval's prompt: hint, question and options joined by spaces (no "Hint:" label)."""
-    options = "\n".join([MMBENCH_OPTIONS, *(f"{k}. {v}" for k, v in mmbench_options(doc).items())])
+    options = "\n".join([title, *(f"{k}. {v}" for k, v in mmbench_options(doc).items())])
     query = f"{doc['question']} {options}"
     if _given(doc.get("hint")):
         query = f"{doc['hint']} {query}"
-    return f"<image>{query}\n\n{LETTER_INSTRUCTION}"
+    return f"<image>{query}\n\n{instruction}"
+
+
+def mmbench_doc_to_text(doc: dict) -> str:
+    return _mmbench_prompt(doc, MMBENCH_OPTIONS, LETTER_INSTRUCTION)
+
+
+def mmbench_cn_doc_to_text(doc: dict) -> str:
+    """MMBench-CN: the same prompt with lmms-eval's Chinese options title and instruction."""
+    return _mmbench_prompt(doc, MMBENCH_CN_OPTIONS, MMBENCH_CN_INSTRUCTION)
 
 
 def mmbench_infer_option(response: str) -> str:

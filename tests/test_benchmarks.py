@@ -126,6 +126,9 @@ def test_mmbench_prompt_is_lmms_evals():
     assert mcq.mmbench_doc_to_text({**doc, "hint": "The passage says X."}).startswith(
         "<image>The passage says X. Which one is the correct caption")
     assert "D." not in mcq.mmbench_doc_to_text({**doc, "D": "nan"})
+    assert mcq.mmbench_cn_doc_to_text(doc) == (  # MMBench-CN: lmms-eval's Chinese title and instruction
+        "<image>Which one is the correct caption of this image? 有如下几个选项：\nA. A cat\nB. A dog\nC. A bird\n\n"
+        "请直接使用所提供的选项字母作为答案回答。")
 
 
 @pytest.mark.parametrize("response, letter", [
@@ -253,6 +256,12 @@ def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model,
             "category": ["c"] * 3, "L2-category": ["Coarse Perception"] * 3, "image": images},
             {"index": "int", "question": "string", "hint": "string", **{c: "string" for c in "ABCD"},
              "answer": "string", "category": "string", "L2-category": "string", "image": "image"}),
+        "mmbench_cn": _fixture(tmp_path / "mmbench_cn.parquet", {
+            "index": [0, 1_000_000, 1], "question": ["问题一", "问题一", "问题二"], "hint": [None] * 3,
+            "A": ["猫", "狗", "红"], "B": ["狗", "猫", "绿"], "C": [None] * 3, "D": [None] * 3, "answer": ["A", "B", "B"],
+            "category": ["c"] * 3, "L2-category": ["Coarse Perception"] * 3, "image": images},
+            {"index": "int", "question": "string", "hint": "string", **{c: "string" for c in "ABCD"},
+             "answer": "string", "category": "string", "L2-category": "string", "image": "image"}),
         "mathvista": _fixture(tmp_path / "mathvista.parquet", {
             "pid": ["1", "2", "3"], **{k: [MC[k], INTEGER[k], FLOAT[k]] for k in MC}, "decoded_image": images},
             {"pid": "string", "question": "string", "choices": "strings", "unit": "string", "precision": "float",
@@ -264,7 +273,7 @@ def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model,
     metric = {"ai2d": "exact_match,none", "mmstar": "average,none", "seedbench_2_plus": "all,none",
               "seedbench": "seed_image,none", "mmmu_pro_standard": "acc,none", "mmmu_pro_vision": "acc,none",
               "blink": "acc,none", "realworldqa": "exact_match,none", "mmbench": "circular,none",
-              "mathvista": "acc,none"}
+              "mmbench_cn": "circular,none", "mathvista": "acc,none"}
     benches = [Benchmark(name, str(REPO / f"benchmarks/{name}.yaml"), data=data[name], metric=metric[name])
                for name in data]
     summary = evaluate(tmp_path / "model", benches, batch_size=4, samples_path=tmp_path / "samples.jsonl")
@@ -276,5 +285,6 @@ def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model,
     import json
 
     samples = [json.loads(line) for line in prompts.splitlines()]
+    assert any("问题一 有如下几个选项：" in r["prompt"] for r in samples if r["benchmark"] == "mmbench_cn")
     first = next(r for r in samples if r["benchmark"] == "mmmu_pro_standard" and r["doc_id"] == 0)
     assert first["prompt"].count("<|vision_start|>") == 2 and " vs " in first["prompt"]  # two images sent
