@@ -193,3 +193,30 @@ def test_a_killed_zero3_run_resumes_and_ends_as_an_uninterrupted_one(world, rewa
     log = pd.read_csv(killed / "train_log.csv")
     assert list(log.step) == list(range(1, 13))
     assert log.loss.tolist() == pytest.approx(pd.read_csv(tmp_path / "straight/train_log.csv").loss.tolist(), abs=1e-6)
+
+
+def test_the_torch_backend_steps_as_step_loss_then_clip_and_adamw(world, rewarded):  # noqa: F811
+    """TorchBackend.step = step_loss with the tokenizer's vocabulary (the student's head is padded
+    wider) + gradient clipping + AdamW, on the device it was given."""
+    import copy
+
+    rows, path, (teacher, student, t_proc, s_proc) = rewarded
+    root, questions = world
+    batch = training.load_stage_rows(training.Stage("t", str(path), 1), questions, ("teacher", "student")).iloc[:4]
+    cfg = training.TrainConfig(chunk_size=3, lr=0.01, grad_clip=0.05, weights=LossWeights(beta=0.1, lam=0.7))
+    vocab = len(s_proc.tokenizer)
+    assert student.get_output_embeddings().weight.shape[0] > vocab  # padded: the cut matters
+    student.zero_grad(set_to_none=True)
+    reference = copy.deepcopy(student)
+    expected = training.step_loss(reference, teacher, s_proc, t_proc, batch, cfg, vocab)
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.grad_clip)
+    torch.optim.AdamW(reference.parameters(), lr=cfg.lr, weight_decay=0.0).step()
+
+    backend = training.TorchBackend("cpu")
+    model = backend.prepare(copy.deepcopy(student), cfg)
+    assert backend.step(teacher, s_proc, t_proc, batch, vocab, {}) == expected
+    for (name, got), want in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(got, want), name
+    moved = training.TorchBackend("meta")  # a device the models are not on: both are moved there
+    assert moved.teacher(copy.deepcopy(teacher)).device.type == "meta"
+    assert moved.prepare(copy.deepcopy(student), cfg).device.type == "meta"
