@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Benchmark: chunked token JSD (masters.rewards.token_jsd) vs a naive full-tensor JSD.
+"""Benchmark: chunked token JSD (masters.rewards.token_jsd) vs TRL's own generalized JSD.
 
-The reference computes the generalized JSD the way TRL's GKD trainer does
-(``generalized_jsd_loss``): a full ``log_softmax`` over the whole ``[T, V]`` logits of
-both models, the mixture via ``logsumexp`` of the stacked, β-shifted log-probs (β = 0.5),
-``F.kl_div(..., log_target=True)`` for both terms, no chunking — then summed over the
-vocabulary to give one JSD per position, the quantity ``token_jsd`` returns.
+TRL's function (``GKDTrainer.generalized_jsd_loss``, trl pinned in the ``bench`` extra, imported
+from the installed package) takes full ``[B, T, V]`` logits: a ``log_softmax`` over the whole
+vocabulary of both models, the mixture via ``logsumexp`` of the stacked, β-shifted log-probs
+(β = 0.5), ``F.kl_div(..., log_target=True)`` for both terms; with ``reduction="none"``, summed
+over the vocabulary, it gives one JSD per position, the quantity ``token_jsd`` returns.
 
 Inputs: random float32 logits, teacher width ``--teacher-vocab`` (152,064) and student
 width ``--vocab`` (151,936), both cut to ``--vocab`` before the softmax (the padding cut).
@@ -13,9 +13,10 @@ width ``--vocab`` (151,936), both cut to ``--vocab`` before the softmax (the pad
 Each variant runs in a fresh subprocess: inputs are created, ``ru_maxrss`` is read as the
 baseline, then the variant runs ``--repeats`` times; its peak extra memory is the
 ``ru_maxrss`` increase and its time the median wall time. The parent checks the max
-absolute difference (≤ ``--tol``) and the targets: ≤ 0.2× the reference's peak memory at
+absolute difference (≤ ``--tol``) and the targets: ≤ 0.2× TRL's peak memory at
 ≤ 1.0× its time. Exit status 1 when the values disagree.
 
+    pip install -e '.[bench]'                  # TRL (bench only; the tests do not need it)
     python bench/bench_jsd.py                  # full size: T = 2,048, V = 151,936 (~10 GB RAM)
     python bench/bench_jsd.py --positions 256  # quick check
 """
@@ -37,21 +38,19 @@ MEM_TARGET = 0.2
 TIME_TARGET = 1.0
 
 
-def reference_jsd(teacher_logits, student_logits, vocab_size: int, beta: float = 0.5):
-    """Naive generalized JSD over full tensors, as TRL's GKD computes it (per position)."""
-    import torch
-    import torch.nn.functional as F
-
-    student_log_probs = F.log_softmax(student_logits[..., :vocab_size].float(), dim=-1)
-    teacher_log_probs = F.log_softmax(teacher_logits[..., :vocab_size].float(), dim=-1)
-    b = torch.tensor(beta, dtype=student_log_probs.dtype)
-    mixture_log_probs = torch.logsumexp(
-        torch.stack([student_log_probs + torch.log(1 - b), teacher_log_probs + torch.log(b)]), dim=0
-    )
-    kl_teacher = F.kl_div(mixture_log_probs, teacher_log_probs, reduction="none", log_target=True)
-    kl_student = F.kl_div(mixture_log_probs, student_log_probs, reduction="none", log_target=True)
-    jsd = b * kl_teacher + (1 - b) * kl_student
-    return jsd.sum(-1)
+def trl_jsd(teacher_logits, student_logits, vocab_size: int, beta: float = 0.5):
+    """TRL's own generalized JSD (``GKDTrainer.generalized_jsd_loss``, imported, not rewritten),
+    per position: its element-wise result (``reduction="none"``) summed over the vocabulary."""
+    try:
+        from trl.experimental.gkd import GKDTrainer  # trl >= 1.0
+    except ImportError:
+        try:
+            from trl import GKDTrainer  # trl < 1.0
+        except ImportError as err:
+            raise SystemExit("bench_jsd compares with TRL: pip install -e '.[bench]' (trl, pinned)") from err
+    cut = lambda logits: logits[None, :, :vocab_size].float()  # noqa: E731  [1, T, V]
+    return GKDTrainer.generalized_jsd_loss(cut(student_logits), cut(teacher_logits), beta=beta,
+                                           reduction="none").sum(-1)[0]
 
 
 def _maxrss_bytes() -> int:
@@ -76,7 +75,7 @@ def worker(args: argparse.Namespace) -> None:
             return token_jsd(teacher, student, vocab_size=args.vocab, chunk_size=args.chunk_size)
     else:
         def fn():
-            return reference_jsd(teacher, student, args.vocab)
+            return trl_jsd(teacher, student, args.vocab)
 
     baseline = _maxrss_bytes()
     times = []
@@ -119,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=4.0, help="the logits are N(0, 1)·scale; default 4")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported); default 3")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads in each worker; default 1")
-    p.add_argument("--tol", type=float, default=1e-5, help="max allowed |chunked − reference|; default 1e-5")
+    p.add_argument("--tol", type=float, default=1e-5, help="max allowed |chunked − TRL|; default 1e-5")
     p.add_argument("--json", type=Path, default=None, help="also write the report to this JSON file")
-    p.add_argument("--worker", choices=["chunked", "reference"], default=None,
+    p.add_argument("--worker", choices=["chunked", "trl"], default=None,
                    help="internal: run one variant in this process")
     p.add_argument("--out", type=Path, default=None, help="internal: where a worker saves its values")
     args = p.parse_args(argv)
@@ -136,18 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        res = {v: run_variant(v, args, Path(tmp) / f"{v}.pt") for v in ("reference", "chunked")}
-        a = torch.load(Path(tmp) / "chunked.pt")
-        b = torch.load(Path(tmp) / "reference.pt")
+        res = {v: run_variant(v, args, Path(tmp) / f"{v}.pt") for v in ("trl", "chunked")}
+        a = torch.load(Path(tmp) / "chunked.pt", weights_only=True)
+        b = torch.load(Path(tmp) / "trl.pt", weights_only=True)
     max_diff = (a.double() - b.double()).abs().max().item()
-    ref, ours = res["reference"], res["chunked"]
+    ref, ours = res["trl"], res["chunked"]
     mem_ratio = ours["peak_extra_bytes"] / max(ref["peak_extra_bytes"], 1)
     time_ratio = ours["time_s"] / ref["time_s"]
     report = {
         "positions": args.positions, "vocab": args.vocab, "teacher_vocab": args.teacher_vocab,
         "chunk_size": args.chunk_size, "threads": args.threads, "repeats": args.repeats,
         "max_abs_diff": max_diff, "tol": args.tol, "values_match": max_diff <= args.tol,
-        "reference": ref, "chunked": ours, "memory_ratio": mem_ratio, "time_ratio": time_ratio,
+        "trl": ref, "chunked": ours, "memory_ratio": mem_ratio, "time_ratio": time_ratio,
         "memory_target": MEM_TARGET, "time_target": TIME_TARGET,
         "meets_targets": mem_ratio <= MEM_TARGET and time_ratio <= TIME_TARGET,
     }
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"T={args.positions} V={args.vocab} (teacher {args.teacher_vocab}) chunk={args.chunk_size} "
           f"threads={args.threads}")
     print(f"{'variant':<10} {'time (s)':>10} {'peak extra (MiB)':>17}")
-    for name, r in (("reference", ref), ("chunked", ours)):
+    for name, r in (("trl", ref), ("chunked", ours)):
         print(f"{name:<10} {r['time_s']:>10.3f} {r['peak_extra_bytes'] / mib:>17.1f}")
     print(f"max |diff| = {max_diff:.3e} (tol {args.tol:g}): {'OK' if report['values_match'] else 'FAIL'}")
     print(f"memory ratio {mem_ratio:.3f} (target <= {MEM_TARGET}), time ratio {time_ratio:.3f} "
