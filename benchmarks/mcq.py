@@ -24,9 +24,11 @@ written here from its behaviour, not copied):
   the item id (deterministic). lmms-eval scores the vision setting by raw string equality
   instead (a bare "B." is wrong there).
 * BLINK (val, 14 subsets, up to 4 images per item): "Note: You only need to respond with A, B
-  without providing any additional information." before the item's prompt; a response must start
-  with the letter (``(A)``, ``A.``, ``a`` count; "The answer is A" does not), as lmms-eval; the
-  benchmark's score is the unweighted mean of the 14 subsets' accuracies.
+  without providing any additional information." before the item's prompt; the letter read as
+  lmms-eval 0.7.3 reads it (:func:`blink_letter`: a bare first line, else the last "answer is X",
+  else the last ``(X)``, else a leading letter, only among the item's options; the commit read
+  first took any leading letter, so "Answer: B" counted as A); the benchmark's score is the
+  unweighted mean of the 14 subsets' accuracies.
 * RealWorldQA: the question as given (it carries its own instruction); a letter answer is
   compared with :func:`extract_letter`, any other answer by lower-cased equality without a final
   period.
@@ -263,9 +265,24 @@ def blink_doc_to_text(doc: dict) -> str:
             f" information.\n{doc['prompt']}")
 
 
+def blink_letter(response: str, letters: str) -> str:
+    """The option letter of a BLINK response ("" if none), as lmms-eval 0.7.3 reads it, only
+    among the item's ``letters``: a first line that is just the letter (``B``, ``(B)``, ``b.``);
+    else the last "answer is X" / "Answer: (X)"; else the last ``(X)``; else a leading letter."""
+    text = response.strip()
+    first = text.split("\n", 1)[0].strip()
+    if len(first) <= 4 and (m := re.fullmatch(rf"\(?([{letters}])\)?[.\s:,)]*", first, flags=re.IGNORECASE)):
+        return m.group(1).upper()
+    stated = re.findall(rf"answers?(?:\s+is)?\s*[:\-]?\s*\(?([{letters}])\)?(?![A-Za-z])", text, flags=re.IGNORECASE)
+    bracketed = re.findall(rf"\(([{letters}])\)", text)
+    if stated or bracketed:
+        return (stated or bracketed)[-1].upper()
+    m = re.match(rf"[(\s]*([{letters}])[).\s]*", text, flags=re.IGNORECASE)
+    return m.group(1).upper() if m else ""
+
+
 def blink_process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    m = re.match(r"[\(\s]*([A-Z])[\)\.\s]*", results[0].strip(), flags=re.IGNORECASE)
-    letter = m.group(1).upper() if m else ""
+    letter = blink_letter(results[0], LETTERS[: len(doc["choices"])])
     return {"acc": float(letter == doc["answer"].strip("()"))}
 
 

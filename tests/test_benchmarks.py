@@ -92,14 +92,16 @@ def test_mmmu_pro_parses_as_the_official_code_and_orders_images_by_reference():
     assert mcq.mmmu_pro_vision_doc_to_text(doc).startswith("<image>Answer with the option letter")
 
 
-def test_blink_needs_the_letter_first_and_sends_every_image():
+def test_blink_reads_the_letter_as_lmms_eval_and_sends_every_image():
     doc = {"prompt": "Which is closer?\n(A) left\n(B) right", "choices": ["(A)", "(B)"], "answer": "(B)",
            "image_1": "i1", "image_2": "i2", "image_3": None, "image_4": None}
     assert mcq.blink_images(doc) == ["i1", "i2"]
     assert mcq.blink_doc_to_text(doc) == ("<image><image>Note: You only need to respond with A, B without providing"
                                           " any additional information.\nWhich is closer?\n(A) left\n(B) right")
     score = lambda r: mcq.blink_process_results(doc, [r])["acc"]  # noqa: E731
-    assert [score(r) for r in ("B", "(B)", "b.", " B) right", "A", "The answer is (B)")] == [1, 1, 1, 1, 0, 0]
+    assert [score(r) for r in ("B", "(B)", "b.", " B) right", "A", "The answer is (B)", "Answer: B", "I pick (B)",
+                               "C", "B is wrong, the answer is A", "Answer: a")] == [1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0]
+    assert mcq.blink_letter("C", "AB") == "" and mcq.blink_letter("Answer: B", "ABCD") == "B"  # not the A of "Answer"
 
 
 def test_a_subsets_benchmark_is_one_task_per_dataset_config():
