@@ -153,6 +153,55 @@ def test_training_resumes_to_the_same_weights(world, rewarded, tmp_path):
     assert any(not torch.equal(a[k], student[k]) for k in a), "training changed nothing"
 
 
+def test_the_first_logged_step_is_step_loss_on_its_batch(world, rewarded, tmp_path):
+    """train() computes its loss over the tokenizer's vocabulary (the student's head is padded
+    wider) on the batch batch_order picks, against the stage's teacher."""
+    root, questions = world
+    _, path, _ = rewarded
+    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, seed=3, weights=LossWeights(beta=0.1, lam=0.5))
+    stage = training.Stage(str(root / "teacher"), str(path), steps=1, ratio=0.1, name="r0.10")
+    log = training.train(str(root / "student"), [stage], questions, cfg, str(tmp_path / "out"), progress=False)
+    student, s_proc = load_checkpoint(root / "student")
+    teacher, t_proc = load_checkpoint(root / "teacher")
+    rows = training.load_stage_rows(stage, questions, cfg.sources)
+    batch = rows.iloc[training.batch_order(len(rows), cfg.batch_size, cfg.seed, 0, 0)]
+    vocab = len(s_proc.tokenizer)
+    assert student.get_output_embeddings().weight.shape[0] > vocab
+    student.train()
+    expected = training.step_loss(student, teacher.eval(), s_proc, t_proc, batch, cfg, vocab)
+    assert log.loc[0, ["loss", "pg", "kl", "jsd"]].tolist() == pytest.approx(
+        [expected[k] for k in ("loss", "pg", "kl", "jsd")], rel=1e-6, abs=1e-9)
+
+
+def test_a_partial_run_of_another_student_is_not_resumed(world, rewarded, tmp_path, capsys):
+    root, questions = world
+    _, path, _ = rewarded
+    stages = [training.Stage(str(root / "teacher"), str(path), steps=3, ratio=0.1, name="r0.10")]
+    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=1, seed=3)
+    run = lambda student, out, **kw: training.train(str(root / student), stages, questions, cfg,  # noqa: E731
+                                                    str(tmp_path / out), progress=False, **kw)
+    run("student", "out", max_steps=2)
+    log = run("teacher", "out")  # the teacher's checkpoint as the student: another run, from scratch
+    assert "starting afresh" in capsys.readouterr().out and list(log.step) == [1, 2, 3]
+    run("teacher", "straight")
+    a, b = load_file(tmp_path / "out/final/model.safetensors"), load_file(tmp_path / "straight/final/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_fingerprint_tells_apart_student_stages_and_settings(world, rewarded):
+    root, _ = world
+    _, path, _ = rewarded
+    stage = training.Stage(str(root / "teacher"), str(path), steps=3, ratio=0.1, name="r0.10")
+    cfg = training.TrainConfig()
+    key = training.fingerprint(str(root / "student"), [stage], cfg)
+    assert key == training.fingerprint(str(root / "student"), [stage], training.TrainConfig())
+    others = [training.fingerprint(str(root / "teacher"), [stage], cfg),
+              training.fingerprint(str(root / "student"), [stage, stage], cfg),
+              training.fingerprint(str(root / "student"), [training.Stage(stage.teacher, stage.responses, 4)], cfg),
+              training.fingerprint(str(root / "student"), [stage], training.TrainConfig(lr=0.5))]
+    assert len({key, *others}) == 5
+
+
 def test_partial_run_of_other_settings_is_not_resumed(world, rewarded, tmp_path):
     _train(world, rewarded, tmp_path / "other", max_steps=3, kind="jsd")  # a partial jsd-only run
     log = _train(world, rewarded, tmp_path / "other")  # the masters loss: must start afresh
