@@ -170,7 +170,7 @@ def cmd_figure(args: argparse.Namespace) -> None:
     from masters import figures
 
     spec = json.loads(args.spec)
-    draw = {"fig2": figures.fig2, "figF4": figures.fig_f4, "curves": figures.fig_curves}[args.name]
+    draw = {"fig2": figures.fig2, "figF4": figures.fig_f4, "curves": figures.fig_curves, "fig6": figures.fig6}[args.name]
     paths = draw(spec, args.out)
     print("wrote " + ", ".join(map(str, paths)))
 
@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_judges)
 
     p = sub.add_parser("figure", help="a paper figure (PNG + PDF) from result files")
-    p.add_argument("name", choices=["fig2", "figF4", "curves"], help="which figure")
+    p.add_argument("name", choices=["fig2", "figF4", "curves", "fig6"], help="which figure")
     p.add_argument("--spec", required=True, help="JSON: the result files the figure reads")
     p.add_argument("--out", required=True, help="output path stem: writes STEM.png, STEM.pdf")
     p.set_defaults(func=cmd_figure)

@@ -245,6 +245,8 @@ class Design:
                     errors.append(f"figures.{fig}: unknown experiment {name!r} (known: {sorted(self.experiments)})")
                 elif fig == "curves" and not self.experiments[name].train:
                     errors.append(f"figures.curves: {name!r} is not trained (no steps to follow)")
+            if "table" in spec and spec["table"] not in self.tables:
+                errors.append(f"figures.{fig}.table: unknown table {spec['table']!r} (known: {sorted(self.tables)})")
 
     # ---------------------------------------------------------------- stages and runs
 

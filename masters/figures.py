@@ -9,6 +9,9 @@
   the reward files, METHOD.md §5) and the masked teacher's own mean benchmark score, against
   the mask ratio (the premise of Eq. 1-3: masking makes the teacher gradually weaker and
   closer to the student); also written as a table (``.csv``, ``.md``).
+* Fig. 6 — the inference time of each model of Table 3 on the benchmark suite: the wall seconds
+  of its evaluation jobs (Snakemake's benchmark files, summed over a run's jobs, mean over
+  seeds); also ``stem.csv``. A job's time includes loading the model and lm-eval's own work.
 """
 
 from __future__ import annotations
@@ -128,4 +131,23 @@ def fig_f4(spec: dict, stem: str | Path) -> list[Path]:
     Path(stem).with_suffix(".md").write_text(
         "Masked teachers: mean token JSD to the student and own mean benchmark score per mask ratio\n\n"
         + table.to_markdown(index=False, floatfmt=".4f") + "\n")
+    return _save(fig, stem)
+
+
+def fig6(spec: dict, stem: str | Path) -> list[Path]:
+    """``spec``: ``{"table": name, "rows": [{"model", "label", "timings": [[benchmark TSVs] per
+    seed]}]}`` (:func:`masters.specs.fig6_spec`)."""
+    rows = []
+    for row in spec["rows"]:
+        per_seed = [sum(float(pd.read_csv(f, sep="\t")["s"].iloc[0]) for f in files) for files in row["timings"]]
+        rows.append({"model": row["model"], "row": row["label"], "seconds": sum(per_seed) / len(per_seed),
+                     "seeds": len(per_seed)})
+    table = pd.DataFrame(rows, columns=["model", "row", "seconds", "seeds"])
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * max(len(table), 1)))
+    names = [f"{m}: {r}" for m, r in zip(table["model"], table["row"])]
+    ax.barh(names[::-1], table["seconds"][::-1])
+    ax.set(title=f"Inference time on the benchmark suite ({spec['table']})", xlabel="evaluation wall time (s)")
+    ax.grid(axis="x", alpha=0.3)
+    Path(stem).parent.mkdir(parents=True, exist_ok=True)
+    table.round({"seconds": 2}).to_csv(Path(stem).with_suffix(".csv"), index=False)
     return _save(fig, stem)

@@ -94,12 +94,11 @@ def snapshot_args(design: Design, model: str) -> str:
 # ---------------------------------------------------------------- tables
 
 
-def table_spec(design: Design, name: str, repo: str | Path) -> dict[str, Any]:
-    """The ``masters table`` spec of one table: rows with their evaluation files per seed."""
-    spec = design.tables[name]
-    benchmarks = spec.get("benchmarks") or design.benchmarks
+def table_rows(design: Design, name: str) -> list[dict[str, Any]]:
+    """Each row of a table once per student (a teacher of several students once): its model,
+    label, config row and evaluation run per seed."""
     rows: list[dict] = []
-    for row in spec["rows"]:
+    for row in design.tables[name]["rows"]:
         for student in design.students:
             if "model" in row:
                 model = design.teacher_of(student, row["model"])
@@ -109,12 +108,22 @@ def table_spec(design: Design, name: str, repo: str | Path) -> dict[str, Any]:
             else:
                 trained = design.experiments[row["experiment"]].train
                 model, seeds = student, design.table_seeds(name) if trained else [0]  # untrained: one result
-            entry = {"model": model, "label": row["label"],
-                     "results": [[design.evaluation(design.run_of_row(row, student, s), b) for b in benchmarks]
-                                 for s in seeds]}
-            if row.get("columns"):
-                entry["columns"] = row["columns"]
-            rows.append(entry)
+            rows.append({"model": model, "label": row["label"], "row": row,
+                         "runs": [design.run_of_row(row, student, s) for s in seeds]})
+    return rows
+
+
+def table_spec(design: Design, name: str, repo: str | Path) -> dict[str, Any]:
+    """The ``masters table`` spec of one table: rows with their evaluation files per seed."""
+    spec = design.tables[name]
+    benchmarks = spec.get("benchmarks") or design.benchmarks
+    rows: list[dict] = []
+    for r in table_rows(design, name):
+        entry = {"model": r["model"], "label": r["label"],
+                 "results": [[design.evaluation(run, b) for b in benchmarks] for run in r["runs"]]}
+        if r["row"].get("columns"):
+            entry["columns"] = r["row"]["columns"]
+        rows.append(entry)
     literature = spec["literature"]
     return {"caption": spec["caption"], "benchmarks": benchmarks, "average": spec["average"],
             "literature": str(Path(repo) / literature) if literature else None, "rows": rows}
@@ -232,6 +241,30 @@ def curves_spec(design: Design) -> dict[str, Any]:
 
 def curves_inputs(spec: dict[str, Any]) -> list[str]:
     return [run["curve"] for run in spec["runs"]]
+
+
+def fig6_spec(design: Design) -> dict[str, Any]:
+    """Fig. 6: the inference time of each model of a table on the benchmark suite, from its
+    evaluation jobs' own timings (Snakemake's benchmark files: one per run, or one per run and
+    benchmark with ``evaluation.per_benchmark_jobs``), per seed."""
+    fig = design.config["figures"].get("fig6")
+    if not fig:
+        return {"table": None, "rows": []}
+    per_benchmark = design.config["evaluation"]["per_benchmark_jobs"]
+    benchmarks = design.tables[fig["table"]].get("benchmarks") or design.benchmarks
+
+    def timings(run: str) -> list[str]:
+        if per_benchmark:
+            return [paths.benchmark(design.results, "evaluation").format(run=run, benchmark=b) for b in benchmarks]
+        return [paths.benchmark(design.results, "eval_run").format(run=run)]
+
+    return {"table": fig["table"], "rows": [{"model": r["model"], "label": r["label"],
+                                             "timings": [timings(run) for run in r["runs"]]}
+                                            for r in table_rows(design, fig["table"])]}
+
+
+def fig6_inputs(spec: dict[str, Any]) -> list[str]:
+    return [f for row in spec["rows"] for seed in row["timings"] for f in seed]
 
 
 def figure_outputs(design: Design) -> list[str]:

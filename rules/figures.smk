@@ -1,9 +1,10 @@
-# The paper's figures (PNG, PDF) from result files only: Fig. 2 and Fig. F.4.
+# The paper's figures (PNG, PDF) from result files only: Fig. 2, Fig. F.4, Fig. 6 and the learning curves.
 
 FIGURE_SPECS = {
     "fig2": specs.fig2_spec(DESIGN),
     "figF4": specs.figf4_spec(DESIGN),
     "curves": specs.curves_spec(DESIGN),
+    "fig6": specs.fig6_spec(DESIGN),
 }
 
 
@@ -62,3 +63,22 @@ rule curves:
         stem=output_stem,
     shell:
         "masters figure curves --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
+
+
+rule fig6:
+    input:
+        specs.fig6_inputs(FIGURE_SPECS["fig6"]),
+    output:
+        png=report(f"{DESIGN.path('figure', figure='fig6')}.png", category="Figures"),
+        pdf=f"{DESIGN.path('figure', figure='fig6')}.pdf",
+        csv=f"{DESIGN.path('figure', figure='fig6')}.csv",
+    log:
+        paths.log(RESULTS, "figure").format(figure="fig6"),
+    localrule: True
+    conda:
+        "../envs/masters.yaml"
+    params:
+        spec=json.dumps(FIGURE_SPECS["fig6"]),
+        stem=output_stem,
+    shell:
+        "masters figure fig6 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"

@@ -102,6 +102,25 @@ def test_fig2_and_figf4_specs():
         f for a in acc for f in a["results"]]
 
 
+def test_fig6_times_each_model_of_table3_from_its_evaluation_jobs():
+    d = Design(CONFIG)
+    spec = specs.fig6_spec(d)
+    assert spec["table"] == "table3"
+    assert [(r["model"], r["label"]) for r in spec["rows"]] == [
+        ("M", "mid teacher"), ("S", "student"), ("S", "student + Masters")]
+    assert spec["rows"][0]["timings"] == [[f"{d.results}/benchmarks/eval/models/M.tsv"]]  # one job per run
+    assert spec["rows"][2]["timings"] == [[f"{d.results}/benchmarks/eval/S/mid_masters/s{s}/final.tsv"]
+                                          for s in (0, 1, 2)]
+    config = copy.deepcopy(CONFIG)
+    config["evaluation"]["per_benchmark_jobs"] = True  # one job per (run, benchmark): all of them count
+    rows = specs.fig6_spec(Design(config))["rows"]
+    assert rows[0]["timings"] == [[f"{d.results}/benchmarks/eval/models/M/{b}.tsv" for b in d.benchmarks]]
+    assert specs.fig6_inputs({"rows": rows})[:len(d.benchmarks)] == rows[0]["timings"][0]
+    config["figures"] = {"fig6": {"table": "table9"}}
+    with pytest.raises(ValueError, match=r"figures.fig6.table: unknown table 'table9'"):
+        Design(config)
+
+
 def test_trace_names_every_file_behind_a_row():
     d = Design(CONFIG)
     lines = specs.trace(d, "table1", "+Reward Feedback")
@@ -186,6 +205,28 @@ def test_figf4_table_is_the_means_of_its_files(tmp_path):
     assert table[["teacher", "ratio", "responses"]].values.tolist() == [["L", 0.0, 2], ["L", 0.5, 1]]
     assert table["jsd"].tolist() == pytest.approx([0.4, 0.1]) and table["accuracy"].tolist() == [70.0, 30.0]
     assert "0.4000" in (tmp_path / "figF4.md").read_text() and (tmp_path / "figF4.png").stat().st_size > 0
+
+
+def test_fig6_sums_a_runs_jobs_and_averages_the_seeds(tmp_path):
+    """Fig. 6's table from Snakemake benchmark files written by hand: a run's seconds are the sum
+    over its jobs (one per benchmark), a row's the mean over its seeds."""
+    import pandas as pd
+
+    from masters.figures import fig6
+
+    def tsv(name, seconds):
+        path = tmp_path / f"{name}.tsv"
+        path.write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:0{int(seconds)}\t10.0\n")
+        return str(path)
+
+    spec = {"table": "table3", "rows": [
+        {"model": "M", "label": "mid teacher", "timings": [[tsv("m_a", 3.0), tsv("m_b", 1.5)]]},
+        {"model": "S", "label": "student + Masters", "timings": [[tsv("s0_a", 1.0), tsv("s0_b", 1.0)],
+                                                                  [tsv("s1_a", 2.0), tsv("s1_b", 2.0)]]}]}
+    written = fig6(spec, tmp_path / "fig6")
+    table = pd.read_csv(tmp_path / "fig6.csv")
+    assert table.values.tolist() == [["M", "mid teacher", 4.5, 1], ["S", "student + Masters", 3.0, 2]]
+    assert [p.suffix for p in written] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in written)
 
 
 def test_curves_runs_save_step_checkpoints_and_the_figure_reads_their_curves():
