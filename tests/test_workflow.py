@@ -148,6 +148,8 @@ def test_figures_and_shared_work(world):
     jsd = pd.read_csv(world / "figures/figF4.csv")  # configs/smoke.yaml: the masters run, L from 0.2
     assert sorted(jsd.ratio) == pytest.approx([0.0, 0.1, 0.2])
     assert jsd[["jsd", "accuracy"]].notna().all().all() and (jsd.responses > 0).all()
+    times = pd.read_csv(world / "figures/fig6.csv")  # Table 3's models, timed by their evaluation jobs
+    assert list(times.row) == ["mid teacher", "student", "student + Masters"] and (times.seconds > 0).all()
     curves = pd.read_csv(world / "figures/curves.csv")
     assert sorted(set(curves.step)) == [0, 6, 12] and set(curves.run) == {"S naive", "S mask_progressive", "S masters"}
     fidelity = pd.read_csv(world / "tables/fidelity.csv")
@@ -190,8 +192,8 @@ PER_BENCHMARK = "evaluation: {per_benchmark_jobs: true}\n"
 @pytest.mark.slow
 def test_changing_one_benchmark_reruns_its_evaluations_and_the_tables(world, tmp_path):
     jobs, out = _dry_run_jobs(world.parent.parent, COUNT_CHANGED, tmp_path)
-    assert set(jobs) == {"evaluate", "table", "world_accuracy_table", "fig2", "figF4", "fidelity", "curve", "curves",
-                         "all"}, out[-3000:]
+    assert set(jobs) == {"evaluate", "table", "world_accuracy_table", "fig2", "figF4", "fig6", "fidelity", "curve",
+                         "curves", "all"}, out[-3000:]
     for rule in ("train", "score", "reward", "generate", "mask"):
         assert rule not in jobs
 
@@ -224,7 +226,7 @@ def test_report_holds_every_table_and_figure(world, tmp_path):
     run = snakemake(world.parent.parent, "--report", str(report))
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     html = report.read_text(errors="replace")
-    for name in [*TABLE_ROWS, "fig2", "figF4", "curves", "fidelity"]:
+    for name in [*TABLE_ROWS, "fig2", "figF4", "fig6", "curves", "fidelity"]:
         assert name in html, name
 
 
