@@ -160,7 +160,9 @@ def test_the_first_logged_step_is_step_loss_on_its_batch(world, rewarded, tmp_pa
     _, path, _ = rewarded
     cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, seed=3, weights=LossWeights(beta=0.1, lam=0.5))
     stage = training.Stage(str(root / "teacher"), str(path), steps=1, ratio=0.1, name="r0.10")
-    log = training.train(str(root / "student"), [stage], questions, cfg, str(tmp_path / "out"), progress=False)
+    out = tmp_path / "runs/S/out"  # its parent is made too
+    log = training.train(str(root / "student"), [stage], questions, cfg, str(out), progress=False)
+    assert pd.read_csv(out / "train_log.csv").columns.tolist() == training.LOG_COLUMNS
     student, s_proc = load_checkpoint(root / "student")
     teacher, t_proc = load_checkpoint(root / "teacher")
     rows = training.load_stage_rows(stage, questions, cfg.sources)
@@ -171,6 +173,29 @@ def test_the_first_logged_step_is_step_loss_on_its_batch(world, rewarded, tmp_pa
     expected = training.step_loss(student, teacher.eval(), s_proc, t_proc, batch, cfg, vocab)
     assert log.loc[0, ["loss", "pg", "kl", "jsd"]].tolist() == pytest.approx(
         [expected[k] for k in ("loss", "pg", "kl", "jsd")], rel=1e-6, abs=1e-9)
+    assert log.loc[0, ["step", "stage", "teacher", "ratio", "lr"]].tolist() == [1, 0, "r0.10", 0.1, 1e-3]
+    means = batch[["r_acc", "r_distill", "r_total"]].mean()  # the batch's own rewards
+    assert log.loc[0, ["r_acc", "r_distill", "r_total"]].tolist() == pytest.approx(means.tolist())
+    assert means["r_acc"] != means["r_distill"] != means["r_total"]
+    empty = training.train(str(root / "student"), [stage], questions, cfg, str(tmp_path / "none"), max_steps=0,
+                           progress=False)
+    assert empty.empty and empty.columns.tolist() == training.LOG_COLUMNS
+
+
+def test_a_run_saved_after_its_first_step_resumes_with_that_step_logged(world, rewarded, tmp_path):
+    root, questions = world
+    _, path, _ = rewarded
+    stages = [training.Stage(str(root / "teacher"), str(path), steps=3, ratio=0.1, name="r0.10")]
+    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=1, seed=3)
+    run = lambda out, **kw: training.train(str(root / "student"), stages, questions, cfg,  # noqa: E731
+                                           str(tmp_path / out), progress=False, **kw)
+    straight = run("straight")
+    run("killed", max_steps=1)
+    resumed = run("killed")
+    assert list(resumed.step) == [1, 2, 3]
+    pd.testing.assert_frame_equal(straight, resumed, check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "killed/train_log.csv"), pd.read_csv(
+        tmp_path / "straight/train_log.csv"))
 
 
 def test_a_partial_run_of_another_student_is_not_resumed(world, rewarded, tmp_path, capsys):
