@@ -372,6 +372,29 @@ def test_a_resumed_run_runs_only_the_remaining_steps(world, rewarded, tmp_path, 
     assert list(log.step) == list(range(1, 7))
 
 
+def test_a_run_stopped_at_a_stage_end_resumes_at_the_next_stage(world, rewarded, tmp_path, monkeypatch):
+    """Three stages of 2 steps, saved only at stage ends: stopped after stage 0, the rerun runs
+    the 4 steps of stages 1 and 2 (each stage its own steps), and a rerun into a finished output
+    replaces it."""
+    root, questions = world
+    _, path, _ = rewarded
+    stages = [training.Stage(str(root / "teacher"), str(path), steps=2, ratio=r, name=f"r{r}") for r in (0.2, 0.1, 0.0)]
+    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=100, seed=3)
+    run = lambda **kw: training.train(str(root / "student"), stages, questions, cfg,  # noqa: E731
+                                      str(tmp_path / "run"), progress=False, **kw)
+    run(max_steps=2)
+    calls = []
+    real = training.step_loss
+    monkeypatch.setattr(training, "step_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    log = run()
+    assert len(calls) == 4 and list(log.step) == list(range(1, 7)) and list(log.stage) == [0, 0, 1, 1, 2, 2]
+    first = load_file(tmp_path / "run/final/model.safetensors")
+    again = run()  # the finished output is replaced by a new run (a partial state is gone: from scratch)
+    assert len(calls) == 10 and list(again.step) == list(range(1, 7))
+    second = load_file(tmp_path / "run/final/model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_a_tampered_resume_state_shows_in_the_result(world, rewarded, tmp_path):
     """The saved weights are what training continues from: tamper with them and the result moves."""
     from safetensors.torch import save_file
