@@ -220,3 +220,27 @@ def test_the_torch_backend_steps_as_step_loss_then_clip_and_adamw(world, rewarde
     moved = training.TorchBackend("meta")  # a device the models are not on: both are moved there
     assert moved.teacher(copy.deepcopy(teacher)).device.type == "meta"
     assert moved.prepare(copy.deepcopy(student), cfg).device.type == "meta"
+
+
+def test_a_teacher_that_encodes_prompts_otherwise_gets_its_own_batch(world, rewarded):  # noqa: F811
+    """A teacher whose processor encodes prompts differently (here: another system prompt in its
+    chat template) is run on a batch built by its own processor, not on the student's."""
+    import copy
+
+    from masters.forward import build_batch_from_rows, response_hidden_states
+    from masters.prompts import same_encoding
+
+    rows, path, (teacher, student, t_proc, s_proc) = rewarded
+    root, questions = world
+    batch = training.load_stage_rows(training.Stage("t", str(path), 1), questions, ("teacher", "student")).iloc[:3]
+    other = copy.deepcopy(t_proc)
+    other.chat_template = t_proc.chat_template.replace("You are a helpful assistant.", "You are a teacher.")
+    assert other.chat_template != t_proc.chat_template and not same_encoding(s_proc, other)
+    cfg = training.TrainConfig(weights=LossWeights(beta=0.1, lam=0.7))
+    with torch.no_grad():
+        own = response_hidden_states(teacher, build_batch_from_rows(other, batch))
+        shared = response_hidden_states(teacher, build_batch_from_rows(s_proc, batch))
+    assert not torch.equal(own, shared)
+    for t in (other, s_proc):
+        *_, t_hidden, _, _ = training._step_inputs(student, teacher, s_proc, t, batch, cfg, None)
+        torch.testing.assert_close(t_hidden, own if t is other else shared, rtol=0, atol=0)
