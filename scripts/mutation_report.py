@@ -173,6 +173,13 @@ def main() -> int:
     shorten = lambda text: text if len(text) <= 90 else text[:87] + "..."  # noqa: E731
     lines += [f"- `{name}` ({status}, {kind}): {why} — `{shorten(mutated)}`" for _, name, status, kind, why, mutated in rows]
     lines += [f"- `{name}` ({status}): **unexplained**" for _, name, status, _ in unexplained]
+    # a module none of whose mutants is checked in this mutants/ (a run limited to other modules,
+    # or a fresh one) keeps its lines from the previous list
+    idle = {m.removesuffix(".py").replace("/", ".") for m, counts in per_module.items()
+            if sum(counts.values()) == counts["not checked"]}
+    if args.out.exists():
+        lines += [line for line in args.out.read_text().splitlines()
+                  if line.startswith("- `") and line[3:].split(".x")[0] in idle]
     args.out.write_text("\n".join(lines) + "\n")
     for _, name, status, diff in unexplained[: args.show]:
         print(f"\n## {name} ({status})\n" + "\n".join(l for l in diff.splitlines() if l[:1] in "+-"))
