@@ -182,6 +182,19 @@ def test_the_first_logged_step_is_step_loss_on_its_batch(world, rewarded, tmp_pa
     assert empty.empty and empty.columns.tolist() == training.LOG_COLUMNS
 
 
+def test_responses_without_reward_parts_log_them_as_missing(world, rewarded, tmp_path):
+    """r_acc and r_distill are optional columns of a stage's responses: without them the log
+    holds NaN there, and r_total as given."""
+    root, questions = world
+    _, path, _ = rewarded
+    bare = tmp_path / "bare.parquet"
+    pd.read_parquet(path).drop(columns=["r_acc", "r_distill"]).to_parquet(bare)
+    stage = training.Stage(str(root / "teacher"), str(bare), steps=1, ratio=0.0, name="r0.00")
+    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, seed=3)
+    log = training.train(str(root / "student"), [stage], questions, cfg, str(tmp_path / "out"), progress=False)
+    assert log[["r_acc", "r_distill"]].isna().all().all() and log["r_total"].notna().all()
+
+
 def test_a_run_saved_after_its_first_step_resumes_with_that_step_logged(world, rewarded, tmp_path):
     root, questions = world
     _, path, _ = rewarded
