@@ -243,6 +243,13 @@ def curves_inputs(spec: dict[str, Any]) -> list[str]:
     return [run["curve"] for run in spec["runs"]]
 
 
+def eval_job(design: Design) -> str:
+    """The output kind (:mod:`masters.paths`) that names an evaluation job, its log and its
+    benchmark file: one job per (run, benchmark) with ``evaluation.per_benchmark_jobs``, else one
+    per run."""
+    return "evaluation" if design.config["evaluation"]["per_benchmark_jobs"] else "eval_run"
+
+
 def fig6_spec(design: Design) -> dict[str, Any]:
     """Fig. 6: the inference time of each model of a table on the benchmark suite, from its
     evaluation jobs' own timings (Snakemake's benchmark files: one per run, or one per run and
@@ -250,13 +257,13 @@ def fig6_spec(design: Design) -> dict[str, Any]:
     fig = design.config["figures"].get("fig6")
     if not fig:
         return {"table": None, "rows": []}
-    per_benchmark = design.config["evaluation"]["per_benchmark_jobs"]
-    benchmarks = design.tables[fig["table"]].get("benchmarks") or design.benchmarks
+    job = eval_job(design)
+    benchmarks = [None]  # one job per run: its file names no benchmark
+    if job == "evaluation":
+        benchmarks = design.tables[fig["table"]].get("benchmarks") or design.benchmarks
 
     def timings(run: str) -> list[str]:
-        if per_benchmark:
-            return [paths.benchmark(design.results, "evaluation").format(run=run, benchmark=b) for b in benchmarks]
-        return [paths.benchmark(design.results, "eval_run").format(run=run)]
+        return [paths.benchmark(design.results, job).format(run=run, benchmark=b) for b in benchmarks]
 
     return {"table": fig["table"], "rows": [{"model": r["model"], "label": r["label"],
                                              "timings": [timings(run) for run in r["runs"]]}

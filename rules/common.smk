@@ -165,11 +165,11 @@ def eval_samples():
 
 
 def eval_log():
-    return log_of("evaluation" if EVAL["per_benchmark_jobs"] else "eval_run")
+    return log_of(specs.eval_job(DESIGN))
 
 
 def eval_bench():
-    return bench_of("evaluation" if EVAL["per_benchmark_jobs"] else "eval_run")
+    return bench_of(specs.eval_job(DESIGN))
 
 
 def eval_benchmarks(w):
