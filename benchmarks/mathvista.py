@@ -73,8 +73,7 @@ def extract(response: str, doc: dict) -> str:
         letter = mcq.extract_letter(response, mcq.LETTERS[: len(choices)])
         if letter:
             return letter
-        named = [c for c in choices if c.lower() in response.lower()]
-        return named[0] if len(named) == 1 else ""
+        return mcq.mmbench_infer_text(response, dict(zip(mcq.LETTERS, choices)))  # the one choice named
     try:
         if kind == "integer":
             return str(int(response))
