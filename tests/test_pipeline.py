@@ -125,14 +125,23 @@ def test_rewards_are_normalized_per_group(rewarded):
     assert (rows.r_total == rows.r_acc + rows.r_distill).all()
 
 
-def _train(world, rewarded, out, max_steps=None, kind="masters", curve_every=0):
-    root, questions = world
+def _stages(world, rewarded, ratios=(0.1, 0.0), steps=3):
+    """Stages against the world's teacher at these ratios, each on the rewarded responses."""
+    root, _ = world
     _, path, _ = rewarded
-    stages = [training.Stage(str(root / "teacher"), str(path), steps=3, ratio=0.1, name="r0.10"),
-              training.Stage(str(root / "teacher"), str(path), steps=3, ratio=0.0, name="r0.00")]
+    return [training.Stage(str(root / "teacher"), str(path), steps=steps, ratio=r, name=f"r{r:.2f}") for r in ratios]
+
+
+def _run(world, stages, cfg, out, student="student", **kw):
+    """training.train of the world's student (or another checkpoint of the world) into ``out``."""
+    root, questions = world
+    return training.train(str(root / student), stages, questions, cfg, str(out), progress=False, **kw)
+
+
+def _train(world, rewarded, out, max_steps=None, kind="masters", curve_every=0):
     cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=2, seed=3, weights=LossWeights(kind=kind),
                                curve_every=curve_every)
-    return training.train(str(root / "student"), stages, questions, cfg, str(out), max_steps=max_steps, progress=False)
+    return _run(world, _stages(world, rewarded), cfg, out, max_steps=max_steps)
 
 
 def test_training_resumes_to_the_same_weights(world, rewarded, tmp_path):
@@ -157,11 +166,10 @@ def test_the_first_logged_step_is_step_loss_on_its_batch(world, rewarded, tmp_pa
     """train() computes its loss over the tokenizer's vocabulary (the student's head is padded
     wider) on the batch batch_order picks, against the stage's teacher."""
     root, questions = world
-    _, path, _ = rewarded
     cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, seed=3, weights=LossWeights(beta=0.1, lam=0.5))
-    stage = training.Stage(str(root / "teacher"), str(path), steps=1, ratio=0.1, name="r0.10")
+    [stage] = _stages(world, rewarded, ratios=[0.1], steps=1)
     out = tmp_path / "runs/S/out"  # its parent is made too
-    log = training.train(str(root / "student"), [stage], questions, cfg, str(out), progress=False)
+    log = _run(world, [stage], cfg, out)
     assert pd.read_csv(out / "train_log.csv").columns.tolist() == training.LOG_COLUMNS
     student, s_proc = load_checkpoint(root / "student")
     teacher, t_proc = load_checkpoint(root / "teacher")
@@ -177,8 +185,7 @@ def test_the_first_logged_step_is_step_loss_on_its_batch(world, rewarded, tmp_pa
     means = batch[["r_acc", "r_distill", "r_total"]].mean()  # the batch's own rewards
     assert log.loc[0, ["r_acc", "r_distill", "r_total"]].tolist() == pytest.approx(means.tolist())
     assert means["r_acc"] != means["r_distill"] != means["r_total"]
-    empty = training.train(str(root / "student"), [stage], questions, cfg, str(tmp_path / "none"), max_steps=0,
-                           progress=False)
+    empty = _run(world, [stage], cfg, tmp_path / "none", max_steps=0)
     assert empty.empty and empty.columns.tolist() == training.LOG_COLUMNS
 
 
@@ -190,18 +197,14 @@ def test_responses_without_reward_parts_log_them_as_missing(world, rewarded, tmp
     bare = tmp_path / "bare.parquet"
     pd.read_parquet(path).drop(columns=["r_acc", "r_distill"]).to_parquet(bare)
     stage = training.Stage(str(root / "teacher"), str(bare), steps=1, ratio=0.0, name="r0.00")
-    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, seed=3)
-    log = training.train(str(root / "student"), [stage], questions, cfg, str(tmp_path / "out"), progress=False)
+    log = _run(world, [stage], training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, seed=3), tmp_path / "out")
     assert log[["r_acc", "r_distill"]].isna().all().all() and log["r_total"].notna().all()
 
 
 def test_a_run_saved_after_its_first_step_resumes_with_that_step_logged(world, rewarded, tmp_path):
-    root, questions = world
-    _, path, _ = rewarded
-    stages = [training.Stage(str(root / "teacher"), str(path), steps=3, ratio=0.1, name="r0.10")]
-    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=1, seed=3)
-    run = lambda out, **kw: training.train(str(root / "student"), stages, questions, cfg,  # noqa: E731
-                                           str(tmp_path / out), progress=False, **kw)
+    stages, cfg = _stages(world, rewarded, ratios=[0.1]), training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5,
+                                                                                save_every=1, seed=3)
+    run = lambda out, **kw: _run(world, stages, cfg, tmp_path / out, **kw)  # noqa: E731
     straight = run("straight")
     run("killed", max_steps=1)
     resumed = run("killed")
@@ -212,12 +215,9 @@ def test_a_run_saved_after_its_first_step_resumes_with_that_step_logged(world, r
 
 
 def test_a_partial_run_of_another_student_is_not_resumed(world, rewarded, tmp_path, capsys):
-    root, questions = world
-    _, path, _ = rewarded
-    stages = [training.Stage(str(root / "teacher"), str(path), steps=3, ratio=0.1, name="r0.10")]
-    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=1, seed=3)
-    run = lambda student, out, **kw: training.train(str(root / student), stages, questions, cfg,  # noqa: E731
-                                                    str(tmp_path / out), progress=False, **kw)
+    stages, cfg = _stages(world, rewarded, ratios=[0.1]), training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5,
+                                                                                save_every=1, seed=3)
+    run = lambda student, out, **kw: _run(world, stages, cfg, tmp_path / out, student=student, **kw)  # noqa: E731
     run("student", "out", max_steps=2)
     log = run("teacher", "out")  # the teacher's checkpoint as the student: another run, from scratch
     assert "starting afresh" in capsys.readouterr().out and list(log.step) == [1, 2, 3]
@@ -389,12 +389,9 @@ def test_a_run_stopped_at_a_stage_end_resumes_at_the_next_stage(world, rewarded,
     """Three stages of 2 steps, saved only at stage ends: stopped after stage 0, the rerun runs
     the 4 steps of stages 1 and 2 (each stage its own steps), and a rerun into a finished output
     replaces it."""
-    root, questions = world
-    _, path, _ = rewarded
-    stages = [training.Stage(str(root / "teacher"), str(path), steps=2, ratio=r, name=f"r{r}") for r in (0.2, 0.1, 0.0)]
+    stages = _stages(world, rewarded, ratios=(0.2, 0.1, 0.0), steps=2)
     cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=100, seed=3)
-    run = lambda **kw: training.train(str(root / "student"), stages, questions, cfg,  # noqa: E731
-                                      str(tmp_path / "run"), progress=False, **kw)
+    run = lambda **kw: _run(world, stages, cfg, tmp_path / "run", **kw)  # noqa: E731
     run(max_steps=2)
     calls = []
     real = training.step_loss
