@@ -111,16 +111,19 @@ class DeepSpeedBackend:
         engine.eval()
         return engine.module
 
+    def _all_reduce(self, values: torch.Tensor, op=None) -> torch.Tensor:
+        """``values`` reduced over the processes (sum by default), on ``values``' own device. The
+        collective runs on this process's device: NCCL takes CUDA tensors only (gloo, CPU ones)."""
+        out = values.to(self.device, copy=True)
+        self.dist.all_reduce(out, op=self.dist.ReduceOp.SUM if op is None else op)
+        return out.to(values.device)
+
     def _most(self, count: int) -> int:
         """The largest ``count`` over the processes (each runs that many loss chunks)."""
-        most = torch.tensor([count])
-        self.dist.all_reduce(most, op=self.dist.ReduceOp.MAX)
-        return int(most)
+        return int(self._all_reduce(torch.tensor([count]), self.dist.ReduceOp.MAX))
 
     def _all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        values = values.clone()
-        self.dist.all_reduce(values)
-        return values
+        return self._all_reduce(values)
 
     def step(self, teacher, s_proc, t_proc, batch: pd.DataFrame, vocab: int, prompts: dict) -> dict[str, float]:
         from masters.training import step_loss_checkpointed
