@@ -11,6 +11,7 @@
 #   bash scripts/gpu_check.sh run       # there: carry .whl and results/gpu_check; with the device
 #       tool, $OUT receives the log, the timings and both Table 1s
 #   GPU_CHECK_CPU=1 bash scripts/gpu_check.sh run   # rehearsal here: the same jobs on the CPU (.venv)
+# On the GPU it ends with bench/bench_jsd_gpu.py (token_jsd vs TRL's and Liger-Kernel's JSD).
 #
 # Nothing of it is part of CI (no GPU there); the smoke DAG it runs is.
 set -euo pipefail
@@ -29,7 +30,7 @@ prepare() {
     rm -rf .whl && mkdir .whl
     # the pinned closure of masters' and deepspeed's requirements, minus what the image has
     $py - "${CARRY_ANYWAY[@]}" > .whl/requirements.txt <<'PY'
-import importlib.metadata as md, re, sys
+import importlib.metadata as md, re, sys, tomllib
 from packaging.requirements import Requirement
 
 norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
@@ -45,6 +46,9 @@ keep = set(map(norm, sys.argv[1:]))
 for name, version in sorted(seen.items()):
     if name != "masters" and (name not in image or name in keep):
         print(f"{name}=={version}")
+# the peers of bench/bench_jsd_gpu.py (the bench extra, pinned there); their own needs are in the image
+for req in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]:
+    print(req)
 PY
     local platforms=()
     for n in 17 24 27 28 31 34; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
@@ -83,7 +87,12 @@ PY
 }
 
 smk() {  # targets first: --configfile and --forcerun take every word after them
-    "$PY" -m snakemake --cores "$(nproc)" "$@" --quiet reason --configfile "${CONFIGS[@]}"
+    "$PY" -m snakemake --cores "$(nproc)" "$@" --quiet reason --configfile "${CONFIGS[@]}" && return
+    local status=$? log  # the failed jobs' own logs (nothing else of the machine comes back)
+    for log in $(grep -l -i -E "error|exception|traceback" -r "$RESULTS"*/logs 2>/dev/null); do
+        echo "=== $log" && tail -n 25 "$log"
+    done
+    return $status
 }
 
 run() {
@@ -122,6 +131,11 @@ run() {
     smk "$ds/tables/table1.csv" --forcerun train
     echo "gpu_check: deepspeed backend, retraining and evaluating in $((SECONDS - t0)) s"
     summary "$ds" deepspeed
+    # issue #16: the distillation JSD against TRL's and Liger-Kernel's fused one (CUDA only)
+    if [ -z "${GPU_CHECK_CPU:-}" ]; then
+        TRL_EXPERIMENTAL_SILENCE=1 timeout 180 $PY bench/bench_jsd_gpu.py --json "$OUT_DIR/jsd_gpu.json" \
+            || echo "gpu_check: bench/bench_jsd_gpu.py failed (exit $?)"
+    fi
 }
 
 case "${1:-}" in
