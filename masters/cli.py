@@ -272,7 +272,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = training.TrainConfig(lr=args.lr, batch_size=args.batch_size, grad_clip=args.grad_clip,
                                chunk_size=args.chunk_size, save_every=args.save_every,
                                curve_every=args.curve_every, seed=args.seed,
-                               weights=LossWeights(beta=args.beta, lam=args.lam, kind=args.loss),
+                               weights=LossWeights(beta=args.beta, lam=args.lam, kind=args.loss,
+                                                   divergence=args.divergence, skew=args.skew),
                                sources=tuple(args.sources))
     backend = None
     if args.backend == "deepspeed":
@@ -506,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     for key, kind in (("lr", float), ("batch_size", int), ("beta", float), ("lam", float), ("grad_clip", float),
                       ("chunk_size", int), ("save_every", int)):
         _setting(p, "--" + key.replace("_", "-"), f"training.{key}", kind)
+    _setting(p, "--divergence", "training.divergence", choices=["jsd", "skl", "srkl"])
+    _setting(p, "--skew", "training.skew", float)
     p.add_argument("--curve-every", type=int, default=0,
                    help="also save a checkpoint every N steps (and before the first) under OUT/steps/stepN,"
                         " for learning curves; 0: none")

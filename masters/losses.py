@@ -13,7 +13,9 @@ Per response token t of response j (advantage A_j):
   with the gradient through the student.
 
 Loss = mean of ℓ_t over all response tokens of the batch. The ``jsd`` variant (naive,
-mask-progressive and multi-response distillation, METHOD.md §7) keeps only λ·JSD_t.
+mask-progressive and multi-response distillation, METHOD.md §7) keeps only λ·JSD_t. Table 5f
+puts another distillation objective in the JSD's place (``LossWeights.divergence``: DistiLLM's
+skew KL or skew reverse KL, :mod:`masters.divergences`); the ``jsd`` tensors below then hold it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from masters.config import default
+from masters.divergences import DIVERGENCES
 
 LOSS_KINDS = ("jsd", "masters")
 
@@ -32,10 +35,17 @@ class LossWeights:
     beta: float = default("training.beta")  # KL to the reference
     lam: float = default("training.lam")  # JSD distillation term
     kind: str = "masters"  # "masters" (GRPO + β·KL + λ·JSD) or "jsd" (λ·JSD only)
+    # the distillation term in place of the JSD (masters.divergences; Table 5f) and its skew α
+    divergence: str = default("training.divergence")
+    skew: float = default("training.skew")
 
     def __post_init__(self):
         if self.kind not in LOSS_KINDS:
             raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got {self.kind!r}")
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
+        if not 0 <= self.skew < 1:
+            raise ValueError(f"skew must be in [0, 1), got {self.skew}")
         if self.beta < 0 or self.lam < 0:
             raise ValueError(f"beta and lam must be >= 0, got beta={self.beta}, lam={self.lam}")
 

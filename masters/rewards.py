@@ -80,6 +80,13 @@ def token_jsd(
     *before* the softmax. Returns float32 ``[..., T]``; differentiable w.r.t. both inputs.
     Computed ``chunk_size`` positions at a time (log_softmax in float32 per chunk).
     """
+    return per_position(_chunk_jsd, teacher_logits, student_logits, vocab_size, chunk_size)
+
+
+def per_position(fn, teacher_logits: torch.Tensor, student_logits: torch.Tensor, vocab_size: int | None = None,
+                 chunk_size: int = 256) -> torch.Tensor:
+    """``fn(t, s)`` (one value per row of two ``[n, V]`` logit blocks) over ``[..., T, V]`` logits,
+    ``chunk_size`` positions at a time, both cut to ``vocab_size`` first (see :func:`token_jsd`)."""
     import torch
 
     if teacher_logits.dim() < 1 or student_logits.dim() < 1:
@@ -104,10 +111,7 @@ def token_jsd(
     n = t.shape[0]
     if n == 0:
         return torch.zeros(lead, dtype=torch.float32, device=student_logits.device)
-    parts = [
-        _chunk_jsd(t[a : a + chunk_size, :vocab_size], s[a : a + chunk_size, :vocab_size])
-        for a in range(0, n, chunk_size)
-    ]
+    parts = [fn(t[a : a + chunk_size, :vocab_size], s[a : a + chunk_size, :vocab_size]) for a in range(0, n, chunk_size)]
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
     return out.reshape(lead)
 

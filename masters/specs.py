@@ -74,6 +74,7 @@ def train_args(design: Design, student: str, experiment: str, seed: int) -> str:
     return (f"{stages} --loss {exp.loss} --sources {' '.join(sources)} --lr {t['lr']}"
             f" --batch-size {t['batch_size']} --beta {t['beta']} --lam {t['lam']} --grad-clip {t['grad_clip']}"
             f" --chunk-size {t['chunk_size']} --save-every {t['save_every']}{curve} --seed {seed}"
+            + (f" --divergence {t['divergence']} --skew {t['skew']}" if t["divergence"] != "jsd" else "")
             + _deepspeed_flags(design.config["training"]))
 
 

@@ -123,6 +123,8 @@ def paper_table(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     Each row's Avg is the mean over ``benchmarks`` of that seed, then averaged over seeds.
     Literature rows (model, one column per benchmark) are appended, labelled *reported*;
     a benchmark they do not report stays empty and their Avg is left empty unless all are given.
+    A literature column named like a descriptive column of the measured rows (``columns``, e.g.
+    Table 5f's ``Masters``) fills that cell of the reported row.
     """
     benchmarks = list(spec["benchmarks"])
     index, means, stds, cells = [], [], [], []
@@ -140,8 +142,9 @@ def paper_table(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         means.append(frame.mean())
         stds.append(frame.std(ddof=1) if len(frame) > 1 else frame.iloc[0] * 0.0)
         cells.append(row.get("columns") or {})
+    descriptive = list(dict.fromkeys(k for row in spec.get("rows", []) for k in (row.get("columns") or {})))
     if spec.get("literature"):
-        reported = pd.read_csv(spec["literature"])
+        reported = pd.read_csv(spec["literature"], keep_default_na=False, na_values=[""])
         if "model" not in reported.columns:
             raise KeyError(f"{spec['literature']}: the literature file needs a `model` column")
         for _, rec in reported.iterrows():
@@ -150,7 +153,7 @@ def paper_table(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             index.append((str(rec["model"]), "reported"))
             means.append(values)
             stds.append(values * float("nan"))
-            cells.append({})
+            cells.append({k: str(rec[k]) for k in descriptive if k in reported.columns and pd.notna(rec[k])})
     columns = benchmarks + ["Avg"]
     keys = pd.DataFrame(index, columns=["model", "row"])  # rows may repeat a label (Table 5d)
     mean = pd.DataFrame(means, columns=columns).reset_index(drop=True) if index else pd.DataFrame(columns=columns)

@@ -44,7 +44,8 @@ from masters.forward import build_batch_from_rows, chunked_logits, response_hidd
 from masters.generation import check_columns
 from masters.losses import LossWeights, token_losses
 from masters.prompts import same_encoding
-from masters.rewards import check_same_tokenizer, group_advantages, token_jsd
+from masters.divergences import token_divergence
+from masters.rewards import check_same_tokenizer, group_advantages
 
 TRAIN_COLUMNS = ["question_id", "source", "token_ids", "r_total", "ref_logprobs"]
 LOG_COLUMNS = ["step", "stage", "teacher", "ratio", "loss", "pg", "kl", "jsd", "r_acc", "r_distill", "r_total", "lr"]
@@ -124,7 +125,8 @@ def _chunk_terms(s_logits, t_logits, targets, ref, adv, cfg: TrainConfig, vocab:
     logp = torch.log_softmax(s_logits[:, :vocab], dim=-1)
     logp_tok = logp.gather(1, targets[:, None]).squeeze(1)
     if t_logits is not None:
-        jsd = token_jsd(t_logits, s_logits, vocab_size=vocab, chunk_size=cfg.chunk_size)
+        w = cfg.weights
+        jsd = token_divergence(w.divergence, t_logits, s_logits, w.skew, vocab_size=vocab, chunk_size=cfg.chunk_size)
     else:
         jsd = torch.zeros_like(logp_tok)
     return token_losses(logp_tok, ref, adv, jsd, cfg.weights)
@@ -259,8 +261,11 @@ def fingerprint(student_dir: str, stages: list[Stage], cfg: TrainConfig) -> str:
     """Hash of what a run's result depends on (not the file contents: a workflow reruns on those)."""
     from dataclasses import asdict
 
+    config = asdict(cfg)
+    if cfg.weights.divergence == "jsd":  # a JSD run's fingerprint as before these settings: it still resumes
+        del config["weights"]["divergence"], config["weights"]["skew"]
     return checkpoint_fingerprint({"student": str(student_dir), "stages": [asdict(s) for s in stages],
-                                   "config": asdict(cfg)})
+                                   "config": config})
 
 
 def partial_dir(out_dir: str | Path) -> Path:

@@ -14,8 +14,8 @@ from masters.experiments import Design
 from tests.conftest import REPO
 
 FAMILIES = {  # family: (models fetched, masked teachers, trained runs)
-    "qwen2_5_vl": (3, 14, 23),  # mid 0.05..0.2 (4) + large 0.05..0.5 (10)
-    "internvl3_5": (3, 14, 23),
+    "qwen2_5_vl": (3, 14, 25),  # mid 0.05..0.2 (4) + large 0.05..0.5 (10); Table 5f's 2 runs
+    "internvl3_5": (3, 14, 25),
     "qwen3_vl": (2, 10, 17),  # one teacher, 0.05..0.5
 }
 
@@ -117,8 +117,8 @@ def test_the_memory_plan_command_prints_each_family(capsys):
     assert "| Qwen3-VL-8B | GPUs |" in out and "| train | 8 | 32.0 | yes |" in out  # (128 + 64) / 8 + 8
 
 
-def test_the_reported_rows_are_the_papers_tables_3_and_4(tmp_path):
-    """configs/paper/reported_table{3,4}.csv equal a fresh parse of the paper's text (nothing
+def test_the_reported_rows_are_the_papers_tables_3_4_and_5f(tmp_path):
+    """configs/paper/reported_table{3,4,5f}.csv equal a fresh parse of the paper's text (nothing
     typed in by hand), and a table renders them after the measured rows, labelled reported,
     with the paper's "-" kept empty and no Avg over a missing benchmark."""
     import importlib.util
@@ -131,9 +131,10 @@ def test_the_reported_rows_are_the_papers_tables_3_and_4(tmp_path):
     spec = importlib.util.spec_from_file_location("reported_rows", REPO / "scripts/reported_rows.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for table, count in ((3, 35), (4, 22)):
+    for table, count in ((3, 35), (4, 22), ("5f", 8)):
         shipped = pd.read_csv(REPO / f"configs/paper/reported_table{table}.csv", dtype=str, keep_default_na=False)
-        parsed = pd.DataFrame(module.parse(seed.read_text(), table))
+        text = seed.read_text()
+        parsed = pd.DataFrame(module.parse_5f(text) if table == "5f" else module.parse(text, table))
         pd.testing.assert_frame_equal(shipped, parsed)
         assert len(shipped) == count
     mean, _, _ = paper_table({"benchmarks": ["ai2d", "chartqa", "mmvet"], "average": False,
@@ -144,6 +145,26 @@ def test_the_reported_rows_are_the_papers_tables_3_and_4(tmp_path):
     assert qwen["Avg"] == pytest.approx((88.6 + 95.6 + 81.7) / 3)
     config = load(configs("qwen2_5_vl"), REPO)
     assert config["tables"]["table4"]["literature"] == "configs/paper/reported_table4.csv"
+    # Table 5f: each method's pair of rows, without ("-") and with ("+") Masters, in its Masters cell
+    spec = {"benchmarks": config["tables"]["table5f"]["benchmarks"], "average": False,
+            "literature": str(REPO / config["tables"]["table5f"]["literature"]), "rows": []}
+    mean, _, extra = paper_table(spec)
+    assert extra.empty or "Masters" not in extra.columns  # no measured row names the column: not shown
+    spec["rows"] = [{"model": "S", "label": "DistiLLM", "columns": {"Masters": "+"},
+                     "results": [[_result(tmp_path, {b: 50.0 for b in spec["benchmarks"]})]]}]
+    mean, _, extra = paper_table(spec)
+    ril = [i for i, key in enumerate(mean.index) if key == ("RIL-8B", "reported")]
+    assert [extra.iloc[i]["Masters"] for i in ril] == ["-", "+"]
+    assert [mean.iloc[i]["mmstar"] for i in ril] == [78.6, 74.0]  # the paper's one drop with Masters
+    assert extra.iloc[0]["Masters"] == "+" and mean.iloc[0]["mmstar"] == 50.0
+
+
+def _result(tmp_path, accuracy: dict) -> str:
+    """One checkpoint's result file, as the evaluate rule writes it."""
+    from masters.tables import write_results
+
+    summary = {"model": "x", "accuracy": accuracy, "n": dict.fromkeys(accuracy, 10)}
+    return str(write_results(summary, "x", out=tmp_path / "result.json")[0])
 
 
 def test_a_snapshot_job_gets_the_repository_revision_and_quoted_patterns():

@@ -236,8 +236,21 @@ def test_the_fingerprint_tells_apart_student_stages_and_settings(world, rewarded
     others = [training.fingerprint(str(root / "teacher"), [stage], cfg),
               training.fingerprint(str(root / "student"), [stage, stage], cfg),
               training.fingerprint(str(root / "student"), [training.Stage(stage.teacher, stage.responses, 4)], cfg),
-              training.fingerprint(str(root / "student"), [stage], training.TrainConfig(lr=0.5))]
-    assert len({key, *others}) == 5
+              training.fingerprint(str(root / "student"), [stage], training.TrainConfig(lr=0.5)),
+              training.fingerprint(str(root / "student"), [stage], training.TrainConfig(weights=LossWeights(divergence="srkl"))),
+              training.fingerprint(str(root / "student"), [stage],
+                                   training.TrainConfig(weights=LossWeights(divergence="srkl", skew=0.2)))]
+    assert len({key, *others}) == 7
+    # the skew of a JSD run changes nothing, and a JSD run keeps the fingerprint it had before
+    # the divergence settings existed (its partial runs still resume)
+    assert key == training.fingerprint(str(root / "student"), [stage], training.TrainConfig(weights=LossWeights(skew=0.3)))
+    from dataclasses import asdict
+
+    from masters.checkpoints import fingerprint as hash_of
+
+    before = asdict(cfg)
+    before["weights"] = {k: before["weights"][k] for k in ("beta", "lam", "kind")}
+    assert key == hash_of({"student": str(root / "student"), "stages": [asdict(stage)], "config": before})
 
 
 def test_partial_run_of_other_settings_is_not_resumed(world, rewarded, tmp_path):

@@ -79,6 +79,22 @@ def test_deepspeed_settings_reach_the_train_command():
     assert "--deepspeed-config" not in specs.train_args(Design(CONFIG), "S", "mid_masters", 0)
 
 
+def test_an_experiments_divergence_reaches_the_train_command_and_only_there():
+    """Table 5f: DistiLLM's skew reverse KL in place of the JSD; the JSD runs' commands (hence
+    Snakemake's params and their results) stay as they were."""
+    from masters.cli import build_parser
+
+    d = Design(CONFIG)
+    for name, exp in d.experiments.items():
+        args = specs.train_args(d, "S", name, 0) if exp.train else ""
+        assert ("--divergence" in args) == (exp.training["divergence"] != "jsd"), name
+    args = shlex.split(specs.train_args(d, "S", "distillm_masters", 0))
+    parsed = build_parser().parse_args(["train", "--student", "s", "--questions", "q", "--out", "o", *args])
+    assert (parsed.divergence, parsed.skew, parsed.loss) == ("srkl", 0.1, "masters")
+    assert d.experiments["distillm"].loss == "jsd" and d.experiments["distillm"].plan == d.experiments["multi_response"].plan
+    assert d.experiments["distillm_masters"].plan == d.experiments["masters"].plan
+
+
 def test_fig2_and_figf4_specs():
     d = Design(CONFIG)
     fig2 = specs.fig2_spec(d)
