@@ -507,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     for key, kind in (("lr", float), ("batch_size", int), ("beta", float), ("lam", float), ("grad_clip", float),
                       ("chunk_size", int), ("save_every", int)):
         _setting(p, "--" + key.replace("_", "-"), f"training.{key}", kind)
-    _setting(p, "--divergence", "training.divergence", choices=["jsd", "skl", "srkl"])
+    from masters.divergences import DIVERGENCES  # light: no torch at import
+
+    _setting(p, "--divergence", "training.divergence", choices=list(DIVERGENCES))
     _setting(p, "--skew", "training.skew", float)
     p.add_argument("--curve-every", type=int, default=0,
                    help="also save a checkpoint every N steps (and before the first) under OUT/steps/stepN,"

@@ -27,8 +27,9 @@ from masters.rewards import _chunk_jsd, per_position
 if TYPE_CHECKING:
     import torch
 
-#: The divergences the training loss can use (config ``training.divergence``).
-DIVERGENCES = ("jsd", "skl", "srkl")
+#: The divergences the training loss can use (config ``training.divergence``): the JSD, DistiLLM's
+#: skew KL and skew reverse KL, and the plain forward KL (LLaVA-KD's MDist) and reverse KL.
+DIVERGENCES = ("jsd", "skl", "srkl", "kl", "rkl")
 
 
 def _chunk_skew_kl(t: torch.Tensor, s: torch.Tensor, alpha: float, reverse: bool) -> torch.Tensor:
@@ -58,9 +59,11 @@ def token_skew_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, al
 def token_divergence(kind: str, teacher_logits: torch.Tensor, student_logits: torch.Tensor, skew: float = 0.1,
                      vocab_size: int | None = None, chunk_size: int = 256) -> torch.Tensor:
     """The distillation term D_t of ``kind`` (:data:`DIVERGENCES`) per position; ``skew`` is the
-    α of ``skl`` / ``srkl``."""
+    α of ``skl`` / ``srkl`` (``kl`` / ``rkl``: α = 0)."""
     if kind == "jsd":
         return per_position(_chunk_jsd, teacher_logits, student_logits, vocab_size, chunk_size)
     if kind in ("skl", "srkl"):
         return token_skew_kl(teacher_logits, student_logits, skew, kind == "srkl", vocab_size, chunk_size)
+    if kind in ("kl", "rkl"):
+        return token_skew_kl(teacher_logits, student_logits, 0.0, kind == "rkl", vocab_size, chunk_size)
     raise ValueError(f"divergence must be one of {DIVERGENCES}, got {kind!r}")

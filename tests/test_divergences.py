@@ -97,13 +97,15 @@ def test_chunks_hold_at_most_chunk_size_positions(monkeypatch):
 
 def test_token_divergence_dispatches_by_kind():
     t, s = _logits(6, (5, 30), (5, 30))
-    assert DIVERGENCES == ("jsd", "skl", "srkl")
+    assert DIVERGENCES == ("jsd", "skl", "srkl", "kl", "rkl")
+    assert torch.equal(token_divergence("kl", t, s, 0.3), token_skew_kl(t, s, 0.0))
+    assert torch.equal(token_divergence("rkl", t, s, 0.3), token_skew_kl(t, s, 0.0, reverse=True))
     assert torch.equal(token_divergence("jsd", t, s), token_jsd(t, s))
     assert torch.equal(token_divergence("skl", t, s, 0.3), token_skew_kl(t, s, 0.3))
     assert torch.equal(token_divergence("srkl", t, s, 0.3), token_skew_kl(t, s, 0.3, reverse=True))
     assert not torch.allclose(token_divergence("skl", t, s, 0.3), token_divergence("srkl", t, s, 0.3))
     with pytest.raises(ValueError, match="divergence must be one of"):
-        token_divergence("kl", t, s)
+        token_divergence("mse", t, s)
     with pytest.raises(ValueError, match=r"skew alpha must be in \[0, 1\)"):
         token_skew_kl(t, s, 1.0)
     with pytest.raises(ValueError, match="skew must be in"):
