@@ -262,6 +262,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from masters.losses import LossWeights
     from masters.questions import load_questions
 
+    if args.backend == "deepspeed" and (args.visual_kl or args.rdist or args.frozen):
+        raise SystemExit("masters train: --visual-kl, --rdist and --frozen (LLaVA-KD's terms) run with --backend torch"
+                         " only, not deepspeed")
     if args.backend == "deepspeed" and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: launch
         from masters.zero import relaunch
 
@@ -273,8 +276,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                                chunk_size=args.chunk_size, save_every=args.save_every,
                                curve_every=args.curve_every, seed=args.seed,
                                weights=LossWeights(beta=args.beta, lam=args.lam, kind=args.loss,
-                                                   divergence=args.divergence, skew=args.skew),
-                               sources=tuple(args.sources))
+                                                   divergence=args.divergence, skew=args.skew,
+                                                   visual_kl=args.visual_kl, rdist=args.rdist, nll=args.nll),
+                               sources=tuple(args.sources), frozen=tuple(args.frozen))
     backend = None
     if args.backend == "deepspeed":
         from masters.zero import DeepSpeedBackend
@@ -511,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _setting(p, "--divergence", "training.divergence", choices=list(DIVERGENCES))
     _setting(p, "--skew", "training.skew", float)
+    for key in ("visual_kl", "rdist", "nll"):
+        _setting(p, "--" + key.replace("_", "-"), f"training.{key}", float)
+    _setting(p, "--frozen", "training.frozen", nargs="*", choices=["vision", "projector", "llm"])
     p.add_argument("--curve-every", type=int, default=0,
                    help="also save a checkpoint every N steps (and before the first) under OUT/steps/stepN,"
                         " for learning curves; 0: none")

@@ -25,7 +25,8 @@ from masters.config import ConfigError, plan_entry, validated
 from masters.schedule import plan_stages, ratio_str, ratios
 
 ROLES = ("large", "mid")
-TRAINING_KEYS = ("steps", "batch_size", "lr", "beta", "lam", "divergence", "skew", "grad_clip", "chunk_size", "save_every")
+TRAINING_KEYS = ("steps", "batch_size", "lr", "beta", "lam", "divergence", "skew", "visual_kl", "rdist", "nll", "frozen",
+                 "grad_clip", "chunk_size", "save_every")
 
 
 class DesignError(ValueError):

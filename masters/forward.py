@@ -25,11 +25,13 @@ class ResponseBatch:
     predicts_response: torch.Tensor  # [B, T] bool: position t predicts a response token (t+1)
     targets: torch.Tensor  # [N] the response tokens, row by row
     lengths: list[int]  # response lengths per row (sum = N)
+    visual: torch.Tensor | None = None  # [B, T] bool: the image placeholders' positions (visual tokens)
 
     def to(self, device) -> ResponseBatch:
         """The batch on ``device`` (the model's); on the CPU, the same tensors."""
         inputs = {k: v.to(device) for k, v in self.inputs.items()}
-        return ResponseBatch(inputs, self.predicts_response.to(device), self.targets.to(device), self.lengths)
+        visual = self.visual.to(device) if self.visual is not None else None
+        return ResponseBatch(inputs, self.predicts_response.to(device), self.targets.to(device), self.lengths, visual)
 
 
 def build_batch(processor, images, questions, responses: list[list[int]], enc=None) -> ResponseBatch:
@@ -69,7 +71,9 @@ def build_batch(processor, images, questions, responses: list[list[int]], enc=No
     if mm_types is not None:
         inputs["mm_token_type_ids"] = mm_types
     targets = torch.cat([torch.tensor(r, dtype=torch.long) for r in responses])
-    return ResponseBatch(inputs, predicts, targets, [len(r) for r in responses])
+    image = getattr(processor, "image_token_id", None)
+    visual = input_ids == image if isinstance(image, int) else torch.zeros_like(predicts)
+    return ResponseBatch(inputs, predicts, targets, [len(r) for r in responses], visual)
 
 
 def encode_rows(processor, rows, cache: dict | None = None):
@@ -105,10 +109,19 @@ def build_batch_from_rows(processor, rows, cache: dict | None = None) -> Respons
                        enc=encode_rows(processor, rows, cache))
 
 
+def sequence_hidden_states(model, batch: ResponseBatch) -> torch.Tensor:
+    """The decoder's final hidden states at every position: ``[B, T, H]``."""
+    return model.model(**batch.inputs, use_cache=False)[0]
+
+
 def response_hidden_states(model, batch: ResponseBatch) -> torch.Tensor:
     """Final hidden states at the positions that predict response tokens: ``[N, H]``."""
-    hidden = model.model(**batch.inputs, use_cache=False)[0]
-    return hidden[batch.predicts_response]
+    return sequence_hidden_states(model, batch)[batch.predicts_response]
+
+
+def visual_token_counts(batch: ResponseBatch) -> list[int]:
+    """How many visual tokens (image placeholders) each row holds."""
+    return batch.visual.sum(dim=1).tolist()
 
 
 def chunked_logits(model, hidden: torch.Tensor, chunk_size: int) -> Iterator[tuple[slice, torch.Tensor]]:

@@ -79,18 +79,29 @@ def part_of(name: str) -> str:
     raise ValueError(f"parameter {name!r} is in none of {sorted(MODEL_PARTS)}: not a supported VLM layout")
 
 
+def freeze(model, parts: Sequence[str]) -> list[str]:
+    """Freeze the parameters of ``parts`` (``requires_grad`` False), train all others; returns
+    the names that train. No parts: nothing changes (any layout)."""
+    if not parts:
+        return [name for name, param in model.named_parameters() if param.requires_grad]
+    unknown = set(parts) - set(MODEL_PARTS)
+    if unknown:
+        raise ValueError(f"parts {sorted(unknown)} are none of {sorted(MODEL_PARTS)}")
+    names = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(part_of(name) not in parts)
+        if param.requires_grad:
+            names.append(name)
+    return names
+
+
 def trainable_parameters(model, stage: str) -> list[str]:
     """Set ``requires_grad`` for ``stage`` of :data:`RECIPE` (its parts train, the rest is frozen);
     returns the names that train."""
     recipe = {s.name: s for s in RECIPE}
     if stage not in recipe:
         raise ValueError(f"LLaVA-KD stage must be one of {list(recipe)}, got {stage!r}")
-    names = []
-    for name, param in model.named_parameters():
-        param.requires_grad_(part_of(name) in recipe[stage].trains)
-        if param.requires_grad:
-            names.append(name)
-    return names
+    return freeze(model, [part for part in MODEL_PARTS if part not in recipe[stage].trains])
 
 
 def mdist(teacher_logits: torch.Tensor, student_logits: torch.Tensor, vocab_size: int | None = None,

@@ -38,6 +38,10 @@ class LossWeights:
     # the distillation term in place of the JSD (masters.divergences; Table 5f) and its skew α
     divergence: str = default("training.divergence")
     skew: float = default("training.skew")
+    # LLaVA-KD's terms (masters.llava_kd): visual MDist, RDist, and the autoregressive L_reg
+    visual_kl: float = default("training.visual_kl")
+    rdist: float = default("training.rdist")
+    nll: float = default("training.nll")
 
     def __post_init__(self):
         if self.kind not in LOSS_KINDS:
@@ -46,8 +50,15 @@ class LossWeights:
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
         if not 0 <= self.skew < 1:
             raise ValueError(f"skew must be in [0, 1), got {self.skew}")
+        if min(self.visual_kl, self.rdist, self.nll) < 0:
+            raise ValueError(f"visual_kl, rdist and nll must be >= 0, got {self.visual_kl}, {self.rdist}, {self.nll}")
         if self.beta < 0 or self.lam < 0:
             raise ValueError(f"beta and lam must be >= 0, got beta={self.beta}, lam={self.lam}")
+
+    @property
+    def visual(self) -> bool:
+        """Whether a visual-token term (LLaVA-KD's visual MDist or RDist) is on."""
+        return self.visual_kl > 0 or self.rdist > 0
 
 
 def k3_kl(logp_theta: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
@@ -77,12 +88,14 @@ def token_losses(
             f"per-token tensors must share one shape, got {tuple(logp_theta.shape)}, {tuple(logp_ref.shape)}, "
             f"{tuple(advantages.shape)}, {tuple(jsd.shape)}"
         )
+    # LLaVA-KD's L_reg, −log π_θ(y_t), when asked for (nll 0: the loss is exactly Eq. 8's)
+    reg = weights.nll * -logp_theta if weights.nll else 0.0
     if weights.kind == "jsd":
         zero = torch.zeros_like(jsd)
-        return {"loss": weights.lam * jsd, "pg": zero, "kl": zero.detach(), "jsd": jsd}
+        return {"loss": weights.lam * jsd + reg, "pg": zero, "kl": zero.detach(), "jsd": jsd}
     pg = policy_ratio(logp_theta) * advantages
     kl = k3_kl(logp_theta, logp_ref)
-    return {"loss": -(pg - weights.beta * kl) + weights.lam * jsd, "pg": pg, "kl": kl, "jsd": jsd}
+    return {"loss": -(pg - weights.beta * kl) + weights.lam * jsd + reg, "pg": pg, "kl": kl, "jsd": jsd}
 
 
 def masters_loss(

@@ -75,6 +75,8 @@ def train_args(design: Design, student: str, experiment: str, seed: int) -> str:
             f" --batch-size {t['batch_size']} --beta {t['beta']} --lam {t['lam']} --grad-clip {t['grad_clip']}"
             f" --chunk-size {t['chunk_size']} --save-every {t['save_every']}{curve} --seed {seed}"
             + (f" --divergence {t['divergence']} --skew {t['skew']}" if t["divergence"] != "jsd" else "")
+            + "".join(f" --{k.replace('_', '-')} {t[k]}" for k in ("visual_kl", "rdist", "nll") if t[k])
+            + (f" --frozen {' '.join(t['frozen'])}" if t["frozen"] else "")
             + _deepspeed_flags(design.config["training"]))
 
 

@@ -40,15 +40,17 @@ from tqdm import tqdm
 from masters.checkpoints import fingerprint as checkpoint_fingerprint
 from masters.checkpoints import load_checkpoint, save_checkpoint
 from masters.config import default
-from masters.forward import build_batch_from_rows, chunked_logits, response_hidden_states
+from masters.divergences import token_divergence
+from masters.forward import build_batch_from_rows, chunked_logits, sequence_hidden_states, visual_token_counts
 from masters.generation import check_columns
+from masters.llava_kd import freeze, mdist, rdist
 from masters.losses import LossWeights, token_losses
 from masters.prompts import same_encoding
-from masters.divergences import token_divergence
 from masters.rewards import check_same_tokenizer, group_advantages
 
 TRAIN_COLUMNS = ["question_id", "source", "token_ids", "r_total", "ref_logprobs"]
-LOG_COLUMNS = ["step", "stage", "teacher", "ratio", "loss", "pg", "kl", "jsd", "r_acc", "r_distill", "r_total", "lr"]
+LOG_COLUMNS = ["step", "stage", "teacher", "ratio", "loss", "pg", "kl", "jsd", "r_acc", "r_distill", "r_total", "lr",
+               "vis", "rel"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     weights: LossWeights = field(default_factory=LossWeights)
     sources: tuple[str, ...] = ("teacher", "student")
+    frozen: tuple[str, ...] = ()  # parts of the student that do not train (masters.llava_kd.MODEL_PARTS)
 
 
 def load_stage_rows(stage: Stage, questions: pd.DataFrame, sources: tuple[str, ...]) -> pd.DataFrame:
@@ -102,22 +105,45 @@ def batch_order(n_rows: int, batch_size: int, seed: int, stage: int, step: int) 
     return perm[k * batch_size : (k + 1) * batch_size] if n_rows >= batch_size else perm
 
 
+@dataclass
+class VisualStates:
+    """The visual tokens' final hidden states of a batch (LLaVA-KD's terms): the student's (in the
+    graph) and the teacher's (no grad), ``[K, H]`` each, and each row's count of them."""
+
+    student: torch.Tensor
+    teacher: torch.Tensor
+    counts: list[int]
+
+
 def _step_inputs(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainConfig, prompts: dict | None):
     """The batch, the student's response hidden states (in the graph), the teacher's (no grad;
-    None without a JSD term), and the per-token pi_ref log-probs and advantages."""
+    None without a distillation term), the per-token pi_ref log-probs and advantages, and the
+    visual tokens' states (None unless a visual term is on)."""
+    w = cfg.weights
     s_batch = build_batch_from_rows(s_proc, rows, prompts).to(student.device)
-    hidden = response_hidden_states(student, s_batch)
+    s_full = sequence_hidden_states(student, s_batch)
+    hidden = s_full[s_batch.predicts_response]
+    visual, t_visual = None, None
     with torch.no_grad():
         t_hidden = None
-        if cfg.weights.lam > 0:
+        if w.lam > 0 or w.visual:
             t_batch = s_batch if t_proc is s_proc else build_batch_from_rows(t_proc, rows).to(teacher.device)
-            t_hidden = response_hidden_states(teacher, t_batch).to(hidden.device)
+            t_full = sequence_hidden_states(teacher, t_batch)
+            t_hidden = t_full[t_batch.predicts_response].to(hidden.device) if w.lam > 0 else None
+            if w.visual:
+                counts = visual_token_counts(s_batch)
+                if visual_token_counts(t_batch) != counts:
+                    raise ValueError(f"the teacher sees the images as {visual_token_counts(t_batch)} visual tokens per"
+                                     f" row, the student as {counts}: LLaVA-KD's visual terms need the same tokens")
+                t_visual = (t_full[t_batch.visual].to(hidden.device), counts)
+    if t_visual is not None:  # the student's visual states in the graph (outside no_grad)
+        visual = VisualStates(s_full[s_batch.visual], *t_visual)
     ref = torch.cat([torch.tensor(np.asarray(r, dtype=np.float32)) for r in rows["ref_logprobs"]]).to(hidden.device)
     adv = torch.cat([torch.full((length,), float(a)) for a, length in zip(rows["advantage"], s_batch.lengths)])
     adv = adv.to(hidden.device)
     if ref.shape[0] != hidden.shape[0]:
         raise ValueError(f"ref_logprobs hold {ref.shape[0]} values for {hidden.shape[0]} response tokens")
-    return s_batch, hidden, t_hidden, ref, adv
+    return s_batch, hidden, t_hidden, ref, adv, visual
 
 
 def _chunk_terms(s_logits, t_logits, targets, ref, adv, cfg: TrainConfig, vocab: int) -> dict[str, torch.Tensor]:
@@ -136,7 +162,7 @@ def step_loss(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainCo
               prompts: dict | None = None) -> dict[str, float]:
     """Forward + chunked backward of one batch; returns the detached means for the log
     (``prompts``: the student's encoded prompts, kept across steps; :func:`forward.encode_rows`)."""
-    s_batch, hidden, t_hidden, ref, adv = _step_inputs(student, teacher, s_proc, t_proc, rows, cfg, prompts)
+    s_batch, hidden, t_hidden, ref, adv, visual = _step_inputs(student, teacher, s_proc, t_proc, rows, cfg, prompts)
     leaf = hidden.detach().requires_grad_(True)
     n = leaf.shape[0]
     sums = dict.fromkeys(("loss", "pg", "kl", "jsd"), 0.0)
@@ -147,8 +173,38 @@ def step_loss(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainCo
         (parts["loss"].sum() / n).backward()
         for name in sums:
             sums[name] += float(parts[name].detach().sum())
-    hidden.backward(leaf.grad)
-    return {name: value / n for name, value in sums.items()}
+    means = {name: value / n for name, value in sums.items()}
+    if visual is None:
+        hidden.backward(leaf.grad)
+        return means
+    v_leaf = visual.student.detach().requires_grad_(True)
+    terms = _visual_terms(student, teacher, v_leaf, visual, cfg, vocab)
+    (cfg.weights.visual_kl * terms["vis"] + cfg.weights.rdist * terms["rel"]).backward()
+    torch.autograd.backward([hidden, visual.student], [leaf.grad, v_leaf.grad])
+    vis, rel = float(terms["vis"].detach()), float(terms["rel"].detach())
+    means["loss"] += cfg.weights.visual_kl * vis + cfg.weights.rdist * rel  # the objective optimized
+    return {**means, "vis": vis, "rel": rel}
+
+
+def _visual_terms(student, teacher, states: torch.Tensor, visual: VisualStates, cfg: TrainConfig,
+                  vocab: int) -> dict[str, torch.Tensor]:
+    """LLaVA-KD's visual terms of one batch from the student's visual-token ``states`` ``[K, H]``:
+    ``vis`` the forward KL teacher -> student at those positions, mean over the K tokens (Eq. 3;
+    the output heads applied ``chunk_size`` positions at a time), ``rel`` RDist, mean over the rows
+    (Eq. 5). A term whose weight is 0 is not computed (zero)."""
+    w, zero = cfg.weights, states.new_zeros((), dtype=torch.float32)
+    vis = rel = zero
+    if w.visual_kl > 0 and states.shape[0]:
+        t_chunks = chunked_logits(teacher, visual.teacher, cfg.chunk_size)
+        kl_sum = zero
+        for _, s_logits in chunked_logits(student, states, cfg.chunk_size):
+            with torch.no_grad():
+                t_logits = next(t_chunks)[1]
+            kl_sum = kl_sum + mdist(t_logits, s_logits, vocab_size=vocab, chunk_size=cfg.chunk_size).sum()
+        vis = kl_sum / states.shape[0]
+    if w.rdist > 0:
+        rel = rdist(torch.split(states, visual.counts), torch.split(visual.teacher, visual.counts)).mean()
+    return {"vis": vis, "rel": rel}
 
 
 def step_loss_checkpointed(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainConfig, vocab: int,
@@ -165,7 +221,10 @@ def step_loss_checkpointed(student, teacher, s_proc, t_proc, rows: pd.DataFrame,
     every process must call it equally often although their batches differ in response tokens."""
     from torch.utils.checkpoint import checkpoint
 
-    s_batch, hidden, t_hidden, ref, adv = _step_inputs(student, teacher, s_proc, t_proc, rows, cfg, prompts)
+    s_batch, hidden, t_hidden, ref, adv, visual = _step_inputs(student, teacher, s_proc, t_proc, rows, cfg, prompts)
+    if visual is not None:
+        raise NotImplementedError("LLaVA-KD's visual terms (training.visual_kl, training.rdist) run with the torch"
+                                  " backend only")
     s_head = student.get_output_embeddings()
     t_head = teacher.get_output_embeddings() if t_hidden is not None else None
     total, sums = hidden.new_zeros((), dtype=torch.float32), torch.zeros(4)
@@ -262,8 +321,14 @@ def fingerprint(student_dir: str, stages: list[Stage], cfg: TrainConfig) -> str:
     from dataclasses import asdict
 
     config = asdict(cfg)
-    if cfg.weights.divergence == "jsd":  # a JSD run's fingerprint as before these settings: it still resumes
+    # a run of none of the later settings keeps the fingerprint it had before them: it still resumes
+    if cfg.weights.divergence == "jsd":
         del config["weights"]["divergence"], config["weights"]["skew"]
+    for name in ("visual_kl", "rdist", "nll"):
+        if not config["weights"][name]:
+            del config["weights"][name]
+    if not cfg.frozen:
+        del config["frozen"]
     return checkpoint_fingerprint({"student": str(student_dir), "stages": [asdict(s) for s in stages],
                                    "config": config})
 
@@ -284,6 +349,7 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     backend = backend or TorchBackend()
     final_out, out = Path(out_dir), partial_dir(out_dir)
     student, s_proc = load_checkpoint(student_dir)
+    freeze(student, cfg.frozen)
     vocab = len(s_proc.tokenizer)
     torch.manual_seed(cfg.seed)
     key = fingerprint(student_dir, stages, cfg)

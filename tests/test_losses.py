@@ -64,3 +64,14 @@ def test_bad_weights_and_shapes():
 def test_loss_weights_reject_each_bad_setting_alone(weights):
     with pytest.raises(ValueError, match="beta and lam must be >= 0|loss kind"):
         LossWeights(**weights)
+
+
+@pytest.mark.parametrize("name", ["visual_kl", "rdist", "nll"])
+def test_llava_kd_weights_reject_negatives_and_nll_adds_the_autoregressive_loss(name):
+    with pytest.raises(ValueError, match="visual_kl, rdist and nll must be >= 0"):
+        LossWeights(**{name: -0.1})
+    logp, ref, adv, jsd = torch.tensor([-0.5, -2.0]), torch.tensor([-0.4, -1.0]), torch.tensor([1.0, -1.0]), torch.tensor([0.1, 0.2])
+    for kind in ("jsd", "masters"):
+        plain = token_losses(logp, ref, adv, jsd, LossWeights(kind=kind))["loss"]
+        reg = token_losses(logp, ref, adv, jsd, LossWeights(kind=kind, nll=0.3))["loss"]
+        torch.testing.assert_close(reg - plain, 0.3 * -logp)

@@ -239,8 +239,11 @@ def test_the_fingerprint_tells_apart_student_stages_and_settings(world, rewarded
               training.fingerprint(str(root / "student"), [stage], training.TrainConfig(lr=0.5)),
               training.fingerprint(str(root / "student"), [stage], training.TrainConfig(weights=LossWeights(divergence="srkl"))),
               training.fingerprint(str(root / "student"), [stage],
-                                   training.TrainConfig(weights=LossWeights(divergence="srkl", skew=0.2)))]
-    assert len({key, *others}) == 7
+                                   training.TrainConfig(weights=LossWeights(divergence="srkl", skew=0.2))),
+              *(training.fingerprint(str(root / "student"), [stage], training.TrainConfig(weights=LossWeights(**{k: 0.5})))
+                for k in ("visual_kl", "rdist", "nll")),
+              training.fingerprint(str(root / "student"), [stage], training.TrainConfig(frozen=("vision",)))]
+    assert len({key, *others}) == 11
     # the skew of a JSD run changes nothing, and a JSD run keeps the fingerprint it had before
     # the divergence settings existed (its partial runs still resume)
     assert key == training.fingerprint(str(root / "student"), [stage], training.TrainConfig(weights=LossWeights(skew=0.3)))
@@ -250,6 +253,7 @@ def test_the_fingerprint_tells_apart_student_stages_and_settings(world, rewarded
 
     before = asdict(cfg)
     before["weights"] = {k: before["weights"][k] for k in ("beta", "lam", "kind")}
+    del before["frozen"]
     assert key == hash_of({"student": str(root / "student"), "stages": [asdict(stage)], "config": before})
 
 
@@ -636,8 +640,8 @@ def test_without_the_jsd_term_the_teacher_is_not_run(world, rewarded, monkeypatc
     batch = rows.iloc[:3].copy()
     batch["advantage"] = [1.0, -1.0, 0.5]
     calls, dtypes = [], []
-    real_hidden = training.response_hidden_states
-    monkeypatch.setattr(training, "response_hidden_states", lambda m, b: calls.append(m) or real_hidden(m, b))
+    real_hidden = training.sequence_hidden_states
+    monkeypatch.setattr(training, "sequence_hidden_states", lambda m, b: calls.append(m) or real_hidden(m, b))
     monkeypatch.setattr(training, "token_losses", lambda lp, ref, *a: dtypes.append(ref.dtype) or token_losses(lp, ref, *a))
     vocab = len(s_proc.tokenizer)
     off = training.step_loss(student, teacher, s_proc, t_proc, batch,
@@ -654,7 +658,7 @@ def test_without_the_jsd_term_the_teacher_is_not_run(world, rewarded, monkeypatc
     with pytest.raises(ValueError, match=f"ref_logprobs hold {n - 3} values for {n} response tokens"):
         training.step_loss(student, teacher, s_proc, t_proc, short,
                            training.TrainConfig(weights=LossWeights(lam=0.0)), vocab)
-    assert forward.response_hidden_states is real_hidden
+    assert forward.sequence_hidden_states is real_hidden
 
 
 def test_a_stale_temporary_state_from_a_killed_save_is_replaced(world, rewarded, tmp_path):
@@ -746,3 +750,84 @@ def test_a_run_resumed_from_tmp_after_its_last_stage_leaves_no_state_behind(worl
     log = _train(world, rewarded, tmp_path / "run")
     assert list(log.step) == list(range(1, 7))
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["final", "stage0", "stage1", "train_log.csv"]
+
+
+def test_llava_kd_terms_in_the_chunked_step_equal_autograd_of_a_direct_float64_forward(world, rewarded):
+    """LLaVA-KD's terms inside the two-phase chunked step (Table 5f): L_reg, forward-KL MDist at the
+    response and at the visual-token positions, RDist on the visual tokens' final states, with the
+    GRPO + KL terms, against autograd of the whole loss
+    written directly in float64 from full logits; the logged terms too."""
+    from masters.forward import build_batch_from_rows
+
+    rows, _, (teacher, student, t_proc, s_proc) = rewarded
+    batch_rows = rows.iloc[:3].copy()
+    batch_rows["ref_logprobs"] = [list(np.asarray(r) - 0.2 * (i + 1)) for i, r in enumerate(batch_rows.ref_logprobs)]
+    batch_rows["advantage"] = [1.0, -0.5, 2.0]
+    weights = LossWeights(beta=0.1, lam=0.7, divergence="kl", visual_kl=0.8, rdist=0.5, nll=0.3)
+    cfg = training.TrainConfig(chunk_size=2, weights=weights)
+    vocab = len(s_proc.tokenizer)
+
+    student.zero_grad(set_to_none=True)
+    terms = training.step_loss(student, teacher, s_proc, t_proc, batch_rows, cfg, vocab)
+    chunked = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+
+    student.zero_grad(set_to_none=True)
+    batch, t_batch = build_batch_from_rows(s_proc, batch_rows), build_batch_from_rows(t_proc, batch_rows)
+    states = student.model(**batch.inputs)[0]
+    with torch.no_grad():
+        t_states = teacher.model(**t_batch.inputs)[0]
+    counts = batch.visual.sum(1).tolist()
+    assert min(counts) > 0 and counts == t_batch.visual.sum(1).tolist()
+
+    def logits(model, h):
+        return model.lm_head(h)[:, :vocab].double()
+
+    def forward_kl(t_logits, s_logits):
+        lp, lq = torch.log_softmax(t_logits, -1), torch.log_softmax(s_logits, -1)
+        return (lp.exp() * (lp - lq)).sum(-1)
+
+    s_logits = logits(student, states[batch.predicts_response])
+    t_logits = logits(teacher, t_states[t_batch.predicts_response])
+    logp_tok = torch.log_softmax(s_logits, -1).gather(1, batch.targets[:, None]).squeeze(1)
+    ref = torch.cat([torch.tensor(r, dtype=torch.float64) for r in batch_rows.ref_logprobs])
+    adv = torch.cat([torch.full((n,), a, dtype=torch.float64) for a, n in zip(batch_rows.advantage, batch.lengths)])
+    kl = torch.exp(ref - logp_tok) - (ref - logp_tok) - 1
+    per_token = -(torch.exp(logp_tok - logp_tok.detach()) * adv - 0.1 * kl) + 0.7 * forward_kl(t_logits, s_logits) \
+        - 0.3 * logp_tok
+    s_vis, t_vis = states[batch.visual].double(), t_states[t_batch.visual].double()
+    vis = forward_kl(logits(teacher, t_vis.float()), logits(student, states[batch.visual])).mean()
+    rels = []
+    for a, b in zip(torch.split(s_vis, counts), torch.split(t_vis, counts)):
+        r_s, r_t = (a @ a.T).flatten(), (b @ b.T).flatten()
+        rels.append(1 - (r_s * r_t).sum() / (r_s.norm() * r_t.norm()))
+    rel = torch.stack(rels).mean()
+    loss = per_token.mean() + 0.8 * vis + 0.5 * rel
+    loss.backward()
+    assert terms["vis"] == pytest.approx(vis.item(), rel=1e-4) and terms["rel"] == pytest.approx(rel.item(), rel=1e-4)
+    assert terms["loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
+    assert vis.item() > 1e-3 and rel.item() > 1e-6
+    direct = {n: p.grad for n, p in student.named_parameters() if p.grad is not None}
+    assert set(direct) == set(chunked)
+    for name, grad in direct.items():
+        torch.testing.assert_close(chunked[name], grad.float(), rtol=1e-4, atol=1e-6, msg=name)
+    student.zero_grad(set_to_none=True)
+
+
+def test_a_frozen_part_does_not_train_and_the_rest_does(world, rewarded, tmp_path):
+    """training.frozen (LLaVA-KD's DFT freezes the vision encoder): after training, the frozen part's
+    weights are the initial ones byte for byte, every other part moved; the log has the visual terms."""
+    from masters.llava_kd import part_of
+
+    root, _ = world
+    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, seed=3, frozen=("vision",),
+                               weights=LossWeights(kind="jsd", divergence="kl", visual_kl=1.0, rdist=0.5, nll=1.0))
+    log = _run(world, _stages(world, rewarded, ratios=(0.0,), steps=2), cfg, tmp_path / "dft")
+    before = dict(load_checkpoint(str(root / "student"))[0].named_parameters())
+    after = dict(load_checkpoint(str(tmp_path / "dft/final"))[0].named_parameters())
+    moved = {part_of(n) for n in before if not torch.equal(before[n], after[n])}
+    assert moved == {"projector", "llm"}
+    assert all(torch.equal(before[n], after[n]) for n in before if part_of(n) == "vision")
+    assert log[["vis", "rel"]].notna().all().all() and (log["vis"] > 0).all()
+    plain = _run(world, _stages(world, rewarded, ratios=(0.0,), steps=1), training.TrainConfig(batch_size=4),
+                 tmp_path / "plain")
+    assert plain[["vis", "rel"]].isna().all().all()  # no visual term: logged as missing

@@ -284,3 +284,21 @@ def test_judges_spec_pairs_every_llm_judged_file_with_the_rule_judges():
     assert specs.judges_outputs(d, spec) == [f"{d.results}/tables/judges.csv", f"{d.results}/tables/judges.md"]
     config["experiments"]["reward_acc"]["judge"] = "rule"
     assert specs.judges_spec(Design(config)) == {"pairs": []}
+
+
+def test_llava_kd_settings_reach_the_train_command_and_deepspeed_refuses_them(tmp_path):
+    from masters.cli import build_parser
+
+    d = Design(CONFIG)
+    args = shlex.split(specs.train_args(d, "S", "llava_kd", 0))
+    parsed = build_parser().parse_args(["train", "--student", "s", "--questions", "q", "--out", "o", *args])
+    assert (parsed.divergence, parsed.visual_kl, parsed.rdist, parsed.nll, parsed.frozen) == ("kl", 1.0, 0.5, 1.0, ["vision"])
+    assert parsed.sources == ["label"] and parsed.loss == "jsd"
+    masters = shlex.split(specs.train_args(d, "S", "llava_kd_masters", 0))
+    assert masters[masters.index("--loss") + 1] == "masters" and "--nll" not in masters
+    assert not any(f in specs.train_args(d, "S", "mid_masters", 0) for f in ("--visual-kl", "--rdist", "--nll", "--frozen"))
+    from masters.cli import main
+
+    with pytest.raises(SystemExit, match="run with --backend torch only"):  # before anything is loaded
+        main(["train", "--student", str(tmp_path / "none"), "--questions", "q", "--out", str(tmp_path / "o"),
+              *args, "--backend", "deepspeed"])

@@ -242,5 +242,5 @@ def test_a_teacher_that_encodes_prompts_otherwise_gets_its_own_batch(world, rewa
         shared = response_hidden_states(teacher, build_batch_from_rows(s_proc, batch))
     assert not torch.equal(own, shared)
     for t in (other, s_proc):
-        *_, t_hidden, _, _ = training._step_inputs(student, teacher, s_proc, t, batch, cfg, None)
+        _, _, t_hidden, *_ = training._step_inputs(student, teacher, s_proc, t, batch, cfg, None)
         torch.testing.assert_close(t_hidden, own if t is other else shared, rtol=0, atol=0)
