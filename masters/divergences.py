@@ -22,7 +22,7 @@ import math
 from functools import partial
 from typing import TYPE_CHECKING
 
-from masters.rewards import _chunk_jsd, per_position
+from masters.rewards import per_position, token_jsd
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +61,7 @@ def token_divergence(kind: str, teacher_logits: torch.Tensor, student_logits: to
     """The distillation term D_t of ``kind`` (:data:`DIVERGENCES`) per position; ``skew`` is the
     α of ``skl`` / ``srkl`` (``kl`` / ``rkl``: α = 0)."""
     if kind == "jsd":
-        return per_position(_chunk_jsd, teacher_logits, student_logits, vocab_size, chunk_size)
+        return token_jsd(teacher_logits, student_logits, vocab_size, chunk_size)
     if kind in ("skl", "srkl"):
         return token_skew_kl(teacher_logits, student_logits, skew, kind == "srkl", vocab_size, chunk_size)
     if kind in ("kl", "rkl"):
