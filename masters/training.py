@@ -178,32 +178,34 @@ def step_loss(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainCo
         hidden.backward(leaf.grad)
         return means
     v_leaf = visual.student.detach().requires_grad_(True)
-    terms = _visual_terms(student, teacher, v_leaf, visual, cfg, vocab)
-    (cfg.weights.visual_kl * terms["vis"] + cfg.weights.rdist * terms["rel"]).backward()
+    terms = _visual_backward(student, teacher, v_leaf, visual, cfg, vocab)
     torch.autograd.backward([hidden, visual.student], [leaf.grad, v_leaf.grad])
-    vis, rel = float(terms["vis"].detach()), float(terms["rel"].detach())
-    means["loss"] += cfg.weights.visual_kl * vis + cfg.weights.rdist * rel  # the objective optimized
-    return {**means, "vis": vis, "rel": rel}
+    means["loss"] += cfg.weights.visual_kl * terms["vis"] + cfg.weights.rdist * terms["rel"]  # the objective optimized
+    return {**means, **terms}
 
 
-def _visual_terms(student, teacher, states: torch.Tensor, visual: VisualStates, cfg: TrainConfig,
-                  vocab: int) -> dict[str, torch.Tensor]:
-    """LLaVA-KD's visual terms of one batch from the student's visual-token ``states`` ``[K, H]``:
-    ``vis`` the forward KL teacher -> student at those positions, mean over the K tokens (Eq. 3;
-    the output heads applied ``chunk_size`` positions at a time), ``rel`` RDist, mean over the rows
-    (Eq. 5). A term whose weight is 0 is not computed (zero)."""
-    w, zero = cfg.weights, states.new_zeros((), dtype=torch.float32)
-    vis = rel = zero
-    if w.visual_kl > 0 and states.shape[0]:
+def _visual_backward(student, teacher, states: torch.Tensor, visual: VisualStates, cfg: TrainConfig,
+                     vocab: int) -> dict[str, float]:
+    """LLaVA-KD's visual terms of one batch, each back-propagated with its weight into the student's
+    visual-token ``states`` ``[K, H]`` (a leaf), as :func:`step_loss` does for the response terms:
+    ``vis`` the forward KL teacher -> student at those positions, mean over the K tokens (Eq. 3; the
+    output heads applied and back-propagated ``chunk_size`` positions at a time, so no K x V logits
+    are kept), ``rel`` RDist, mean over the rows (Eq. 5). Returns their values; a term whose weight
+    is 0 is not computed (0.0)."""
+    w, k = cfg.weights, states.shape[0]
+    vis = rel = 0.0
+    if w.visual_kl > 0 and k:
         t_chunks = chunked_logits(teacher, visual.teacher, cfg.chunk_size)
-        kl_sum = zero
         for _, s_logits in chunked_logits(student, states, cfg.chunk_size):
             with torch.no_grad():
                 t_logits = next(t_chunks)[1]
-            kl_sum = kl_sum + mdist(t_logits, s_logits, vocab_size=vocab, chunk_size=cfg.chunk_size).sum()
-        vis = kl_sum / states.shape[0]
+            kl = mdist(t_logits, s_logits, vocab_size=vocab, chunk_size=cfg.chunk_size)
+            (w.visual_kl * kl.sum() / k).backward()
+            vis += float(kl.detach().sum()) / k
     if w.rdist > 0:
-        rel = rdist(torch.split(states, visual.counts), torch.split(visual.teacher, visual.counts)).mean()
+        loss = rdist(torch.split(states, visual.counts), torch.split(visual.teacher, visual.counts)).mean()
+        (w.rdist * loss).backward()
+        rel = float(loss.detach())
     return {"vis": vis, "rel": rel}
 
 
