@@ -105,9 +105,9 @@ def run_variant(variant: str, args: argparse.Namespace, out_path: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def logit_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags of the random logits both JSD benches compare on (this one, bench_jsd_gpu.py)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--positions", type=int, default=2048, help="positions T (batch×sequence flattened); default 2048")
     p.add_argument("--vocab", type=int, default=151_936,
                    help="student logit width = tokenizer length both are cut to; default 151936")
@@ -116,16 +116,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-size", type=int, default=256, help="positions per chunk of token_jsd; default 256")
     p.add_argument("--seed", type=int, default=0, help="seed of the random logits; default 0")
     p.add_argument("--scale", type=float, default=4.0, help="the logits are N(0, 1)·scale; default 4")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported); default 3")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads in each worker; default 1")
-    p.add_argument("--tol", type=float, default=1e-5, help="max allowed |chunked − TRL|; default 1e-5")
+    p.add_argument("--tol", type=float, default=1e-5, help="max allowed |difference| to token_jsd; default 1e-5")
     p.add_argument("--json", type=Path, default=None, help="also write the report to this JSON file")
-    p.add_argument("--worker", choices=["chunked", "trl"], default=None,
-                   help="internal: run one variant in this process")
-    p.add_argument("--out", type=Path, default=None, help="internal: where a worker saves its values")
+    return p
+
+
+def parse_logit_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.teacher_vocab < args.vocab:
         p.error("--teacher-vocab must be >= --vocab")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = logit_parser(__doc__)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported); default 3")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads in each worker; default 1")
+    p.add_argument("--worker", choices=["chunked", "trl"], default=None,
+                   help="internal: run one variant in this process")
+    p.add_argument("--out", type=Path, default=None, help="internal: where a worker saves its values")
+    args = parse_logit_args(p, argv)
 
     if args.worker:
         args.variant = args.worker

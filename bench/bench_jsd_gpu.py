@@ -26,7 +26,6 @@ student-logit gradient of its mean, against ``token_jsd``'s, max absolute differ
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -92,22 +91,13 @@ def measure(fn, teacher, student, mode: str, repeats: int, device) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--positions", type=int, default=2048, help="positions T; default 2048")
-    p.add_argument("--vocab", type=int, default=151_936, help="student width = tokenizer length; default 151936")
-    p.add_argument("--teacher-vocab", type=int, default=152_064, help="teacher width (padded); default 152064")
-    p.add_argument("--chunk-size", type=int, default=256, help="positions per chunk of token_jsd; default 256")
+    from bench_jsd import logit_parser, parse_logit_args
+
+    p = logit_parser(__doc__)
     p.add_argument("--beta", type=float, default=0.5, help="JSD mixture weight (METHOD.md: 0.5); default 0.5")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random logits; default 0")
-    p.add_argument("--scale", type=float, default=4.0, help="the logits are N(0, 1)·scale; default 4")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per variant and mode; default 5")
-    p.add_argument("--tol", type=float, default=1e-5, help="max allowed |difference| to token_jsd; default 1e-5")
     p.add_argument("--device", default="cuda", help="torch device; default cuda (Liger needs it)")
-    p.add_argument("--json", type=Path, default=None, help="also write the report to this JSON file")
-    args = p.parse_args(argv)
-    if args.teacher_vocab < args.vocab:
-        p.error("--teacher-vocab must be >= --vocab")
+    args = parse_logit_args(p, argv)
 
     import torch
 
