@@ -220,6 +220,42 @@ class VLLMChatBackend(VLLMBackend):
         return texts
 
 
+class OpenAIChatBackend:
+    """Greedy chat completion from an OpenAI-compatible endpoint (``/v1/chat/completions``): the
+    GPT-4o / GPT-4 graders of the reference harnesses, or a vLLM / SGLang server. Temperature 0;
+    the key from the environment variable ``api_key_env`` (None: a server that takes none);
+    ``workers`` requests in flight; the ``openai`` client retries rate limits and errors.
+    ``served`` collects the model versions the endpoint reports (recorded with the scores)."""
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
+                 workers: int = 8, max_retries: int = 5, timeout: float = 120.0, client=None):
+        import os
+
+        key = os.environ.get(api_key_env, "") if api_key_env else "EMPTY"
+        if not key:
+            raise RuntimeError(f"the endpoint's API key is read from ${api_key_env}, which is not set "
+                               "(benchmark_judge.api_key_env names the variable; null for a server without keys)")
+        if client is None:
+            import openai
+
+            client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries, timeout=timeout)
+        self.client, self.model, self.workers = client, model, max(1, int(workers))
+        self.served: set[str] = set()
+
+    def _one(self, messages: list[dict], max_new_tokens: int) -> str:
+        reply = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0.0,
+                                                    max_tokens=max_new_tokens)
+        self.served.add(str(reply.model))
+        return reply.choices[0].message.content or ""
+
+    def generate(self, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(tqdm(pool.map(lambda m: self._one(m, max_new_tokens), prompts), total=len(prompts),
+                             desc="judge requests", mininterval=10))
+
+
 BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
 
 

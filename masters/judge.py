@@ -307,11 +307,14 @@ def rule_score(
 
 
 def chat_backend(judge_model: str, backend: str, batch_size: int, trust_remote_code: bool = False, gpus: int = 0,
-                 **placement):
+                 endpoint: dict | None = None, **placement):
     """The LLM judge's chat backend: ``hf`` (batched transformers; ``placement``: its device and
-    dtype) or ``vllm`` (tensor parallel over ``gpus``)."""
-    from masters.generation import HFChatBackend, VLLMChatBackend
+    dtype), ``vllm`` (tensor parallel over ``gpus``) or ``openai`` (an OpenAI-compatible endpoint
+    serving the model named ``judge_model``; ``endpoint``: ``base_url``, ``api_key_env``, ``workers``)."""
+    from masters.generation import HFChatBackend, OpenAIChatBackend, VLLMChatBackend
 
+    if backend == "openai":
+        return OpenAIChatBackend(judge_model, **(endpoint or {}))
     if backend == "vllm":
         return VLLMChatBackend(judge_model, batch_size=batch_size, gpus=gpus, trust_remote_code=trust_remote_code)
     return HFChatBackend(judge_model, batch_size=batch_size, trust_remote_code=trust_remote_code, **placement)
