@@ -34,6 +34,7 @@ WORKER = []
 
 
 onstart:
+    warn_missing_judge_key()
     if config["warm_worker"] and workflow.local_exec:
         WORKER.extend(worker.start(log=f"{RESULTS}/logs/worker.log"))
 

@@ -116,3 +116,77 @@ def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     prediction = normalize(extraction, doc) if extraction else None
     right = prediction is not None and str(prediction).strip() == str(doc["answer"]).strip()
     return {"acc": float(right), "extracted": float(bool(extraction))}
+
+
+# ---------------------------------------------------------------- the LLM extraction (a judge protocol)
+
+# lmms-eval's mathvista_evals.py DEMO_PROMPT (= the official MathVista extraction prompt), verbatim:
+# five examples of a response and the answer extracted from it.
+DEMO_PROMPT = """
+Please read the following example. Then extract the answer from the model response and type it at the end of the prompt.
+
+Hint: Please answer the question requiring an integer answer and provide the final value, e.g., 1, 2, 3, at the end.
+Question: Which number is missing?
+
+Model response: The number missing in the sequence is 14.
+
+Extracted answer: 14
+
+Hint: Please answer the question requiring a floating-point number with one decimal place and provide the final value, e.g., 1.2, 1.3, 1.4, at the end.
+Question: What is the fraction of females facing the camera?
+
+Model response: The fraction of females facing the camera is 0.6, which means that six out of ten females in the group are facing the camera.
+
+Extracted answer: 0.6
+
+Hint: Please answer the question requiring a floating-point number with two decimal places and provide the final value, e.g., 1.23, 1.34, 1.45, at the end.
+Question: How much money does Luca need to buy a sour apple candy and a butterscotch candy? (Unit: $)
+
+Model response: Luca needs $1.45 to buy a sour apple candy and a butterscotch candy.
+
+Extracted answer: 1.45
+
+Hint: Please answer the question requiring a Python list as an answer and provide the final list, e.g., [1, 2, 3], [1.2, 1.3, 1.4], at the end.
+Question: Between which two years does the line  graph saw its maximum peak?
+
+Model response: The line graph saw its maximum peak between 2007 and 2008.
+
+Extracted answer: [2007, 2008]
+
+Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end.
+Question: What fraction of the shape is blue?\nChoices:\n(A) 3/11\n(B) 8/11\n(C) 6/11\n(D) 3/5
+
+Model response: The correct answer is (B) 8/11.
+
+Extracted answer: B
+"""
+
+
+def extraction_messages(doc: dict, response: str, attempt: int) -> list[dict] | None:
+    """lmms-eval's ``create_test_prompt`` for a response the rules cannot read (None: they can):
+    the examples, the dataset's ``query`` (the official hint-first question), the response."""
+    if extract(response, doc):
+        return None
+    prompt = f"{DEMO_PROMPT.strip()}\n\n{doc.get('query') or doc['question']}\n\n{response.strip()}\n\nExtracted answer: "
+    return [{"role": "user", "content": prompt}]
+
+
+def read_extraction(reply: str, doc: dict) -> str:
+    """The judge's reply is the extracted answer (lmms-eval keeps it as it is)."""
+    return reply.strip()
+
+
+def judged_score(items: list[dict]) -> dict[str, float]:
+    """Accuracy with the judge's extraction where the rules read nothing (``judged``: their share)."""
+    right = []
+    for item in items:
+        doc, response = item["doc"], item["response"]
+        extraction = item["judged"] if item["asked"] else extract(response, doc)
+        prediction = normalize(extraction, doc) if extraction else None
+        right.append(prediction is not None and str(prediction).strip() == str(doc["answer"]).strip())
+    n = max(len(items), 1)
+    return {"acc": sum(right) / n, "judged": sum(item["asked"] for item in items) / n}
+
+
+JUDGE = {"prompt": DEMO_PROMPT, "max_new_tokens": 256, "tries": 1,
+         "request": extraction_messages, "read": read_extraction, "score": judged_score}

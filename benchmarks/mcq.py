@@ -411,3 +411,76 @@ mmbench_fine_grained_cross = _l2_aggregate("fine_grained_cross")
 mmbench_attribute_reasoning = _l2_aggregate("attribute_reasoning")
 mmbench_relation_reasoning = _l2_aggregate("relation_reasoning")
 mmbench_logic_reasoning = _l2_aggregate("logic_reasoning")
+
+
+# ---------------------------------------------------------------- MMBench's GPT fallback (a judge protocol)
+
+# MMBench's matching prompt (lmms-eval mmbench_evals.py ``build_prompt`` = VLMEvalKit's, with E
+# where VLMEvalKit now says Z), verbatim.
+MMBENCH_MATCH_PROMPT = (
+    "You are an AI assistant who will help me to match an answer "
+    "with several options of a single-choice question. "
+    "You are provided with a question, several options, and an answer, "
+    "and you need to find which option is most similar to the answer. "
+    "If the meaning of all options are significantly different "
+    "from the answer, output E. "
+    "Your should output a single uppercase character in A, B, C, D "
+    "(if they are valid options), and E. \n"
+    "Example 1: \n"
+    "Question: What is the main object in image?\nOptions: A. teddy bear "
+    "B. rabbit C. cat D. dog\nAnswer: a cute teddy bear\nYour output: A\n"
+    "Example 2: \n"
+    "Question: What is the main object in image?\nOptions: A. teddy bear "
+    "B. rabbit C. cat D. dog\nAnswer: Spider\nYour output: E\n"
+    "Example 3: \n"
+    "Question: {}?\nOptions: {}\nAnswer: {}\nYour output: "
+)
+
+
+def mmbench_rule(response: str, doc: dict) -> str:
+    """MMBench's ``can_infer``: the option (A-D) the response names by letter or by text, or ""."""
+    return mmbench_infer_option(response) or mmbench_infer_text(response, mmbench_options(doc, "ABCD"))
+
+
+def mmbench_match_messages(doc: dict, response: str, attempt: int) -> list[dict] | None:
+    """The reference's GPT request for a response its rule cannot read (None: the rule reads it).
+    The options as ``build_option_str`` lists them: up to the first missing one."""
+    if mmbench_rule(response.strip(), doc):
+        return None
+    options = "There are several options: \n"
+    for letter in "ABCD":
+        if not _given(doc.get(letter)):
+            break
+        options += f"{letter}. {doc[letter]}\n"
+    return [{"role": "user", "content": MMBENCH_MATCH_PROMPT.format(doc["question"], options, response.strip())}]
+
+
+def mmbench_read_match(reply: str, doc: dict) -> str | None:
+    """The judge's reply read by the same rule (None: no single option in it: ask again)."""
+    return mmbench_rule(reply, doc) or None
+
+
+def mmbench_judged_score(items: list[dict]) -> dict[str, float]:
+    """CircularEval with the judge's option where the rule read none. After the reference's three
+    tries without one, a random letter of A-E (the reference counts the option columns, which
+    are always A-D; seeded here by the row's index, deterministic; the reference seeds once per
+    run)."""
+    import random
+
+    rows = []
+    for item in items:
+        doc = item["doc"]
+        if item["asked"]:
+            predicted = item["judged"]
+            if predicted is None:
+                predicted = random.Random(int(doc["index"])).choice("ABCDE")
+        else:
+            predicted = mmbench_rule(item["response"].strip(), doc)
+        rows.append({"index": int(doc["index"]), "correct": predicted == str(doc["answer"]).strip(),
+                     "l2": doc.get("L2-category") or doc.get("l2-category")})
+    return {"circular": mmbench_circular(rows), **{k: mmbench_circular(rows, v) for k, v in MMBENCH_L2.items()},
+            "judged": sum(item["asked"] for item in items) / max(len(items), 1)}
+
+
+MMBENCH_JUDGE = {"prompt": MMBENCH_MATCH_PROMPT, "max_new_tokens": 256, "tries": 3,
+                 "request": mmbench_match_messages, "read": mmbench_read_match, "score": mmbench_judged_score}

@@ -71,6 +71,41 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(summary["accuracy"], indent=2) + "\n-> " + ", ".join(map(str, written)))
 
 
+def cmd_judge_benchmark(args: argparse.Namespace) -> None:
+    from masters.benchmark_judge import judge_benchmark, load_protocol, read_samples
+    from masters.judge import chat_backend
+    from masters.tables import load_result, result_record
+
+    bench = json.loads(args.benchmark)
+    if not bench.get("judge"):
+        raise SystemExit(f"masters judge-benchmark: benchmark {bench['name']!r} names no judge protocol")
+    protocol = load_protocol(bench["task"], bench["judge"])
+    unjudged = load_result(args.evaluation)
+    samples = read_samples(args.samples, bench["name"])  # before the judge is loaded: bad input fails first
+    placed = {}
+    if args.backend == "hf":
+        device, dtype = _runtime(args)
+        placed = {"device": device, "dtype": dtype}
+    endpoint = {"base_url": args.base_url, "api_key_env": args.api_key_env or None, "workers": args.workers}
+    chat = chat_backend(args.judge_model, args.backend, args.batch_size, args.trust_remote_code, args.gpus,
+                        endpoint=endpoint if args.backend == "openai" else None, **placed)
+    described = {"protocol": bench["judge"], "backend": args.backend, "model": args.judge_model,
+                 **({"base_url": args.base_url} if args.backend == "openai" else {})}
+    result, records = judge_benchmark(bench["name"], bench["metric"], protocol, samples, chat, described)
+    if getattr(chat, "served", None):
+        result["judge"]["served"] = sorted(chat.served)
+    record = {**result_record(unjudged["model"], unjudged.get("label"), {bench["name"]: result["accuracy"]},
+                              {bench["name"]: result["n"]}),
+              "benchmark": bench["name"], "metrics": result["metrics"], "judge": result["judge"]}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.items, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{bench['name']}: {result['accuracy']:.2f} ({result['judge']['asked']} of {result['n']} items judged,"
+          f" {result['judge']['unreadable']} unreadable) -> {args.out}")
+
+
 def cmd_curve(args: argparse.Namespace) -> None:
     from masters.curves import learning_curve
     from masters.evaluation import Benchmark
@@ -369,6 +404,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="summary JSON of all benchmarks")
     p.add_argument("--out-dir", default=None, help="also (or instead) one summary JSON per benchmark: DIR/<name>.json")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("judge-benchmark", help="a judged benchmark's score: its LLM step over an evaluation's samples")
+    p.add_argument("--benchmark", required=True, help="JSON of the benchmark entry (name, task, metric, judge)")
+    p.add_argument("--evaluation", required=True, help="the evaluation's summary JSON of this benchmark (model, label)")
+    p.add_argument("--samples", required=True, help="the evaluation's samples JSONL (responses and docs)")
+    _setting(p, "--backend", "benchmark_judge.backend", choices=["hf", "vllm", "openai"])
+    p.add_argument("--judge-model", required=True,
+                   help="hf/vllm: the judge checkpoint directory; openai: the model name at the endpoint")
+    _setting(p, "--base-url", "benchmark_judge.base_url")
+    _setting(p, "--api-key-env", "benchmark_judge.api_key_env")
+    _setting(p, "--workers", "benchmark_judge.workers", int)
+    _setting(p, "--batch-size", "benchmark_judge.batch_size", int)
+    _add_runtime_flags(p, "the judge checkpoint's")
+    p.add_argument("--items", required=True, help="JSONL of every item's judge replies and value")
+    p.add_argument("--out", required=True, help="the judged summary JSON (what the tables read)")
+    p.set_defaults(func=cmd_judge_benchmark)
 
     p = sub.add_parser("curve", help="a learning curve: score every step checkpoint of a trained run")
     p.add_argument("--train-dir", required=True, help="a trained run (its steps/stepN checkpoints, from --curve-every)")

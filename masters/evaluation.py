@@ -28,6 +28,7 @@ class Benchmark:
     task: str
     data: str | None = None
     metric: str = "exact_match,none"
+    judge: str | None = None  # a judge protocol (masters/benchmark_judge.py): scored after, from the samples
 
 
 def task_spec(bench: Benchmark) -> str | dict[str, Any]:
@@ -69,6 +70,13 @@ def subtask_names(spec) -> list[str] | None:
 def result_names(bench: Benchmark, spec) -> list[str]:
     """The lm-eval result entries a benchmark's score is the mean of: its subsets' tasks, or itself."""
     return subtask_names(spec) or [bench.name]
+
+
+def text_fields(doc: dict) -> dict:
+    """The item's fields a judge protocol can read (text, numbers, lists of them; not images)."""
+    plain = (str, int, float, bool, type(None))
+    return {k: v for k, v in doc.items()
+            if isinstance(v, plain) or (isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v))}
 
 
 def evaluate(
@@ -136,7 +144,7 @@ def evaluate(
             for name, rows in results["samples"].items():
                 for row in rows:
                     record = {"benchmark": name, "doc_id": row["doc_id"], "prompt": row["arguments"][0][0],
-                              "target": row["target"],
-                              "response": row["filtered_resps"], "score": row.get(metric_of.get(name))}
+                              "target": row["target"], "response": row["filtered_resps"],
+                              "score": row.get(metric_of.get(name)), "doc": text_fields(row["doc"])}
                     f.write(json.dumps(record, default=str) + "\n")
     return summary

@@ -82,6 +82,7 @@ class Design:
         errors: list[str] = []
         self._check_students(errors)
         self._check_questions(errors)
+        self._check_benchmark_judge(errors)
         raw = config["experiments"]
         self.experiments: dict[str, Experiment] = {}
         for name in raw:
@@ -143,6 +144,17 @@ class Design:
             for role, model in (roles or {}).items():
                 if model not in self.models:
                     errors.append(f"students.{student}.{role}: {model!r} is not a model in `models`")
+
+    def _check_benchmark_judge(self, errors: list[str]) -> None:
+        judged = [b for b in self.benchmarks if self.judged(b)]
+        judge = self.config["benchmark_judge"]
+        for b in judged:
+            if not self.config["benchmarks"][b]["task"].endswith((".yaml", ".yml")):
+                errors.append(f"benchmarks.{b}.judge: a judge protocol needs a task YAML of this repo (beside its module)")
+        if judged and not judge["model"]:
+            errors.append(f"benchmark_judge.model: benchmarks {judged} are judged, name the judge model")
+        elif judged and judge["backend"] != "openai" and judge["model"] not in self.models:
+            errors.append(f"benchmark_judge.model: {judge['model']!r} is not in `models` (backend {judge['backend']})")
 
     def _check_questions(self, errors: list[str]) -> None:
         q, datasets = self.config["train_questions"], self.config["datasets"]
@@ -396,8 +408,14 @@ class Design:
     def train_dir(self, student: str, experiment: str, seed: int) -> str:
         return self.path("students", student=student, experiment=experiment, seed=seed)
 
+    def judged(self, benchmark: str) -> bool:
+        """Whether ``benchmark``'s score comes from its judge protocol (``judge:``)."""
+        return bool(self.config["benchmarks"][benchmark].get("judge"))
+
     def evaluation(self, run: str, benchmark: str) -> str:
-        return self.path("evaluation", run=run, benchmark=benchmark)
+        """The summary the tables read: the evaluation's, or its judged one."""
+        kind = "judged_evaluation" if self.judged(benchmark) else "evaluation"
+        return self.path(kind, run=run, benchmark=benchmark)
 
     # ---------------------------------------------------------------- evaluation runs
 

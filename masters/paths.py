@@ -69,6 +69,8 @@ PATTERNS: dict[str, str] = {
     "eval_run": "eval/{run}",  # the one-job-per-run log
     "eval_samples": "eval/{run}/samples.jsonl",  # per-item responses (one job per run)
     "eval_benchmark_samples": "eval/{run}/{benchmark}.samples.jsonl",  # (one job per benchmark)
+    "judged_evaluation": "eval/{run}/{benchmark}.judged.json",  # a judged benchmark's score (what tables read)
+    "judged_items": "eval/{run}/{benchmark}.judged.jsonl",  # its judge replies, per item
     "table": "tables/{table}",  # .csv .md .tex
     "figure": "figures/{figure}",
     "curve": "curves/{student}/{experiment}/s{seed}",  # .csv: accuracy per saved training step  # .png .pdf

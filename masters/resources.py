@@ -36,7 +36,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-FAMILIES = ("default", "sft", "mask", "generate", "judge", "score", "train", "evaluate")
+FAMILIES = ("default", "sft", "mask", "generate", "judge", "score", "train", "evaluate", "benchmark_judge")
 REQUIRED = ("cpus", "mem_mb", "runtime", "gpu")
 RESOURCE_KEYS = ("mem_mb", "runtime", "job_gpus", "gpu", "gpu_model", "gres", "slurm_partition", "slurm_account",
                  "slurm_extra")

@@ -32,6 +32,8 @@ def benchmark_entries(design: Design, repo: str | Path) -> dict[str, dict]:
         if task.endswith((".yaml", ".yml")):
             task = str(Path(repo) / task)
         entry = {"name": name, "task": task, "metric": bench["metric"]}
+        if bench.get("judge"):
+            entry["judge"] = bench["judge"]
         if "data" in bench:
             entry["data"] = bench["data"].format(results=design.results)
         out[name] = entry

@@ -183,6 +183,50 @@ def eval_data(w):
     ]
 
 
+def judged_samples(w):
+    """The samples file a judged benchmark's evaluation wrote (one job per benchmark or per run)."""
+    if EVAL["per_benchmark_jobs"]:
+        return paths.path(
+            RESULTS, "eval_benchmark_samples", run=w.run, benchmark=w.benchmark
+        )
+    return paths.path(RESULTS, "eval_samples", run=w.run)
+
+
+def benchmark_judge_model():
+    """The judge checkpoint a judged benchmark waits for (none with an endpoint)."""
+    judge = config["benchmark_judge"]
+    return [] if judge["backend"] == "openai" else [DESIGN.model_dir(judge["model"])]
+
+
+def benchmark_judge_flags():
+    judge = config["benchmark_judge"]
+    model = (
+        judge["model"]
+        if judge["backend"] == "openai"
+        else DESIGN.model_dir(judge["model"])
+    )
+    flags = f"--backend {judge['backend']} --judge-model {shlex.quote(str(model))} --batch-size {judge['batch_size']}"
+    if judge["backend"] == "openai":
+        flags += f" --workers {judge['workers']} --api-key-env {shlex.quote(judge['api_key_env'] or '')}"
+        flags += (
+            f" --base-url {shlex.quote(judge['base_url'])}" if judge["base_url"] else ""
+        )
+    return flags + (" --trust-remote-code" if EVAL["trust_remote_code"] else "")
+
+
+def warn_missing_judge_key():
+    """Say at the start, not hours later, that the judged benchmarks' endpoint has no key (the
+    judge jobs would fail; the evaluations before them are kept)."""
+    judge, env = config["benchmark_judge"], config["benchmark_judge"]["api_key_env"]
+    judged = [b for b in BENCHMARKS if DESIGN.judged(b)]
+    if judged and judge["backend"] == "openai" and env and not os.environ.get(env):
+        print(
+            f"WARNING: benchmarks {judged} are judged through an endpoint whose key ${env} "
+            "is not set: their judge_benchmark jobs will fail (export it, or set benchmark_judge)",
+            file=sys.stderr,
+        )
+
+
 def table_outputs():
     return (
         specs.table_outputs(DESIGN)

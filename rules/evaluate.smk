@@ -40,6 +40,34 @@ rule evaluate:
         " --samples {output.samples} --out-dir {params.out_dir} > {log} 2>&1"
 
 
+# A judged benchmark (`judge:` in its entry: MM-Vet, MathVista's / MMBench's LLM step): the
+# `benchmark_judge` LLM reads the evaluation's responses; the tables read {benchmark}.judged.json.
+rule judge_benchmark:
+    input:
+        evaluation=out("evaluation"),
+        samples=judged_samples,
+        judge_model=lambda w: benchmark_judge_model(),
+    output:
+        summary=out("judged_evaluation"),
+        replies=out("judged_items"),
+    log:
+        log_of("judged_evaluation"),
+    benchmark:
+        bench_of("judged_evaluation")
+    conda:
+        "../envs/masters.yaml"
+    threads: RES["benchmark_judge"].threads
+    resources:
+        **RES["benchmark_judge"].resources,
+    params:
+        benchmark=lambda w: json.dumps(BENCHMARKS[w.benchmark]),
+        judge=lambda w: benchmark_judge_flags(),
+    shell:
+        "masters judge-benchmark --benchmark {params.benchmark:q} --evaluation {input.evaluation}"
+        " --samples {input.samples} {params.judge} --threads {threads} --gpus {resources.job_gpus}"
+        " --items {output.replies} --out {output.summary} > {log} 2>&1"
+
+
 rule curve:
     input:
         run=lambda w: DESIGN.train_dir(w.student, w.experiment, int(w.seed)),

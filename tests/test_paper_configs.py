@@ -40,6 +40,17 @@ def test_a_paper_config_plans_every_table_without_fetching(family, tmp_path):
     tables = [t for t, spec in yaml.safe_load((REPO / "config.yaml").read_text())["tables"].items()]
     config = load(configs(family), REPO)
     assert counts["table"] == len(config["tables"]) and set(config["tables"]) <= set(tables)
+    judged = [b for b, entry in config["benchmarks"].items() if entry.get("judge")]
+    assert judged == ["mmbench", "mathvista", "mmvet"]  # the three the references score with GPT
+    # one evaluation job per (run, benchmark); each judged one's responses are read by one judge job
+    evaluated, rule = [], None
+    for line in out.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif rule == "evaluate" and line.strip().startswith("wildcards:"):
+            evaluated.append(re.search(r"benchmark=(\w+)", line).group(1))
+    assert len(evaluated) == counts["evaluate"]
+    assert counts["judge_benchmark"] == sum(b in judged for b in evaluated) > 0, counts
     assert not list(tmp_path.glob("results/**/*.safetensors"))  # a dry run fetched nothing
 
 
