@@ -4,7 +4,8 @@ written here from its behaviour, not copied):
 
 * AI2D: options lettered ``A. ...`` one per line, then "Answer with the option's letter from the
   given choices directly."; a response starting with ``X.`` counts as its letter, any other is
-  compared whole; case and punctuation ignored (``ai2d_*``).
+  compared whole; case and ASCII punctuation ignored, whitespace not (lm-eval's ``exact_match``
+  as lmms-eval's ai2d.yaml configures it) (``ai2d_*``).
 * MMStar: the question already lists its options; the letter is extracted with lmms-eval's
   ``extract_mcq_answer`` rule (:func:`extract_letter`); the score is the mean over the 18 L2
   categories of their accuracies (a macro average), as lmms-eval reports ``average``.
@@ -46,6 +47,7 @@ the text has placeholders).
 from __future__ import annotations
 
 import re
+import string
 
 LETTERS = "ABCDEFGHIJ"
 LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -110,7 +112,9 @@ def ai2d_process_results(doc: dict, results: list[str]) -> dict[str, float]:
     response = results[0]
     m = re.match(r"^\s*([A-Z])\.", response)
     predicted = m.group(1) if m else response
-    clean = lambda s: re.sub(r"[^\w\s]", "", s).strip().lower()  # noqa: E731
+    # lm-eval's exact_match with ignore_case and ignore_punctuation: ASCII punctuation removed,
+    # whitespace kept (" C " is not "C"; harness agreement, scripts/harness_agreement.py)
+    clean = lambda s: s.lower().translate(str.maketrans("", "", string.punctuation))  # noqa: E731
     return {"exact_match": float(clean(predicted) == clean(ai2d_doc_to_target(doc)))}
 
 

@@ -39,8 +39,16 @@ RESPONSES = [
 
 
 def _lmms():
+    import os
+
+    # lmms-eval builds its GPT judge client at import; openai >= 3 refuses an empty key. No request is
+    # ever sent (the MathVista LLM call is replaced below), so any key will do.
+    os.environ.setdefault("OPENAI_API_KEY", "unused-no-request-is-sent")
     try:
+        from lmms_eval.api.metrics import exact_match_hf_evaluate
+        from lmms_eval.tasks.ai2d import utils as ai2d
         from lmms_eval.tasks.blink import utils as blink
+        from lmms_eval.tasks.realworldqa import utils as realworldqa
         from lmms_eval.tasks.mathvista.mathvista_evals import MathVistaEvaluator
         from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
         from lmms_eval.tasks.mmmu import utils as mmmu
@@ -48,18 +56,37 @@ def _lmms():
         from lmms_eval.tasks.seedbench import utils as seed
     except ImportError as err:
         raise SystemExit(f"lmms-eval is not importable ({err}); see this script's docstring") from err
-    return blink, MathVistaEvaluator, MMBench_Evaluator, mmmu, mmstar, seed
+    return blink, MathVistaEvaluator, MMBench_Evaluator, mmmu, mmstar, seed, (ai2d, exact_match_hf_evaluate), realworldqa
 
 
-def mcq_pairs():
+OPEN_ANSWERS = ["green", "3"]  # RealWorldQA's free answers (a word, a number)
+OPEN_RESPONSES = ["3", "3.", " 3", "three", "Green.", "green", "GREEN", " green ", "It is green.", "3 cars"]
+
+
+def mcq_pairs(open_answers: bool = False):
     for answer in "ABCD":
         for response in RESPONSES:
             yield answer, response
+    for answer in OPEN_ANSWERS if open_answers else []:
+        for response in RESPONSES + OPEN_RESPONSES:
+            yield answer, response
+
+
+def _ai2d_theirs(lmms_ai2d, answer: str, response: str) -> float:
+    """lmms-eval's ai2d: its MultiChoiceRegexFilter (flexible-extract), then lm-eval's exact_match
+    with ignore_case and ignore_punctuation, as ai2d.yaml configures them."""
+    ai2d, exact_match = lmms_ai2d
+    doc = {"question": "q", "options": OPTIONS, "answer": str("ABCD".index(answer))}
+    keep = ai2d.MultiChoiceRegexFilter(regex_pattern=r"([A-Z])\.", group_select=0, ignore_case=True,
+                                       ignore_punctuation=True)
+    filtered = keep.apply([[response]], [doc])[0]
+    target = ai2d.ai2d_doc_to_target(doc, "mcq")
+    return float(exact_match([filtered], [target], ignore_case=True, ignore_punctuation=True)["exact_match"])
 
 
 def compare_mcq(lmms) -> dict[str, list]:
     """For each multiple-choice benchmark: [(answer, response, ours, theirs)] where they differ, and a count."""
-    blink, _, MMBench_Evaluator, mmmu, mmstar, seed = lmms
+    blink, _, MMBench_Evaluator, mmmu, mmstar, seed, lmms_ai2d, realworldqa = lmms
     mmbench = MMBench_Evaluator()
     letters = "ABCD"
     options = dict(zip(letters, OPTIONS))
@@ -80,11 +107,49 @@ def compare_mcq(lmms) -> dict[str, list]:
         "mmmu-pro (parsed)": (lambda a, r: float(mcq.mmmu_parse(r, OPTIONS, seed="0") == a),
                               lambda a, r: float(mmmu.parse_multi_choice_response(r, list(letters), index2ans) == a)),
     }
+    scorers["ai2d"] = (
+        lambda a, r: mcq.ai2d_process_results({"options": OPTIONS, "answer": str("ABCD".index(a))}, [r])["exact_match"],
+        lambda a, r: _ai2d_theirs(lmms_ai2d, a, r))
+    scorers["realworldqa"] = (lambda a, r: mcq.realworldqa_process_results({"answer": a}, [r])["exact_match"],
+                              lambda a, r: realworldqa.realworldqa_process_results({"answer": a}, [r])["exact_match"])
     report = {}
     with _no_random_pick():
         for name, (ours, theirs) in scorers.items():
-            report[name] = [(a, r, ours(a, r), theirs(a, r)) for a, r in mcq_pairs()]
+            report[name] = [(a, r, ours(a, r), theirs(a, r)) for a, r in mcq_pairs(name == "realworldqa")]
     return report
+
+
+MMBENCH_DOCS = [  # 2, 3 and 4 options (the prompt lists them up to the first missing one)
+    {"index": 0, "question": "Which animal is shown", "hint": None, "A": "a cat", "B": "a dog", "C": None, "D": None},
+    {"index": 1, "question": "What colour", "hint": "h", "A": "red", "B": "green", "C": "blue", "D": None},
+    {"index": 2, "question": "Which one?", "hint": None, "A": "1", "B": "2", "C": "3", "D": "4"},
+]
+UNREAD = ["it barks", "I think A is wrong, B", "none of them", "The answer is A", ""]
+
+
+def compare_judge_prompts(lmms) -> list[tuple[str, str, str]]:
+    """The judged benchmarks' LLM requests: [(what, ours, theirs)] for MMBench's matching prompt
+    (every response its rule cannot read, on each item) and MathVista's extraction prompt."""
+    _, MathVistaEvaluator, MMBench_Evaluator, *_ = lmms
+    from lmms_eval.tasks.mathvista.mathvista_evals import DEMO_PROMPT
+
+    mmbench, rows = MMBench_Evaluator(), []
+    for doc in MMBENCH_DOCS:
+        for response in UNREAD:
+            if mcq.mmbench_rule(response, doc):
+                continue
+            theirs = mmbench.build_prompt(doc["question"], mmbench.build_option_str(mmbench.extract_options(doc)),
+                                          response)
+            rows.append((f"mmbench {doc['index']} {response!r}",
+                         mcq.mmbench_match_messages(doc, response, 0)[0]["content"], theirs))
+    evaluator = MathVistaEvaluator(quick_extract=False)
+    for kind, doc in MATHVISTA_DOCS.items():
+        for response in ("fourteen apples", "I am not sure", "[1, 2] or so"):
+            ours = mathvista.extraction_messages(doc, response, 0)
+            if ours is not None:
+                rows.append((f"mathvista {kind} {response!r}", ours[0]["content"],
+                             evaluator.create_test_prompt(DEMO_PROMPT, doc["query"], response)))
+    return rows
 
 
 @contextlib.contextmanager
@@ -186,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     if any(kind == "float" for kind, *_ in differ):
         print(f"  {KNOWN['mathvista float']}")
     unexplained += same != len(prompts) or any(kind != "float" for kind, *_ in differ)
+    judge = compare_judge_prompts(lmms)
+    differ = [(what, ours, theirs) for what, ours, theirs in judge if ours != theirs]
+    print(f"\njudge requests (MMBench matching, MathVista extraction): {len(judge) - len(differ)} / {len(judge)} identical")
+    for what, ours, theirs in differ[: args.show]:
+        print(f"  {what}:\n    ours {ours[-120:]!r}\n    lmms {theirs[-120:]!r}")
+    unexplained += bool(differ)
     return 1 if unexplained else 0
 
 
