@@ -11,6 +11,7 @@ is not a documented deviation (``KNOWN``). Not part of CI: lmms-eval is not inst
 project (its pins conflict), so it is loaded from a directory of its own:
 
     .venv/bin/python -m pip install --no-deps --target .lmms lmms-eval==0.7.3 loguru
+    .venv/bin/python -m pip install --target .lmms levenshtein   # MathVista's nearest choice
     PYTHONPATH=.lmms .venv/bin/python scripts/harness_agreement.py [--show 5]
 
 MathVista: lmms-eval asks an LLM for every response its rules do not settle; those pairs are
