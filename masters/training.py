@@ -294,18 +294,44 @@ def save_state(model, optimizer, state: dict, out: Path) -> None:
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(torch.get_rng_state(), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(state))
-    shutil.rmtree(out, ignore_errors=True)
+    replace_state(tmp, out)
+
+
+def _aside(out: Path) -> Path:
+    return out.with_name(out.name + ".old")
+
+
+def replace_state(tmp: Path, out: Path) -> None:
+    """Put the complete state ``tmp`` at ``out`` so that a kill at any instant leaves a complete
+    state to resume from: the old state is renamed aside and the new one into place (renames are
+    atomic), and only then is the old one deleted (a deletion is not: a state half deleted,
+    its trainer_state.json still there, must never be what a resume finds)."""
+    aside = _aside(out)
+    shutil.rmtree(aside, ignore_errors=True)  # settle_state ran first: never the only complete state
+    if out.exists():
+        out.rename(aside)
     tmp.rename(out)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def settle_state(out: Path) -> None:
+    """Finish a :func:`replace_state` that a kill interrupted, before anything is read or saved:
+    afterwards ``out`` is a complete state or there is none. A new state complete in ``out.tmp``
+    (trainer_state.json is written last) goes into place; the one set aside comes back when
+    it is the only one; what is left is deleted."""
+    tmp, aside = out.with_name(out.name + ".tmp"), _aside(out)
+    if not out.exists():
+        if (tmp / "trainer_state.json").is_file():
+            tmp.rename(out)
+        elif aside.exists():
+            aside.rename(out)
+    for leftover in (tmp, aside):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def complete_state(out: Path) -> Path | None:
-    """The saved state to resume from: ``out``, or ``out.tmp`` when a kill landed between
-    removing the old state and renaming the new one into place (trainer_state.json is written
-    last, so a directory holding it is complete)."""
-    for where in (out, out.with_name(out.name + ".tmp")):
-        if (where / "trainer_state.json").is_file():
-            return where
-    return None
+    """The saved state to resume from (after :func:`settle_state`): ``out``, or None."""
+    return out if (out / "trainer_state.json").is_file() else None
 
 
 def load_state(model, optimizer, out: Path) -> dict | None:
@@ -355,6 +381,9 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     vocab = len(s_proc.tokenizer)
     torch.manual_seed(cfg.seed)
     key = fingerprint(student_dir, stages, cfg)
+    if backend.is_main:
+        settle_state(out / "resume")
+    backend.barrier()
     saved = complete_state(out / "resume")
     previous_key = json.loads((saved / "trainer_state.json").read_text()).get("fingerprint") if saved else None
     if backend.is_main:
@@ -423,8 +452,12 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     backend.save_checkpoint(s_proc, out / "final")
     backend.barrier()
     if backend.is_main:
-        for resume in ("resume", "resume.tmp"):  # (a backend may keep none; .tmp: see complete_state)
-            shutil.rmtree(out / resume, ignore_errors=True)
+        # the state goes first, renamed out of the way (a half-deleted one must never be resumed)
+        done_state = out / "resume.done"
+        if (out / "resume").exists():
+            (out / "resume").rename(done_state)
+        for leftover in (done_state, out / "resume.tmp", out / "resume.old"):
+            shutil.rmtree(leftover, ignore_errors=True)
         if final_out.exists():
             shutil.rmtree(final_out)
         out.rename(final_out)

@@ -150,9 +150,10 @@ class DeepSpeedBackend:
         self.engine.save_checkpoint(str(tmp), tag="state", client_state={"rng": torch.get_rng_state()})
         self.barrier()
         if self.is_main:
+            from masters.training import replace_state
+
             (tmp / "trainer_state.json").write_text(json.dumps(state))  # last: the state is complete
-            shutil.rmtree(out, ignore_errors=True)
-            tmp.rename(out)
+            replace_state(tmp, out)
         self.barrier()
 
     def load_state(self, out: Path) -> dict | None:

@@ -369,12 +369,13 @@ def test_sigkilled_training_resumes_to_the_same_weights(world, rewarded, tmp_pat
     proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resume = tmp_path / "killed.partial/resume"
 
-    def saved_step():  # the state being replaced may be missing for an instant: resume reads .tmp then
-        where = training.complete_state(resume)
-        try:
-            return json.loads((where / "trainer_state.json").read_text())["step"] if where else 0
-        except FileNotFoundError:
-            return 0
+    def saved_step():  # what a resume would settle on (training.settle_state), read without moving anything
+        for where in (resume, resume.with_name("resume.tmp"), resume.with_name("resume.old")):
+            try:
+                return json.loads((where / "trainer_state.json").read_text())["step"]
+            except FileNotFoundError:
+                continue
+        return 0
 
     deadline = time.time() + 120
     while time.time() < deadline and saved_step() < 5:
@@ -383,7 +384,8 @@ def test_sigkilled_training_resumes_to_the_same_weights(world, rewarded, tmp_pat
     proc.wait()
     killed_at = saved_step()
     assert 5 <= killed_at < 24, "the kill must land mid-run"
-    subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
+    resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True)
+    assert resumed.returncode == 0, f"killed at step {killed_at}; the resume failed:\n{resumed.stderr[-3000:]}"
     a = load_file(tmp_path / "straight/final/model.safetensors")
     b = load_file(tmp_path / "killed/final/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -720,15 +722,39 @@ def test_curve_checkpoints_and_the_learning_curve(world, rewarded, tmp_path, mon
         curves.step_checkpoints(tmp_path / "fig")
 
 
-def test_a_state_caught_between_remove_and_rename_is_still_resumed(world, rewarded, tmp_path):
-    """Killed after the old state was removed and before the new one was renamed into place,
-    the run resumes from the complete .tmp state (not from scratch)."""
+def test_a_state_caught_mid_replacement_is_resumed_from_the_newest_complete_state(world, rewarded, tmp_path):
+    """Killed between setting the old state aside and renaming the new one into place, the run
+    resumes from the complete new state in resume.tmp (here marked: the old one says step 2)."""
+    import shutil
+
     _train(world, rewarded, tmp_path / "run", max_steps=5)  # state saved at step 4
     resume = tmp_path / "run.partial/resume"
-    resume.rename(resume.with_name("resume.tmp"))  # the instant between rmtree and rename
-    assert training.complete_state(resume) == resume.with_name("resume.tmp")
+    resume.rename(resume.with_name("resume.old"))  # the instant between the two renames
+    shutil.copytree(resume.with_name("resume.old"), resume.with_name("resume.tmp"))
+    stale = resume.with_name("resume.old") / "trainer_state.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "step": 2}))
+    assert training.complete_state(resume) is None  # nothing at resume until it is settled
     log = _train(world, rewarded, tmp_path / "run", max_steps=1)
-    assert list(log.step)[-1] == 5  # resumed at step 4, ran one step
+    assert list(log.step)[-1] == 5  # resumed at step 4 (the new state), ran one step
+    assert not resume.with_name("resume.old").exists() and not resume.with_name("resume.tmp").exists()
+
+
+def test_an_interrupted_save_leaves_the_set_aside_state_or_half_deleted_leftovers(world, rewarded, tmp_path):
+    """A new state killed while being written (no trainer_state.json yet) after the old one was
+    set aside: the old one comes back. A half-deleted set-aside state beside a complete one is
+    never read: it is deleted."""
+    _train(world, rewarded, tmp_path / "run", max_steps=5)  # state saved at step 4
+    resume = tmp_path / "run.partial/resume"
+    resume.rename(resume.with_name("resume.old"))
+    resume.with_name("resume.tmp").mkdir()
+    (resume.with_name("resume.tmp") / "model.safetensors").write_text("half written")
+    log = _train(world, rewarded, tmp_path / "run", max_steps=1)
+    assert list(log.step)[-1] == 5
+    half = resume.with_name("resume.old")
+    half.mkdir()
+    (half / "trainer_state.json").write_text(json.dumps({"stage": 0, "step": 1, "fingerprint": "x"}))  # its weights gone
+    log = _train(world, rewarded, tmp_path / "run", max_steps=1)
+    assert list(log.step)[-1] == 5 and not half.exists()  # from step 4 again (read, it would say step 1)
 
 
 def test_a_run_resumed_from_tmp_after_its_last_stage_leaves_no_state_behind(world, rewarded, tmp_path, monkeypatch):
