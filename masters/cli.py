@@ -142,6 +142,14 @@ def cmd_snapshot(args: argparse.Namespace) -> None:
     print(f"{args.repo}@{manifest['commit']}: {len(manifest['files'])} files -> {args.out}")
 
 
+def cmd_fetch_benchmark(args: argparse.Namespace) -> None:
+    from masters.hub import fetch_benchmark
+
+    manifest = fetch_benchmark(args.name, args.task, args.revision, args.out, allow_patterns=args.allow)
+    print(f"{args.name}: {manifest['repo_id']}@{manifest['commit']} {manifest['split']}, rows {manifest['rows']}"
+          f" -> {args.out}")
+
+
 def cmd_dataset(args: argparse.Namespace) -> None:
     import shutil
 
@@ -441,6 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                               " (default: masters.hub.MODEL_FILES)")
     p.add_argument("--out", required=True, help="output directory (written via OUT.partial)")
     p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("fetch-benchmark", help="a Hub benchmark's test data as local parquet, at a resolved commit")
+    p.add_argument("--name", required=True, help="the benchmark's name (the table column)")
+    p.add_argument("--task", required=True, help="its task YAML (dataset_path, dataset_name or subsets, test_split)")
+    p.add_argument("--revision", default="main", help="commit (pinned) or branch of the dataset repository")
+    p.add_argument("--allow", nargs="+", default=None, help="file patterns of the repository to fetch (default: all)")
+    p.add_argument("--out", required=True, help="output directory (data.parquet or <subset>.parquet, manifest.json)")
+    p.set_defaults(func=cmd_fetch_benchmark)
 
     p = sub.add_parser("dataset", help="training questions from a Hub dataset or local parquet, in the question"
                                        " schema (id, image, question, answer[, options])")

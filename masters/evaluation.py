@@ -31,11 +31,13 @@ class Benchmark:
     judge: str | None = None  # a judge protocol (masters/benchmark_judge.py): scored after, from the samples
 
 
-def task_spec(bench: Benchmark) -> str | dict[str, Any]:
+def task_spec(bench: Benchmark) -> str | dict[str, Any] | list[dict[str, Any]]:
     """What ``simple_evaluate(tasks=[...])`` takes for ``bench``.
 
     A YAML is loaded with lm-eval's own loader (``include:`` resolved), renamed to
-    ``bench.name`` and, when ``bench.data`` is set, pointed at that parquet file.
+    ``bench.name`` and, when ``bench.data`` is set, pointed at local parquet: that file, or a
+    directory fetched from the Hub (:func:`masters.hub.fetch_benchmark`: ``data.parquet``, or
+    ``<subset>.parquet`` per config of a ``subsets`` benchmark).
     """
     if not bench.task.endswith((".yaml", ".yml")):
         return bench.task
@@ -46,20 +48,30 @@ def task_spec(bench: Benchmark) -> str | dict[str, Any]:
         raise FileNotFoundError(f"benchmark {bench.name!r}: task YAML {path} does not exist")
     spec = load_yaml(path)
     spec["task"] = bench.name
-    if bench.data is not None:
-        data = Path(bench.data)
-        if not data.is_file():
-            raise FileNotFoundError(f"benchmark {bench.name!r}: data file {data} does not exist")
-        split = spec.get("test_split", "test")
-        spec["dataset_path"] = "parquet"  # a Hub benchmark read from a local file of its schema
-        spec.pop("dataset_name", None)
-        kwargs = {k: v for k, v in (spec.get("dataset_kwargs") or {}).items() if k != "revision"}
-        spec["dataset_kwargs"] = {**kwargs, "data_files": {split: str(data.resolve())}}
     subsets = spec.pop("subsets", None)
-    if subsets:  # one task per dataset config; :func:`evaluate` averages them unweighted
-        return [{**spec, "task": f"{bench.name}_{s}", **({} if bench.data else {"dataset_name": s})}
-                for s in subsets]
-    return spec
+    if bench.data is None:
+        if subsets:  # one task per dataset config; :func:`evaluate` averages them unweighted
+            return [{**spec, "task": f"{bench.name}_{s}", "dataset_name": s} for s in subsets]
+        return spec
+    data = Path(bench.data)
+    if data.is_dir():
+        files = {s: data / f"{s}.parquet" for s in subsets} if subsets else {None: data / "data.parquet"}
+    else:
+        files = dict.fromkeys(subsets or [None], data)  # one file (the tiny world's; a fixture)
+    for file in files.values():
+        if not file.is_file():
+            raise FileNotFoundError(f"benchmark {bench.name!r}: data file {file} does not exist")
+    split = spec.get("test_split", "test")
+    spec["dataset_path"] = "parquet"  # a Hub benchmark read from a local file of its schema
+    spec.pop("dataset_name", None)
+    kwargs = {k: v for k, v in (spec.get("dataset_kwargs") or {}).items() if k != "revision"}
+
+    def local(task: str, file: Path) -> dict[str, Any]:
+        return {**spec, "task": task, "dataset_kwargs": {**kwargs, "data_files": {split: str(file.resolve())}}}
+
+    if subsets:
+        return [local(f"{bench.name}_{s}", file) for s, file in files.items()]
+    return local(bench.name, files[None])
 
 
 def subtask_names(spec) -> list[str] | None:
@@ -90,7 +102,8 @@ def evaluate(
     samples_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score ``model_dir`` on ``benchmarks``; returns ``{"accuracy": {name: %}, "n": {...}, ...}``."""
-    os.environ.update(OFFLINE_ENV)
+    if all(b.data is not None for b in benchmarks):  # local files only: never reach for the Hub
+        os.environ.update(OFFLINE_ENV)
     import gc
 
     import lm_eval

@@ -173,3 +173,88 @@ def _answers(column):
         values = [None if v is None or not len(v) else str(v[0]) for v in column.to_pylist()]
         return pa.array(values, type=pa.string())
     return column.cast(pa.string())
+
+
+# ---------------------------------------------------------------- benchmark datasets
+
+BENCHMARK_MANIFEST = "manifest.json"
+
+
+def benchmark_sources(task_yaml: str | Path) -> tuple[str, str, list[tuple[str, str | None]]]:
+    """What a benchmark's task YAML reads from the Hub: (dataset id, split, [(file stem, config)]):
+    one ``data`` file of the YAML's ``dataset_name``, or one per ``subsets`` config."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    spec = load_yaml(Path(task_yaml))
+    path = spec.get("dataset_path")
+    if not path or path in ("parquet", "json", "csv") or "/" not in str(path):
+        raise HubError(f"{task_yaml}: dataset_path {path!r} is not a Hub dataset (give the benchmark `data:`)")
+    split = spec.get("test_split", "test")
+    subsets = spec.get("subsets")
+    parts = [(s, s) for s in subsets] if subsets else [("data", spec.get("dataset_name"))]
+    return str(path), str(split), parts
+
+
+def fetch_benchmark(name: str, task_yaml: str | Path, revision: str, out: str | Path,
+                    allow_patterns: list[str] | None = None, download: Callable | None = None, api=None) -> dict:
+    """A Hub benchmark's test data as local parquet, at a resolved commit: the dataset repository
+    is snapshotted (:func:`snapshot`), each config's split is read with ``datasets`` (its README's
+    configs, or the file layout) and written as ``OUT/<stem>.parquet`` (``data``, or each subset),
+    with ``OUT/manifest.json`` (repository, revision, commit, configs, split, rows). Evaluation then
+    reads these files offline, so every score comes from a known commit of its dataset."""
+    import datasets
+
+    repo_id, split, parts = benchmark_sources(task_yaml)
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    source = partial / "repo"
+    fetched = snapshot(repo_id, revision, source, repo_type="dataset", allow_patterns=allow_patterns,
+                       download=download, api=api)
+    rows = {}
+    for stem, config in parts:
+        try:
+            declared = _declared_files(source, config, split)
+            if declared is None:  # no configs in the card: the repository's file layout names the splits
+                data = datasets.load_dataset(str(source), config, split=split)
+            else:  # only this split's files (`files` may leave the others out)
+                kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}.get(Path(declared[0]).suffix, "parquet")
+                data = datasets.load_dataset(kind, data_files={split: declared}, split=split)
+        except (ValueError, FileNotFoundError) as error:
+            raise HubError(f"benchmark {name}: {repo_id}@{fetched['commit']} has no split {split!r} of config"
+                           f" {config!r} among the fetched files ({error})") from None
+        data.to_parquet(str(partial / f"{stem}.parquet"))
+        rows[stem] = len(data)
+    manifest = {"benchmark": name, "task": str(task_yaml), "repo_id": repo_id, "revision": revision,
+                "commit": fetched["commit"], "split": split, "configs": {s: c for s, c in parts}, "rows": rows,
+                "allow_patterns": fetched["allow_patterns"]}
+    (partial / BENCHMARK_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    shutil.rmtree(source)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return manifest
+
+
+def _declared_files(source: Path, config: str | None, split: str) -> list[str] | None:
+    """The files the dataset card's ``configs`` metadata gives ``config``'s ``split`` (None: the
+    card declares no configs); an empty match is an error naming the pattern."""
+    import yaml
+
+    readme = source / "README.md"
+    front = re.match(r"---\n(.*?)\n---", readme.read_text(), re.DOTALL) if readme.is_file() else None
+    declared = (yaml.safe_load(front.group(1)) or {}).get("configs") if front else None
+    if not declared:
+        return None
+    for entry in declared:
+        if entry.get("config_name", "default") != (config or "default"):
+            continue
+        for item in entry.get("data_files") or []:
+            if isinstance(item, dict) and item.get("split") == split:
+                patterns = [item["path"]] if isinstance(item["path"], str) else list(item["path"])
+                files = sorted(str(p) for pattern in patterns for p in source.glob(pattern) if p.is_file())
+                if not files:
+                    raise FileNotFoundError(f"no fetched file matches {patterns}")
+                return files
+        raise ValueError(f"the card's config {config or 'default'!r} declares no split {split!r}")
+    raise ValueError(f"the card declares no config {config or 'default'!r}")

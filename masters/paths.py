@@ -56,6 +56,7 @@ PATTERNS: dict[str, str] = {
     # paper-scale inputs fetched once: Hub models (pinned revision), training datasets
     "hub_model": "hub/{model}",
     "dataset": "datasets/{dataset}.parquet",  # converted to the question schema
+    "hub_benchmark": "hub/benchmarks/{benchmark}",  # a Hub benchmark's test data: parquet + manifest.json
     # distillation (METHOD.md §1-§7)
     "masked": "masked/{model}/masked_r{ratio}",
     "questions": "train/questions.parquet",

@@ -36,6 +36,8 @@ def benchmark_entries(design: Design, repo: str | Path) -> dict[str, dict]:
             entry["judge"] = bench["judge"]
         if "data" in bench:
             entry["data"] = bench["data"].format(results=design.results)
+        elif name in design.hub_benchmarks():
+            entry["data"] = design.path("hub_benchmark", benchmark=name)  # fetched at a commit
         out[name] = entry
     return out
 
@@ -94,6 +96,13 @@ def snapshot_args(design: Design, model: str) -> str:
     source = design.hub_models()[model]
     allow = " --allow " + " ".join(map(shlex.quote, source["allow_patterns"])) if "allow_patterns" in source else ""
     return f"--repo {source['hub']} --revision {source['revision']}{allow}"
+
+
+def fetch_benchmark_args(design: Design, repo: str | Path, name: str) -> str:
+    """The ``masters fetch-benchmark`` arguments of a Hub benchmark: its task YAML, revision, files."""
+    entry = design.config["benchmarks"][name]
+    files = " --allow " + " ".join(map(shlex.quote, entry["files"])) if entry.get("files") else ""
+    return f"--task {shlex.quote(str(Path(repo) / entry['task']))} --revision {shlex.quote(entry['revision'])}{files}"
 
 
 # ---------------------------------------------------------------- tables

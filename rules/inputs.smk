@@ -1,5 +1,6 @@
-# Paper-scale inputs fetched once (masters/hub.py): a Hub model at a pinned revision, and a
-# training dataset (Hub or local parquet) in the question schema. The token, if needed, comes
+# Paper-scale inputs fetched once (masters/hub.py): a Hub model at a pinned revision, a
+# training dataset (Hub or local parquet) in the question schema, and a benchmark's test data
+# (a Hub dataset at a revision, as parquet that the evaluation reads offline). The token, if needed, comes
 # from HF_TOKEN in the environment. Not used by the embedded default (its models are local).
 
 
@@ -34,3 +35,19 @@ rule dataset:
     shell:
         "masters dataset --name {wildcards.dataset} --spec {params.spec:q}"
         " --out {output} > {log} 2>&1"
+
+
+rule benchmark_data:
+    output:
+        directory(out("hub_benchmark")),
+    log:
+        log_of("hub_benchmark"),
+    conda:
+        "../envs/masters.yaml"
+    threads: RES["default"].threads
+    resources:
+        **RES["default"].resources,
+    params:
+        args=lambda w: specs.fetch_benchmark_args(DESIGN, REPO, w.benchmark),
+    shell:
+        "masters fetch-benchmark --name {wildcards.benchmark} {params.args} --out {output} > {log} 2>&1"

@@ -194,21 +194,29 @@ def test_the_endpoint_backend_sends_greedy_chat_requests_with_the_key_from_the_e
 
 
 def test_mmvet_end_to_end_through_lm_eval_and_the_judge(tmp_path, tiny_model, processor, endpoint, monkeypatch):
-    """The evaluate step writes the responses with their docs (NaN score: no rule grades MM-Vet);
+    """The paper's path: the dataset fetched from a (stand-in) Hub at a commit; the evaluate step
+    reads it offline and writes the responses with their docs (NaN score: no rule grades MM-Vet);
     `masters judge-benchmark` grades them through the endpoint and writes what the tables read."""
     from masters.checkpoints import save_checkpoint
     from masters.cli import main
     from masters.evaluation import Benchmark, evaluate
+    from masters.hub import fetch_benchmark
     from masters.tables import accuracy_table, write_results
     from tests.test_benchmarks import _fixture, _png
+    from tests.test_hub import COMMIT, FakeHub, RepoHub
 
     url, seen = endpoint
     save_checkpoint(tiny_model, processor, tmp_path / "model")
-    data = _fixture(tmp_path / "mmvet.parquet", {
+    (tmp_path / "repo/data").mkdir(parents=True)
+    _fixture(tmp_path / "repo/data/test-00000-of-00001.parquet", {
         "question_id": ["v1_0", "v1_1"], "question": ["What is x?", "Explain."], "answer": ["-1<AND>-5", "a meme"],
         "capability": ["ocr,math", "rec,know,gen"], "image": [_png("red"), _png("blue")]},
         {"question_id": "string", "question": "string", "answer": "string", "capability": "string", "image": "image"})
-    bench = Benchmark("mmvet", str(REPO / "benchmarks/mmvet.yaml"), data=data, metric="score,none",
+    data = tmp_path / "hub/benchmarks/mmvet"
+    manifest = fetch_benchmark("mmvet", REPO / "benchmarks/mmvet.yaml", COMMIT, data,
+                               download=RepoHub(tmp_path / "repo").download, api=FakeHub([]))
+    assert manifest["repo_id"] == "lmms-lab/MMVet" and manifest["rows"] == {"data": 2}
+    bench = Benchmark("mmvet", str(REPO / "benchmarks/mmvet.yaml"), data=str(data), metric="score,none",
                       judge="mmvet.JUDGE")
     summary = evaluate(tmp_path / "model", [bench], batch_size=2, samples_path=tmp_path / "samples.jsonl")
     assert summary["n"] == {"mmvet": 2} and math.isnan(summary["accuracy"]["mmvet"])

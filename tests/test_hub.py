@@ -117,3 +117,85 @@ def test_the_dataset_command_reads_local_files_into_the_question_schema(two_file
     assert main(["dataset", "--name", "local", "--spec", json.dumps(spec), "--out", str(out)]) == 0
     questions = draw_questions([str(out)], None, 0)  # what the train_questions rule reads
     assert len(questions) == 3 and questions.id.is_unique
+
+
+# ---------------------------------------------------------------- benchmark datasets
+
+
+class RepoHub(FakeHub):
+    """A dataset repository made of real files: download copies them (parquet, README)."""
+
+    def __init__(self, root):
+        super().__init__([])
+        self.root = root
+
+    def download(self, repo_id, repo_type, revision, local_dir, allow_patterns):
+        import fnmatch
+        import shutil
+
+        self.calls.append(("download", repo_id, revision, local_dir, tuple(allow_patterns)))
+        for path in self.root.rglob("*"):
+            rel = str(path.relative_to(self.root))
+            if path.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
+                (__import__("pathlib").Path(local_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, __import__("pathlib").Path(local_dir) / rel)
+
+
+def _parquet(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path)
+
+
+def test_a_benchmark_with_configs_is_fetched_per_subset_at_its_commit(tmp_path, capsys):
+    """A BLINK-like repository (README configs, a val and a test split per config): each subset's
+    split becomes <subset>.parquet; the manifest names the commit; the evaluation's task spec
+    points each subset's task at its file."""
+    from masters.evaluation import Benchmark, task_spec
+
+    repo = tmp_path / "repo"
+    for config in ("Art", "Jigsaw"):
+        _parquet(repo / config / "val-00000-of-00001.parquet", {"idx": [f"{config}_1", f"{config}_2"], "answer": ["(A)", "(B)"]})
+        _parquet(repo / config / "test-00000-of-00001.parquet", {"idx": [f"{config}_t"], "answer": [""]})
+    (repo / "README.md").write_text("---\nconfigs:\n" + "".join(
+        f"- config_name: {c}\n  data_files:\n  - split: val\n    path: {c}/val-*\n  - split: test\n    path: {c}/test-*\n"
+        for c in ("Art", "Jigsaw")) + "---\n")
+    task = tmp_path / "blink.yaml"
+    task.write_text("task: blink\ndataset_path: BLINK-Benchmark/BLINK\ntest_split: val\nsubsets: [Art, Jigsaw]\n"
+                    "output_type: generate_until\ndoc_to_text: idx\ndoc_to_target: answer\n")
+    fake = RepoHub(repo)
+    out = tmp_path / "hub/benchmarks/blink"
+    manifest = hub.fetch_benchmark("blink", task, "main", out, allow_patterns=["README.md", "*/val-*"],
+                                   download=fake.download, api=fake)
+    assert "not pinned" in capsys.readouterr().err
+    assert manifest["commit"] == COMMIT and manifest["rows"] == {"Art": 2, "Jigsaw": 2}
+    assert json.loads((out / "manifest.json").read_text())["configs"] == {"Art": "Art", "Jigsaw": "Jigsaw"}
+    assert fake.calls[1][2] == COMMIT and fake.calls[1][4] == ("README.md", "*/val-*")  # fetched at the commit
+    assert sorted(p.name for p in out.iterdir()) == ["Art.parquet", "Jigsaw.parquet", "manifest.json"]
+    assert pd.read_parquet(out / "Jigsaw.parquet")["idx"].tolist() == ["Jigsaw_1", "Jigsaw_2"]
+    specs = task_spec(Benchmark("blink", str(task), data=str(out)))
+    assert [(s["task"], s["dataset_kwargs"]["data_files"]) for s in specs] == [
+        ("blink_Art", {"val": str((out / "Art.parquet").resolve())}),
+        ("blink_Jigsaw", {"val": str((out / "Jigsaw.parquet").resolve())})]
+
+
+def test_a_single_config_benchmark_by_file_layout_and_the_errors_that_name_the_problem(tmp_path):
+    from masters.evaluation import Benchmark, task_spec
+
+    repo = tmp_path / "repo"
+    _parquet(repo / "data" / "testmini-00000-of-00001.parquet", {"pid": ["1", "2", "3"], "answer": ["a", "b", "c"]})
+    task = tmp_path / "mathvista.yaml"
+    task.write_text("task: m\ndataset_path: AI4Math/MathVista\ntest_split: testmini\n")
+    out = tmp_path / "hub/benchmarks/mathvista"
+    manifest = hub.fetch_benchmark("mathvista", task, COMMIT, out, download=RepoHub(repo).download, api=FakeHub([]))
+    assert manifest["rows"] == {"data": 3} and (out / "data.parquet").is_file()
+    assert task_spec(Benchmark("mathvista", str(task), data=str(out)))["dataset_kwargs"] == {
+        "data_files": {"testmini": str((out / "data.parquet").resolve())}}
+    (tmp_path / "other.yaml").write_text("task: m\ndataset_path: AI4Math/MathVista\ntest_split: test\n")
+    with pytest.raises(hub.HubError, match="no split 'test'"):
+        hub.fetch_benchmark("mathvista", tmp_path / "other.yaml", COMMIT, tmp_path / "o",
+                            download=RepoHub(repo).download, api=FakeHub([]))
+    (tmp_path / "local.yaml").write_text("task: m\ndataset_path: parquet\n")
+    with pytest.raises(hub.HubError, match="not a Hub dataset"):
+        hub.fetch_benchmark("x", tmp_path / "local.yaml", COMMIT, tmp_path / "p", download=None, api=None)
+    with pytest.raises(FileNotFoundError, match="data.parquet"):
+        task_spec(Benchmark("mathvista", str(task), data=str(tmp_path)))
