@@ -405,9 +405,11 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     def log_frame() -> pd.DataFrame:
         return pd.DataFrame(records, columns=LOG_COLUMNS)
 
-    def write_log() -> None:
+    def write_log() -> None:  # complete or not at all: a kill mid-write must not leave a torn log to resume from
         if backend.is_main:
-            log_frame().to_csv(log_path, index=False)
+            tmp = log_path.with_name(log_path.name + ".tmp")
+            log_frame().to_csv(tmp, index=False)
+            tmp.replace(log_path)
     global_step, done = state["step"], 0
     first_step = sum(s.steps for s in stages[: state["stage"]])
     if cfg.curve_every and global_step == 0:

@@ -739,6 +739,28 @@ def test_a_state_caught_mid_replacement_is_resumed_from_the_newest_complete_stat
     assert not resume.with_name("resume.old").exists() and not resume.with_name("resume.tmp").exists()
 
 
+def test_a_kill_while_the_log_is_written_leaves_the_previous_log_whole(world, rewarded, tmp_path, monkeypatch):
+    """The training log is replaced whole: killed half-way through writing it (here: the write
+    raises after a partial line), the resume reads the log of the last saved state. (Written in
+    place, an empty train_log.csv made the SIGKILL test's resume fail: pandas' EmptyDataError.)"""
+    import pandas as pd
+
+    _train(world, rewarded, tmp_path / "run", max_steps=2)  # log and state at step 2
+    real = pd.DataFrame.to_csv
+
+    def torn(frame, path, *args, **kwargs):
+        open(path, "w").write("step,lo")
+        raise KeyboardInterrupt("killed while writing the log")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", torn)
+    with pytest.raises(KeyboardInterrupt):
+        _train(world, rewarded, tmp_path / "run", max_steps=3)  # writes the log at step 4
+    assert pd.read_csv(tmp_path / "run.partial/train_log.csv").step.tolist() == [1, 2]
+    monkeypatch.setattr(pd.DataFrame, "to_csv", real)
+    log = _train(world, rewarded, tmp_path / "run")
+    assert list(log.step) == list(range(1, 7))
+
+
 def test_an_interrupted_save_leaves_the_set_aside_state_or_half_deleted_leftovers(world, rewarded, tmp_path):
     """A new state killed while being written (no trainer_state.json yet) after the old one was
     set aside: the old one comes back. A half-deleted set-aside state beside a complete one is
