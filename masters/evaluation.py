@@ -39,11 +39,11 @@ def task_spec(bench: Benchmark) -> str | dict[str, Any] | list[dict[str, Any]]:
     directory fetched from the Hub (:func:`masters.hub.fetch_benchmark`: ``data.parquet``, or
     ``<subset>.parquet`` per config of a ``subsets`` benchmark).
     """
-    if not bench.task.endswith((".yaml", ".yml")):
-        return bench.task
+    if not bench.task.endswith((".yaml", ".yml")) and bench.data is None:
+        return bench.task  # a task lm-eval ships, loaded by lm-eval (its dataset from the Hub)
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    path = Path(bench.task)
+    path = Path(bench.task) if bench.task.endswith((".yaml", ".yml")) else registered_yaml(bench.task)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark {bench.name!r}: task YAML {path} does not exist")
     spec = load_yaml(path)
@@ -61,7 +61,7 @@ def task_spec(bench: Benchmark) -> str | dict[str, Any] | list[dict[str, Any]]:
     for file in files.values():
         if not file.is_file():
             raise FileNotFoundError(f"benchmark {bench.name!r}: data file {file} does not exist")
-    split = spec.get("test_split", "test")
+    split = spec.get("test_split") or spec.get("validation_split") or "test"  # the split lm-eval scores
     spec["dataset_path"] = "parquet"  # a Hub benchmark read from a local file of its schema
     spec.pop("dataset_name", None)
     kwargs = {k: v for k, v in (spec.get("dataset_kwargs") or {}).items() if k != "revision"}
@@ -72,6 +72,20 @@ def task_spec(bench: Benchmark) -> str | dict[str, Any] | list[dict[str, Any]]:
     if subsets:
         return [local(f"{bench.name}_{s}", file) for s, file in files.items()]
     return local(bench.name, files[None])
+
+
+def registered_yaml(name: str) -> Path:
+    """The YAML of a single task lm-eval ships (``chartqa``), to point it at local data; a group
+    (``mmmu_val``) cannot be (it is many tasks): lm-eval loads it from the Hub."""
+    from lm_eval.tasks import TaskManager
+
+    entry = TaskManager().task_index.get(name)
+    if entry is None:
+        raise KeyError(f"benchmark task {name!r}: neither a YAML path nor a task lm-eval ships")
+    if "group" in str(entry.kind).lower() or not str(entry.yaml_path).endswith((".yaml", ".yml")):
+        raise ValueError(f"benchmark task {name!r} is an lm-eval {entry.kind}, not one task: it cannot read local "
+                         "data (no `data`, no `fetch`; lm-eval loads it from the Hub)")
+    return Path(entry.yaml_path)
 
 
 def subtask_names(spec) -> list[str] | None:

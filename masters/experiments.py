@@ -325,10 +325,10 @@ class Design:
         return {name: source for name, source in self.models.items() if isinstance(source, dict)}
 
     def hub_benchmarks(self) -> list[str]:
-        """The benchmarks whose data is fetched from the Hub (a task YAML of this repo, no ``data``);
-        a task lm-eval ships (``chartqa``) is loaded by lm-eval itself."""
-        return [b for b, entry in self.config["benchmarks"].items()
-                if "data" not in entry and entry["task"].endswith((".yaml", ".yml"))]
+        """The benchmarks whose data is fetched from the Hub: no ``data``, and a task YAML of this repo
+        or ``fetch: true`` (a single task lm-eval ships, ``chartqa``); the others lm-eval loads."""
+        return [b for b, entry in self.config["benchmarks"].items() if "data" not in entry
+                and entry.get("fetch", entry["task"].endswith((".yaml", ".yml")))]
 
     def uses_world(self) -> bool:
         """Whether any model lives in the embedded tiny world (else the world is not built)."""

@@ -102,7 +102,8 @@ def fetch_benchmark_args(design: Design, repo: str | Path, name: str) -> str:
     """The ``masters fetch-benchmark`` arguments of a Hub benchmark: its task YAML, revision, files."""
     entry = design.config["benchmarks"][name]
     files = " --allow " + " ".join(map(shlex.quote, entry["files"])) if entry.get("files") else ""
-    return f"--task {shlex.quote(str(Path(repo) / entry['task']))} --revision {shlex.quote(entry['revision'])}{files}"
+    task = str(Path(repo) / entry["task"]) if entry["task"].endswith((".yaml", ".yml")) else entry["task"]
+    return f"--task {shlex.quote(task)} --revision {shlex.quote(entry['revision'])}{files}"
 
 
 # ---------------------------------------------------------------- tables

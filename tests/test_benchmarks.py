@@ -3,6 +3,7 @@ on hand-made predictions (right, wrong, badly formatted, letter vs option text),
 run through lm-eval end to end on a tiny model over a fixture in the dataset's own schema."""
 
 import io
+import json
 import math
 import sys
 
@@ -291,3 +292,55 @@ def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model,
     assert any("问题一 有如下几个选项：" in r["prompt"] for r in samples if r["benchmark"] == "mmbench_cn")
     first = next(r for r in samples if r["benchmark"] == "mmmu_pro_standard" and r["doc_id"] == 0)
     assert first["prompt"].count("<|vision_start|>") == 2 and " vs " in first["prompt"]  # two images sent
+
+
+def test_the_tasks_lm_eval_ships_score_hand_made_answers_as_the_field_does():
+    """ChartQA (lm-eval's chartqa: "Final Answer: x", 5 % numeric tolerance) and MMMU (its
+    per-subject tasks: the MMMU parser): right, near, wrong and badly formatted answers."""
+    from lm_eval.tasks.chartqa import utils as chartqa
+    from lm_eval.tasks.mmmu import utils as mmmu
+
+    relaxed = lambda pred, ref: chartqa.relaxed_accuracy([ref], [pred])  # noqa: E731
+    assert relaxed("so... Final Answer: 102", "100") == {"relaxed_accuracy": 1.0}  # within 5 %
+    assert relaxed("Final Answer: 110", "100") == {"relaxed_accuracy": 0.0}
+    assert relaxed("102", "100") == {"relaxed_accuracy": 0.0}  # no "Final Answer:": not read
+    assert relaxed("Final Answer: Yes.", "Yes") == {"relaxed_accuracy": 1.0}
+    doc = {"question_type": "multiple-choice", "options": str(["cat", "dog", "bird"]), "answer": "B"}
+    responses = ("B", "(B) dog", "I would say that it is a dog here.", "A", "(A) dog")
+    assert [mmmu.process_results(doc, [r])["acc"] for r in responses] == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_the_tasks_lm_eval_ships_run_on_local_data_in_their_schema(tmp_path, tiny_model, processor):
+    """chartqa (and one MMMU subject) read from local parquet in the Hub schema: the path of a
+    fetched benchmark (`fetch: true`); the group mmmu_val cannot be pointed at local data."""
+    from masters.checkpoints import save_checkpoint
+    from masters.evaluation import Benchmark, evaluate, task_spec
+
+    save_checkpoint(tiny_model, processor, tmp_path / "model")
+    # ChartQA's prompt is ~600 tiny-tokenizer tokens + 512 to generate: more than the tiny model's 1,024
+    # positions, and lm-eval's truncation of a multimodal prompt breaks (rotary positions: any length works)
+    config = json.loads((tmp_path / "model/config.json").read_text())
+    for part in (config, config.get("text_config", {})):
+        part["max_position_embeddings"] = 4096
+    (tmp_path / "model/config.json").write_text(json.dumps(config))
+    images = [_png(c) for c in ("red", "green", "blue")]
+    chartqa = _fixture(tmp_path / "chartqa.parquet", {
+        "image": images, "query": ["How many?", "Which year?", "Max?"], "label": [["12"], ["2019"], ["Yes"]],
+        "human_or_machine": [0, 1, 0]},
+        {"image": "image", "query": "string", "label": "strings", "human_or_machine": "int"})
+    art = _fixture(tmp_path / "art.parquet", {
+        "id": ["validation_Art_1", "validation_Art_2"], "question": ["<image 1> Which style?", "Who painted it?"],
+        "options": [str(["Baroque", "Cubism"]), "[]"], "explanation": ["", ""], "image_1": images[:2],
+        "image_2": [None, None], "img_type": ["['Paintings']"] * 2, "answer": ["A", "Picasso"],
+        "topic_difficulty": ["Easy"] * 2, "question_type": ["multiple-choice", "open"], "subfield": ["Art"] * 2},
+        {"id": "string", "question": "string", "options": "string", "explanation": "string", "image_1": "image",
+         "image_2": "image", "img_type": "string", "answer": "string", "topic_difficulty": "string",
+         "question_type": "string", "subfield": "string"})
+    benches = [Benchmark("chartqa", "chartqa", data=chartqa, metric="relaxed_accuracy,none"),
+               Benchmark("mmmu_art", "mmmu_val_art", data=art, metric="acc,none")]
+    summary = evaluate(tmp_path / "model", benches, batch_size=4)
+    assert summary["n"] == {"chartqa": 3, "mmmu_art": 2}
+    assert all(0.0 <= acc <= 100.0 for acc in summary["accuracy"].values())
+    with pytest.raises(ValueError, match="mmmu_val.* not one task"):
+        task_spec(Benchmark("mmmu", "mmmu_val", data=art))
