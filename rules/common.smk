@@ -183,6 +183,22 @@ def eval_data(w):
     ]
 
 
+def env_of(backend):
+    """The conda environment for jobs running `backend`. vLLM pins its own torch and
+    transformers (envs/vllm.yaml); everything else runs in the package's (envs/masters.yaml).
+    """
+    return "../envs/vllm.yaml" if backend == "vllm" else "../envs/masters.yaml"
+
+
+def masters_command(backend):
+    """The command running this package in a job of `backend`. The installed `masters`, or, in
+    vLLM's environment (whose pins exclude this package's, so it is not installed there), the
+    repository's."""
+    if backend == "vllm":
+        return f"PYTHONPATH={shlex.quote(str(REPO))} python -m masters.cli"
+    return "masters"
+
+
 def judged_samples(w):
     """The samples file a judged benchmark's evaluation wrote (one job per benchmark or per run)."""
     if EVAL["per_benchmark_jobs"]:

@@ -55,15 +55,16 @@ rule judge_benchmark:
     benchmark:
         bench_of("judged_evaluation")
     conda:
-        "../envs/masters.yaml"
+        env_of(config["benchmark_judge"]["backend"])
     threads: RES["benchmark_judge"].threads
     resources:
         **RES["benchmark_judge"].resources,
     params:
+        masters=masters_command(config["benchmark_judge"]["backend"]),
         benchmark=lambda w: json.dumps(BENCHMARKS[w.benchmark]),
         judge=lambda w: benchmark_judge_flags(),
     shell:
-        "masters judge-benchmark --benchmark {params.benchmark:q} --evaluation {input.evaluation}"
+        "{params.masters} judge-benchmark --benchmark {params.benchmark:q} --evaluation {input.evaluation}"
         " --samples {input.samples} {params.judge} --threads {threads} --gpus {resources.job_gpus}"
         " --items {output.replies} --out {output.summary} > {log} 2>&1"
 

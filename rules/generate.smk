@@ -37,11 +37,12 @@ rule generate:
     benchmark:
         bench_of("responses")
     conda:
-        "../envs/masters.yaml"
+        env_of(GEN["backend"])
     threads: RES["generate"].threads
     resources:
         **RES["generate"].resources,
     params:
+        masters=masters_command(GEN["backend"]),
         shard=lambda w: "--shard {} --num-shards {}".format(*part_shard(w.part)),
         sampling=(
             f"--temperature {GEN['temperature']} --top-p {GEN['top_p']} --top-k {GEN['top_k']}"
@@ -50,6 +51,6 @@ rule generate:
             + (" --trust-remote-code" if GEN["trust_remote_code"] else "")
         ),
     shell:
-        "masters generate --model {input.model} --label {wildcards.model} --questions {input.questions}"
+        "{params.masters} generate --model {input.model} --label {wildcards.model} --questions {input.questions}"
         " --source {wildcards.source} --ratio {wildcards.ratio} --n {wildcards.n} --seed {wildcards.seed}"
         " {params.shard} {params.sampling} --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"

@@ -14,11 +14,12 @@ rule judge:
     log:
         log_of("judged"),
     conda:
-        "../envs/masters.yaml"
+        env_of(JUDGE["backend"])
     threads: lambda w: RES[judge_family(w)].threads
     resources:
         **resources_by(judge_family),
     params:
+        masters=masters_command(JUDGE["backend"]),
         kind=lambda w, input: (
             f"--kind llm --judge-model {input.judge_model[0]} --backend {JUDGE['backend']}"
             f" --max-new-tokens {JUDGE['max_new_tokens']} --batch-size {JUDGE['batch_size']}"
@@ -26,5 +27,5 @@ rule judge:
             else "--kind rule"
         ),
     shell:
-        "masters judge --responses {input.responses} --questions {input.questions} {params.kind}"
+        "{params.masters} judge --responses {input.responses} --questions {input.questions} {params.kind}"
         " --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"

@@ -22,6 +22,34 @@ def test_conda_env_pins_match_pyproject():
     assert all("==" in d for d in project["dependencies"]), "runtime dependencies are pinned"
 
 
+def test_the_vllm_env_differs_from_the_package_pins_only_where_vllm_pins_its_own():
+    """envs/vllm.yaml (the vLLM rules' environment; scripts/check_vllm_env.sh resolves it) keeps
+    the package's pins except vLLM's own: torch, torchvision, transformers (< 5.21) and numpy."""
+    project = _pins(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    env = yaml.safe_load((REPO / "envs/vllm.yaml").read_text())
+    vllm = _pins(next(d["pip"] for d in env["dependencies"] if isinstance(d, dict)))
+    differ = {k for k in vllm if k in project and vllm[k] != project[k]}
+    assert differ == {"torch", "torchvision", "transformers", "numpy"}, differ
+    assert "vllm" in vllm and not set(vllm) - set(project) - {"vllm"}  # nothing the package does not use
+
+
+def test_vllm_jobs_run_the_package_from_the_repository_in_their_own_environment(tmp_path):
+    """With the vLLM backends, generate / judge jobs run `python -m masters.cli` from the repository
+    (their environment cannot install this package) in envs/vllm.yaml."""
+    (tmp_path / "vllm.yaml").write_text("generation: {backend: vllm}\njudge: {backend: vllm, kind: llm}\n")
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n", "-p",
+                          "--directory", str(tmp_path), "--configfile", str(tmp_path / "vllm.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    repo = f"PYTHONPATH={REPO} python -m masters.cli"
+    assert f"{repo} generate " in run.stdout and f"{repo} judge " in run.stdout
+    assert "masters train " in run.stdout and "python -m masters.cli train" not in run.stdout
+    common = (REPO / "rules/common.smk").read_text()
+    assert '"../envs/vllm.yaml" if backend == "vllm"' in common
+    for rule in ("generate.smk", "judge.smk"):
+        assert "env_of(" in (REPO / "rules" / rule).read_text()
+
+
 def test_gpu_backends_are_not_imported():
     code = "import sys, masters.cli, masters.evaluation, masters.world.sft; print(sorted(m for m in ('vllm', 'deepspeed') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
