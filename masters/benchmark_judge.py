@@ -95,7 +95,8 @@ def ask(protocol: dict, samples: list[dict], chat) -> list[dict]:
     return records
 
 
-def judge_benchmark(name: str, metric: str, protocol: dict, samples: list[dict], chat, judge: dict) -> tuple[dict, list[dict]]:
+def judge_benchmark(name: str, metric: str, protocol: dict, samples: list[dict], chat,
+                    judge: dict) -> tuple[dict, list[dict]]:
     """The judged score of one benchmark: (its metrics and judge record, the per-item records).
     ``judge`` describes the judge (backend, model) for the record."""
     records = ask(protocol, samples, chat)
