@@ -305,16 +305,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     from masters.losses import LossWeights
     from masters.questions import load_questions
 
-    if args.backend == "deepspeed" and (args.visual_kl or args.rdist or args.frozen):
-        raise SystemExit("masters train: --visual-kl, --rdist and --frozen (LLaVA-KD's terms) run with --backend torch"
-                         " only, not deepspeed")
+    if args.backend == "deepspeed" and (args.visual_kl or args.rdist or args.frozen or args.stage_training):
+        raise SystemExit("masters train: --visual-kl, --rdist, --frozen and --stage-training (LLaVA-KD's terms and"
+                         " recipe) run with --backend torch only, not deepspeed")
+    settings = {}
+    for index, text in args.stage_training or []:
+        if not index.isdigit() or int(index) >= len(args.stage):
+            raise SystemExit(f"masters train: --stage-training {index}: not the index of one of the {len(args.stage)}"
+                             " stages")
+        settings[int(index)] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                            for k, v in json.loads(text).items()))
     if args.backend == "deepspeed" and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: launch
         from masters.zero import relaunch
 
         sys.exit(relaunch(args.argv, args.processes or max(1, args.gpus), args.gpus))
     device, _ = _runtime(args)
-    stages = [training.Stage(teacher=t, responses=r, steps=int(n), ratio=float(ratio), name=name)
-              for name, t, r, n, ratio in args.stage]
+    stages = [training.Stage(teacher=t, responses=r, steps=int(n), ratio=float(ratio), name=name,
+                             settings=settings.get(k, ()))
+              for k, (name, t, r, n, ratio) in enumerate(args.stage)]
     cfg = training.TrainConfig(lr=args.lr, batch_size=args.batch_size, grad_clip=args.grad_clip,
                                chunk_size=args.chunk_size, save_every=args.save_every,
                                curve_every=args.curve_every, seed=args.seed,
@@ -322,6 +330,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                                                    divergence=args.divergence, skew=args.skew,
                                                    visual_kl=args.visual_kl, rdist=args.rdist, nll=args.nll),
                                sources=tuple(args.sources), frozen=tuple(args.frozen))
+    for stage in stages:  # a bad stage setting is an error before any model is loaded
+        training.stage_config(cfg, stage)
     backend = None
     if args.backend == "deepspeed":
         from masters.zero import DeepSpeedBackend
@@ -573,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar=("NAME", "TEACHER", "RESPONSES", "STEPS", "RATIO"),
                    help="one stage, in order: the teacher's name (for the log), teacher dir, rewarded responses"
                         " parquet, steps, mask ratio")
+    p.add_argument("--stage-training", nargs=2, action="append", metavar=("INDEX", "JSON"),
+                   help="one stage's own settings over the run's (0-based index; JSON of frozen, beta, lam, visual_kl,"
+                        " rdist, nll): e.g. LLaVA-KD's DPT / SFT / DFT as three stages")
     p.add_argument("--loss", choices=["masters", "jsd"], default="masters", help="GRPO + KL + JSD, or JSD only")
     p.add_argument("--sources", nargs="+", default=["teacher", "student"], help="response sources to train on")
     for key, kind in (("lr", float), ("batch_size", int), ("beta", float), ("lam", float), ("grad_clip", float),

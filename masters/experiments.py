@@ -63,6 +63,11 @@ class StageJob:
     ratio: float
     steps: int
     part: str  # "all", or "{k}of{M}" with stage data `partition`
+    training: tuple = ()  # its plan entry's own training settings, as sorted (key, value) pairs
+
+    def settings(self) -> dict:
+        """The plan entry's training settings of this stage (``frozen`` as a list)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.training}
 
 
 class Design:
@@ -275,10 +280,13 @@ class Design:
         if not exp.train:
             return []
         planned = self._stage_plan(exp)
+        settings = [tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                 for k, v in (entry.get("training") or {}).items()))
+                    for entry in exp.plan for _ in ratios(entry["r_max"], entry["step"])]  # one per stage
         out = []
         for k, st in enumerate(planned):
             part = "all" if exp.stage_data == "full" else f"{k}of{len(planned)}"
-            out.append(StageJob(k, self.teacher_of(student, st.teacher), st.ratio, st.iters, part))
+            out.append(StageJob(k, self.teacher_of(student, st.teacher), st.ratio, st.iters, part, settings[k]))
         return out
 
     def table_seeds(self, table: str) -> list[int]:

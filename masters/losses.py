@@ -54,6 +54,8 @@ class LossWeights:
             raise ValueError(f"visual_kl, rdist and nll must be >= 0, got {self.visual_kl}, {self.rdist}, {self.nll}")
         if self.beta < 0 or self.lam < 0:
             raise ValueError(f"beta and lam must be >= 0, got beta={self.beta}, lam={self.lam}")
+        if self.kind == "jsd" and not (self.lam or self.visual_kl or self.rdist or self.nll):
+            raise ValueError("loss kind jsd with lam, visual_kl, rdist and nll all 0 trains nothing")
 
     @property
     def visual(self) -> bool:

@@ -60,7 +60,7 @@ def train_stages(design: Design, student: str, experiment: str, seed: int) -> li
     """Each stage of one run with everything ``masters train --stage`` takes, in order."""
     return [{"name": st.teacher, "teacher": design.teacher_dir(st.teacher, st.ratio),
              "rewards": design.reward_file(student, experiment, st, seed), "steps": st.steps,
-             "ratio": ratio_str(st.ratio)}
+             "ratio": ratio_str(st.ratio), **({"training": st.settings()} if st.training else {})}
             for st in design.stages(student, experiment)]
 
 
@@ -70,8 +70,11 @@ def train_args(design: Design, student: str, experiment: str, seed: int) -> str:
     every other value is a number, a name, a path built by :mod:`masters.paths` or a schema enum."""
     exp = design.experiments[experiment]
     t = exp.training
+    planned = train_stages(design, student, experiment, seed)
     stages = " ".join(f"--stage {s['name']} {shlex.quote(s['teacher'])} {s['rewards']} {s['steps']} {s['ratio']}"
-                      for s in train_stages(design, student, experiment, seed))
+                      for s in planned)
+    stages += "".join(f" --stage-training {k} {shlex.quote(json.dumps(s['training'], sort_keys=True))}"
+                      for k, s in enumerate(planned) if "training" in s)
     sources = ["label"] if exp.data == "labels" else list(exp.sources)
     curves = design.config["figures"].get("curves") or {}
     curve = f" --curve-every {curves['every']}" if experiment in curves.get("experiments", []) else ""

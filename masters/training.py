@@ -28,7 +28,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,33 @@ class Stage:
     steps: int
     ratio: float = 0.0
     name: str = ""
+    # this stage's own settings over the run's (STAGE_SETTINGS: frozen parts, loss weights),
+    # as sorted (key, value) pairs; e.g. LLaVA-KD's DPT / SFT / DFT as three stages
+    settings: tuple = ()
+
+
+STAGE_SETTINGS = ("frozen", "beta", "lam", "visual_kl", "rdist", "nll")
+
+
+def stage_config(cfg: "TrainConfig", stage: Stage) -> "TrainConfig":
+    """The run's settings with ``stage``'s own over them (``frozen`` replaces the run's)."""
+    settings = dict(stage.settings)
+    unknown = set(settings) - set(STAGE_SETTINGS)
+    if unknown:
+        raise ValueError(f"stage {stage.name!r}: unknown settings {sorted(unknown)} (per stage: {STAGE_SETTINGS})")
+    if not settings:
+        return cfg
+    frozen = tuple(settings.pop("frozen", cfg.frozen))
+    return replace(cfg, weights=replace(cfg.weights, **settings), frozen=frozen)
+
+
+def set_trainable(model, frozen: tuple[str, ...]) -> None:
+    """Exactly ``frozen`` does not train: its parameters stop, every other one trains again."""
+    if frozen:
+        freeze(model, frozen)
+    else:
+        for param in model.parameters():
+            param.requires_grad_(True)
 
 
 @dataclass(frozen=True)
@@ -266,6 +293,10 @@ class TorchBackend:
     def teacher(self, teacher):
         return teacher.to(self.device)
 
+    def configure(self, cfg: TrainConfig) -> None:
+        """A stage's own settings (:func:`stage_config`) for the steps that follow."""
+        self.cfg = cfg
+
     def step(self, teacher, s_proc, t_proc, batch: pd.DataFrame, vocab: int, prompts: dict) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         terms = step_loss(self.model, teacher, s_proc, t_proc, batch, self.cfg, vocab, prompts)
@@ -357,8 +388,8 @@ def fingerprint(student_dir: str, stages: list[Stage], cfg: TrainConfig) -> str:
             del config["weights"][name]
     if not cfg.frozen:
         del config["frozen"]
-    return checkpoint_fingerprint({"student": str(student_dir), "stages": [asdict(s) for s in stages],
-                                   "config": config})
+    stage_specs = [{k: v for k, v in asdict(s).items() if k != "settings" or v} for s in stages]  # (as above)
+    return checkpoint_fingerprint({"student": str(student_dir), "stages": stage_specs, "config": config})
 
 
 def partial_dir(out_dir: str | Path) -> Path:
@@ -418,6 +449,10 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     prompts: dict = {}  # each question's prompt encoded once (a question recurs in every epoch and stage)
     for k in range(state["stage"], len(stages)):
         stage = stages[k]
+        if any(st.settings for st in stages):  # this stage's own parts and loss terms (or the run's again)
+            stage_cfg = stage_config(cfg, stage)
+            set_trainable(student, stage_cfg.frozen)
+            backend.configure(stage_cfg)
         teacher, t_proc = load_checkpoint(stage.teacher)
         teacher.eval()
         check_same_tokenizer(s_proc, t_proc)

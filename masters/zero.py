@@ -139,6 +139,10 @@ class DeepSpeedBackend:
         sums = self._all_sum(sums) / tokens
         return dict(zip(("loss", "pg", "kl", "jsd"), map(float, sums)))
 
+    def configure(self, cfg) -> None:
+        if cfg != self.cfg:
+            raise NotImplementedError("per-stage training settings run with the torch backend")
+
     def save_state(self, state: dict, out: Path) -> None:
         """DeepSpeed's own sharded checkpoint (every process writes its shards), made complete
         under ``out.tmp`` and then renamed, as the single-process trainer's state is."""

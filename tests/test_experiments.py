@@ -308,3 +308,33 @@ def test_jsd_only_runs_read_the_rule_judges_file_whatever_the_judge():
                                      "reward_acc_rule")} == {"naive": "rule", "mask_progressive": "rule",
                                                              "mid_mask_progressive": "rule", "masters": "llm-J",
                                                              "mid_masters": "llm-J", "reward_acc_rule": "rule"}
+
+
+def test_a_plan_entry_carries_its_own_training_settings_to_its_stages():
+    """LLaVA-KD's recipe as stages (config.yaml's llava_kd_recipe): each entry's settings reach its
+    stages and `masters train` as --stage-training INDEX JSON (which refuses them under DeepSpeed,
+    as it does LLaVA-KD's other terms: below)."""
+    from masters import specs
+
+    d = design()
+    stages = d.stages("S", "llava_kd_recipe")
+    assert [st.settings() for st in stages] == [{"frozen": ["vision", "llm"]},
+                                                {"lam": 0, "rdist": 0, "visual_kl": 0}, {}]
+    assert [st.steps for st in stages] == [100, 100, 300]  # shares 1 : 1 : 3 of 500
+    args = specs.train_args(d, "S", "llava_kd_recipe", 0)
+    assert " --stage-training 0 '{\"frozen\": [\"vision\", \"llm\"]}' --stage-training 1 " in args
+    assert "--stage-training" not in specs.train_args(d, "S", "llava_kd", 0)  # no settings: the same command
+
+
+def test_a_bad_stage_setting_is_refused_before_any_model_is_loaded(tmp_path):
+    from masters.cli import main
+
+    stage = ["--stage", "T", str(tmp_path / "no-teacher"), str(tmp_path / "no.parquet"), "2", "0.0"]
+    base = ["train", "--student", str(tmp_path / "no-student"), "--questions", str(tmp_path / "q.parquet"), *stage,
+            "--loss", "jsd", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="--stage-training 1: not the index"):
+        main([*base, "--stage-training", "1", "{}"])
+    with pytest.raises(ValueError, match=r"unknown settings \['steps'\]"):
+        main([*base, "--stage-training", "0", '{"steps": 3}'])
+    with pytest.raises(SystemExit, match="--stage-training .* run with --backend torch only"):
+        main([*base, "--stage-training", "0", '{"nll": 1}', "--backend", "deepspeed"])

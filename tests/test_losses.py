@@ -75,3 +75,14 @@ def test_llava_kd_weights_reject_negatives_and_nll_adds_the_autoregressive_loss(
         plain = token_losses(logp, ref, adv, jsd, LossWeights(kind=kind))["loss"]
         reg = token_losses(logp, ref, adv, jsd, LossWeights(kind=kind, nll=0.3))["loss"]
         torch.testing.assert_close(reg - plain, 0.3 * -logp)
+
+
+@pytest.mark.parametrize("on", [None, "lam", "visual_kl", "rdist", "nll"])
+def test_a_jsd_loss_needs_one_term_on_and_masters_always_has_grpo(on):
+    off = {"lam": 0.0, "visual_kl": 0.0, "rdist": 0.0, "nll": 0.0}
+    if on is None:
+        with pytest.raises(ValueError, match="trains nothing"):
+            LossWeights(kind="jsd", **off)
+    else:
+        LossWeights(kind="jsd", **{**off, on: 0.5})
+    LossWeights(kind="masters", **off)  # GRPO + beta KL remain

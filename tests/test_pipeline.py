@@ -1,6 +1,7 @@
 """Generation → distillation reward → offline training on tiny checkpoints, incl. resume."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -879,3 +880,40 @@ def test_a_frozen_part_does_not_train_and_the_rest_does(world, rewarded, tmp_pat
     plain = _run(world, _stages(world, rewarded, ratios=(0.0,), steps=1), training.TrainConfig(batch_size=4),
                  tmp_path / "plain")
     assert plain[["vis", "rel"]].isna().all().all()  # no visual term: logged as missing
+
+
+def test_stages_with_their_own_settings_run_llava_kds_recipe_and_resume_into_them(world, rewarded, tmp_path):
+    """Per-stage settings (LLaVA-KD's DPT -> SFT -> DFT as stages of one run): DPT trains only the
+    projector, SFT (L_reg alone) and DFT the projector and the LLM; a run stopped in the SFT stage
+    resumes into that stage's settings and ends bit-identical to the uninterrupted run."""
+    from masters.llava_kd import part_of
+
+    root, _ = world
+    cfg = training.TrainConfig(lr=1e-3, batch_size=4, chunk_size=5, save_every=1, seed=3, frozen=("vision",),
+                               weights=LossWeights(kind="jsd", divergence="kl", visual_kl=1.0, rdist=0.5, nll=1.0))
+    dpt, sft, dft = _stages(world, rewarded, ratios=(0.0, 0.0, 0.0), steps=2)
+    stages = [replace(dpt, settings=(("frozen", ("vision", "llm")),)),
+              replace(sft, settings=(("lam", 0.0), ("rdist", 0.0), ("visual_kl", 0.0))), dft]
+    log = _run(world, stages, cfg, tmp_path / "recipe")
+
+    def parts_moved(a, b):
+        before, after = (dict(load_checkpoint(str(p))[0].named_parameters()) for p in (a, b))
+        return {part_of(n) for n in before if not torch.equal(before[n], after[n])}
+
+    assert parts_moved(root / "student", tmp_path / "recipe/stage0") == {"projector"}  # DPT
+    assert parts_moved(tmp_path / "recipe/stage0", tmp_path / "recipe/stage1") == {"projector", "llm"}  # SFT
+    assert parts_moved(tmp_path / "recipe/stage1", tmp_path / "recipe/stage2") == {"projector", "llm"}  # DFT
+    by_stage = log.groupby("stage")
+    assert (by_stage["vis"].min()[[0, 2]] > 0).all() and (by_stage["jsd"].min()[[0, 2]] > 0).all()
+    sft_rows = log[log.stage == 1]  # L_reg alone: the distillation terms are not even computed
+    assert (sft_rows["jsd"] == 0).all() and sft_rows[["vis", "rel"]].isna().all().all()
+    off = replace(sft, settings=(("lam", 0.0), ("nll", 0.0), ("rdist", 0.0), ("visual_kl", 0.0)))
+    with pytest.raises(ValueError, match="trains nothing"):  # a stage with every term off: refused up front
+        training.stage_config(cfg, off)
+    _run(world, stages, cfg, tmp_path / "stopped", max_steps=3)  # stops in the SFT stage
+    _run(world, stages, cfg, tmp_path / "stopped")
+    straight, resumed = (load_file(tmp_path / d / "final/model.safetensors") for d in ("recipe", "stopped"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    with pytest.raises(ValueError, match=r"unknown settings \['lr'\]"):
+        training.stage_config(cfg, replace(dft, settings=(("lr", 1.0),)))
+    assert training.stage_config(cfg, dft) is cfg
