@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check (issue #13): the smoke scale's generate -> judge -> reward -> train (torch, then
 # DeepSpeed ZeRO-3) -> evaluate on one GPU in bf16, with the time of each kind of job and the
-# smoke Table 1 of both trainings. Made for the lent GPU machine (one H100/H200, no network,
+# smoke Table 1 of both trainings, and the smoke Table 5f (torch: LLaVA-KD's terms run there only). Made for the lent GPU machine (one H100/H200, no network,
 # PyTorch and transformers preinstalled, Python 3.12); budget: 8 minutes.
 #
 #   bash scripts/gpu_check.sh prepare   # here (CPU, package registries reachable), ~3 min:
@@ -121,6 +121,11 @@ run() {
     smk "$TARGET"
     echo "gpu_check: torch backend, Table 1 slice in $((SECONDS - t0)) s"
     summary $RESULTS torch
+    # Table 5f: DistiLLM's divergences and LLaVA-KD's visual terms, frozen parts and staged recipe on CUDA
+    t0=$SECONDS
+    smk "$RESULTS/tables/table5f.csv"
+    echo "gpu_check: Table 5f (DistiLLM, LLaVA-KD and its recipe, without and with Masters) in $((SECONDS - t0)) s"
+    cat "$RESULTS/tables/table5f.md" && cp "$RESULTS/tables/table5f.csv" "$OUT_DIR/torch_table5f.csv"
     # the same slice trained by DeepSpeed ZeRO-3 (one process on the one GPU): the copy keeps the
     # masked teachers, responses and rewards; the students, their evaluations and the tables follow
     local ds=${RESULTS}_deepspeed

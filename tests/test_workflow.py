@@ -103,7 +103,7 @@ TABLE_ROWS = {
     "table5c": ["S(#8)", "S(#4)+T(#4)", "T(#8)"],
     "table5d": ["Naive"] * 4 + ["Mask-Progressive"] * 4,
     "table5e": ["R_acc(rule)", "R_acc", "R_distill", "R_acc + R_distill(raw)", "R_acc + R_distill"],
-    "table5f": ["DistiLLM", "DistiLLM", "LLaVA-KD", "LLaVA-KD"],
+    "table5f": ["DistiLLM", "DistiLLM", "LLaVA-KD", "LLaVA-KD", "LLaVA-KD (DPT, SFT, DFT)"],
     "tableF8": ["Naive", "Naive + Mask-Progressive", "Naive + RL (R_acc)", "Naive + RL (R_acc + R_distill)",
                 "Naive + Mask-Progressive + RL (R_acc + R_distill)"],
 }
