@@ -95,3 +95,19 @@ def test_the_objective_weighs_its_terms_as_the_paper():
     assert (w.res, w.vis, w.rel) == (1.0, 1.0, 0.5)
     assert llava_kd.llava_kd_loss(one, 2 * one, 3 * one, 4 * one).item() == 1 + 2 + 3 + 0.5 * 4
     assert llava_kd.llava_kd_loss(one, one, one, one, llava_kd.LlavaKDWeights(0, 0, 0)).item() == 1
+
+
+def test_the_workflows_llava_kd_runs_weigh_their_terms_with_the_papers_weights():
+    """config.yaml's LLaVA-KD experiments (Table 5f) carry llava_kd.LlavaKDWeights, the paper's α, β,
+    γ, as the loss's lam (MDist on the response), visual_kl and rdist; the recipe's DFT stage too."""
+    import yaml
+
+    from masters.experiments import Design
+    from tests.conftest import REPO
+
+    design = Design(yaml.safe_load((REPO / "config.yaml").read_text()))
+    w = llava_kd.LlavaKDWeights()
+    for name in ("llava_kd", "llava_kd_masters", "llava_kd_recipe"):
+        t = design.experiments[name].training
+        assert (t["divergence"], t["lam"], t["visual_kl"], t["rdist"]) == ("kl", w.res, w.vis, w.rel), name
+    assert design.stages("S", "llava_kd_recipe")[-1].settings() == {}  # its DFT: the run's own weights
