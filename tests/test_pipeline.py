@@ -243,8 +243,9 @@ def test_the_fingerprint_tells_apart_student_stages_and_settings(world, rewarded
                                    training.TrainConfig(weights=LossWeights(divergence="srkl", skew=0.2))),
               *(training.fingerprint(str(root / "student"), [stage], training.TrainConfig(weights=LossWeights(**{k: 0.5})))
                 for k in ("visual_kl", "rdist", "nll")),
-              training.fingerprint(str(root / "student"), [stage], training.TrainConfig(frozen=("vision",)))]
-    assert len({key, *others}) == 11
+              training.fingerprint(str(root / "student"), [stage], training.TrainConfig(frozen=("vision",))),
+              training.fingerprint(str(root / "student"), [replace(stage, settings=(("nll", 1.0),))], cfg)]
+    assert len({key, *others}) == 12
     # the skew of a JSD run changes nothing, and a JSD run keeps the fingerprint it had before
     # the divergence settings existed (its partial runs still resume)
     assert key == training.fingerprint(str(root / "student"), [stage], training.TrainConfig(weights=LossWeights(skew=0.3)))
@@ -255,7 +256,8 @@ def test_the_fingerprint_tells_apart_student_stages_and_settings(world, rewarded
     before = asdict(cfg)
     before["weights"] = {k: before["weights"][k] for k in ("beta", "lam", "kind")}
     del before["frozen"]
-    assert key == hash_of({"student": str(root / "student"), "stages": [asdict(stage)], "config": before})
+    stage_before = {k: v for k, v in asdict(stage).items() if k != "settings"}  # before per-stage settings
+    assert key == hash_of({"student": str(root / "student"), "stages": [stage_before], "config": before})
 
 
 def test_partial_run_of_other_settings_is_not_resumed(world, rewarded, tmp_path):
