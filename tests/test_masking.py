@@ -961,3 +961,12 @@ def test_mask_tensor_keeps_float8_and_odd_sizes():
     got = mask_tensor(w, 0.3)
     assert got.shape == (3, 3) and got.dtype == torch.bfloat16
     assert torch.equal(got, torch.where(w.float().abs() > 0.3, w, torch.zeros_like(w)))
+
+
+def test_sparsity_is_zeros_over_elements_and_missing_only_for_an_empty_tensor():
+    """A one-element tensor (a scale, a bias of width 1) has a sparsity of 0 or 1; only an empty
+    tensor has none (no division by zero)."""
+    rows = [dict.fromkeys(masked_teacher.STATS_COLUMNS) | {"name": n, "numel": numel, "zeros": zeros, "threshold": None}
+            for n, numel, zeros in (("empty", 0, 0), ("one", 1, 1), ("one_kept", 1, 0), ("four", 4, 1))]
+    stats = masked_teacher._stats_frame(rows)
+    assert pd.isna(stats.sparsity[0]) and stats.sparsity[1:].tolist() == [1.0, 0.0, 0.25]

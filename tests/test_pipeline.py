@@ -829,6 +829,9 @@ def test_llava_kd_terms_in_the_chunked_step_equal_autograd_of_a_direct_float64_f
         t_states = teacher.model(**t_batch.inputs)[0]
     counts = batch.visual.sum(1).tolist()
     assert min(counts) > 0 and counts == t_batch.visual.sum(1).tolist()
+    from masters.forward import visual_token_counts
+
+    assert visual_token_counts(batch) == counts and len(counts) == len(batch_rows)  # one count per row
 
     def logits(model, h):
         return model.lm_head(h)[:, :vocab].double()
@@ -919,3 +922,33 @@ def test_stages_with_their_own_settings_run_llava_kds_recipe_and_resume_into_the
     with pytest.raises(ValueError, match=r"unknown settings \['lr'\]"):
         training.stage_config(cfg, replace(dft, settings=(("lr", 1.0),)))
     assert training.stage_config(cfg, dft) is cfg
+
+
+def test_each_visual_term_is_computed_only_when_it_weighs(world, rewarded, tmp_path):
+    """LLaVA-KD's two visual terms are separate: visual MDist alone logs `vis` and a zero `rel`, RDist
+    alone `rel` and a zero `vis` (a term with weight 0 is not computed; with both off the visual
+    pass does not run at all and both cells are missing)."""
+    stages = _stages(world, rewarded, ratios=(0.0,), steps=1)
+    for weights, present, missing in (({"visual_kl": 1.0}, "vis", "rel"), ({"rdist": 0.5}, "rel", "vis")):
+        cfg = training.TrainConfig(batch_size=4, chunk_size=5, weights=LossWeights(kind="jsd", **weights))
+        log = _run(world, stages, cfg, tmp_path / present)
+        assert (log[present] > 0).all() and (log[missing] == 0).all(), weights
+
+
+def test_a_teacher_that_encodes_prompts_otherwise_is_scored_on_its_own_batch(rewarded):
+    """The reward's teacher pass (D per response) on a batch its own processor builds when its chat
+    template differs from the student's: D then differs from the shared-batch D; the student's
+    reference log-probs do not."""
+    import copy
+
+    from masters.prompts import same_encoding
+
+    rows, _, (teacher, student, t_proc, s_proc) = rewarded
+    part = rows.iloc[:4].copy()
+    other = copy.deepcopy(t_proc)
+    other.chat_template = t_proc.chat_template.replace("You are a helpful assistant.", "You are a teacher.")
+    assert not same_encoding(s_proc, other)
+    shared_d, shared_ref = rewards.score_responses(teacher, student, t_proc, s_proc, part, batch_size=3)
+    own_d, own_ref = rewards.score_responses(teacher, student, other, s_proc, part, batch_size=3)
+    assert own_ref == shared_ref and own_d != pytest.approx(shared_d, abs=1e-6)
+    assert shared_d == pytest.approx(part.divergence.tolist(), abs=1e-5)

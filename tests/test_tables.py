@@ -189,3 +189,22 @@ def test_evaluation_summaries_are_written_in_the_format_the_tables_read(tmp_path
     assert load_result(tmp_path / "per/run/b.json") == {"model": "/ckpt", "label": "S", "accuracy": {"b": 100.0},
                                                         "n": {"b": 2}, "mean_accuracy": 100.0, "benchmark": "b"}
     assert benchmark_results([tmp_path / "per/run/a.json", tmp_path / "per/run/b.json"]) == {"a": 50.0, "b": 100.0}
+
+
+def test_a_literature_column_named_like_a_descriptive_column_fills_the_reported_rows(tmp_path):
+    """Table 5f: the paper's `Masters` column (-/+) of the reported rows, from the literature CSV;
+    only an empty cell is missing (a model called "NA" stays "NA"), numbers stay numbers."""
+    from masters.tables import paper_table
+
+    result = tmp_path / "r.json"
+    result.write_text(json.dumps({"model": "m", "accuracy": {"a": 40.0}, "mean_accuracy": 40.0}))
+    (tmp_path / "lit.csv").write_text("model,Masters,source,a\nDistiLLM-7B,-,paper,61.5\nDistiLLM-7B,+,paper,69.3\n"
+                                      "NA,,paper,\n")
+    spec = {"benchmarks": ["a"], "literature": str(tmp_path / "lit.csv"),
+            "rows": [{"model": "S", "label": "DistiLLM", "columns": {"Masters": "-"}, "results": [[str(result)]]}]}
+    mean, _, extra = paper_table(spec)
+    assert list(mean.index) == [("S", "DistiLLM"), ("DistiLLM-7B", "reported"), ("DistiLLM-7B", "reported"),
+                                ("NA", "reported")]
+    assert extra["Masters"].tolist()[:3] == ["-", "-", "+"] and pd.isna(extra["Masters"].iloc[3])
+    assert list(extra.columns) == ["Masters"]  # `source` is no descriptive column of the measured rows
+    assert mean["a"].tolist()[:3] == [40.0, 61.5, 69.3] and pd.isna(mean["a"].iloc[3])
