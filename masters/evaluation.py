@@ -98,6 +98,20 @@ def result_names(bench: Benchmark, spec) -> list[str]:
     return subtask_names(spec) or [bench.name]
 
 
+def all_metrics(bench: Benchmark, names: list[str], results: dict) -> dict[str, float | None]:
+    """Every score lm-eval gave the benchmark's task(s), in %: the per-category ones too (MMBench's
+    L2 categories, SEED-Bench's dimensions, SEED-Bench-2-Plus's image types...); a subsets
+    benchmark's per subset (``<subset>/<metric>``). NaN (a category without items) is None."""
+    out = {}
+    for name in names:
+        prefix = f"{name.removeprefix(bench.name + '_')}/" if len(names) > 1 else ""
+        for key, value in results[name].items():
+            metric, _, flt = key.partition(",")
+            if flt == "none" and not metric.endswith("_stderr") and isinstance(value, (int, float)):
+                out[prefix + metric] = None if value != value else 100.0 * float(value)
+    return out
+
+
 def text_fields(doc: dict) -> dict:
     """The item's fields a judge protocol can read (text, numbers, lists of them; not images)."""
     plain = (str, int, float, bool, type(None))
@@ -154,7 +168,7 @@ def evaluate(
         log_samples=samples_path is not None,
         bootstrap_iters=0,
     )
-    summary: dict[str, Any] = {"model": str(model_dir), "accuracy": {}, "n": {}}
+    summary: dict[str, Any] = {"model": str(model_dir), "accuracy": {}, "n": {}, "metrics": {}}
     for bench in benchmarks:
         values = []  # a subsets benchmark: the unweighted mean of its tasks
         for name in parts[bench.name]:
@@ -163,6 +177,7 @@ def evaluate(
                 raise KeyError(f"lm-eval gave no {bench.metric!r} for benchmark {bench.name!r} ({name}): {task_result}")
             values.append(float(task_result[bench.metric]))
         summary["accuracy"][bench.name] = 100.0 * sum(values) / len(values)
+        summary["metrics"][bench.name] = all_metrics(bench, parts[bench.name], results["results"])
         summary["n"][bench.name] = sum(int(results["n-samples"][name]["effective"]) for name in parts[bench.name])
     summary["mean_accuracy"] = sum(summary["accuracy"].values()) / len(benchmarks)
     if samples_path is not None:

@@ -29,7 +29,8 @@ def write_results(summary: dict, label: str | None, out: str | Path | None = Non
         records[Path(out)] = result_record(summary["model"], label, summary["accuracy"], summary["n"])
     for name in summary["accuracy"] if out_dir else []:
         record = result_record(summary["model"], label, {name: summary["accuracy"][name]}, {name: summary["n"][name]})
-        records[Path(out_dir) / f"{name}.json"] = {**record, "benchmark": name}
+        extra = {"metrics": summary["metrics"][name]} if name in summary.get("metrics", {}) else {}
+        records[Path(out_dir) / f"{name}.json"] = {**record, "benchmark": name, **extra}
     for path, record in records.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")

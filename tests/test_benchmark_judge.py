@@ -220,6 +220,7 @@ def test_mmvet_end_to_end_through_lm_eval_and_the_judge(tmp_path, tiny_model, pr
                       judge="mmvet.JUDGE")
     summary = evaluate(tmp_path / "model", [bench], batch_size=2, samples_path=tmp_path / "samples.jsonl")
     assert summary["n"] == {"mmvet": 2} and math.isnan(summary["accuracy"]["mmvet"])
+    assert summary["metrics"] == {"mmvet": {"score": None}}  # no score without the judge
     write_results(summary, "tiny", out_dir=tmp_path / "eval")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-e2e")
     main(["judge-benchmark", "--benchmark", json.dumps(bench.__dict__), "--evaluation", str(tmp_path / "eval/mmvet.json"),

@@ -284,6 +284,13 @@ def test_each_benchmark_runs_through_lm_eval_on_its_schema(tmp_path, tiny_model,
     expected = {name: 3 for name in data} | {"seedbench": 2, "blink": 14 * 3}  # image items; 14 subsets
     assert summary["n"] == expected
     assert all(0.0 <= acc <= 100.0 for acc in summary["accuracy"].values())
+    # every score lm-eval gave, per category too, is kept beside the table's one
+    metrics = summary["metrics"]
+    assert set(metrics["mmbench"]) == {"circular", *mcq.MMBENCH_L2} and metrics["mmbench"]["circular"] == summary[
+        "accuracy"]["mmbench"] and metrics["mmbench"]["logic_reasoning"] is None  # no item of that category
+    assert {"all", "chart", "map", "web"} <= set(metrics["seedbench_2_plus"])
+    assert len([k for k in metrics["blink"] if k.endswith("/acc")]) == 14  # one per subset
+    assert set(metrics["mathvista"]) == {"acc", "extracted"}
     prompts = (tmp_path / "samples.jsonl").read_text()
     assert "Answer with the option" in prompts and "q? Options: A: x, B: y" in prompts
     import json
