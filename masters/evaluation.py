@@ -61,7 +61,7 @@ def task_spec(bench: Benchmark) -> str | dict[str, Any] | list[dict[str, Any]]:
     for file in files.values():
         if not file.is_file():
             raise FileNotFoundError(f"benchmark {bench.name!r}: data file {file} does not exist")
-    split = spec.get("test_split") or spec.get("validation_split") or "test"  # the split lm-eval scores
+    split = scored_split(spec)
     spec["dataset_path"] = "parquet"  # a Hub benchmark read from a local file of its schema
     spec.pop("dataset_name", None)
     kwargs = {k: v for k, v in (spec.get("dataset_kwargs") or {}).items() if k != "revision"}
@@ -72,6 +72,11 @@ def task_spec(bench: Benchmark) -> str | dict[str, Any] | list[dict[str, Any]]:
     if subsets:
         return [local(f"{bench.name}_{s}", file) for s, file in files.items()]
     return local(bench.name, files[None])
+
+
+def scored_split(spec: dict) -> str:
+    """The split lm-eval scores a task on: its test split, else its validation split."""
+    return spec.get("test_split") or spec.get("validation_split") or "test"
 
 
 def registered_yaml(name: str) -> Path:

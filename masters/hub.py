@@ -186,14 +186,14 @@ def benchmark_sources(task_yaml: str | Path) -> tuple[str, str, list[tuple[str, 
     or one per ``subsets`` config."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from masters.evaluation import registered_yaml
+    from masters.evaluation import registered_yaml, scored_split
 
     task_yaml = task_yaml if str(task_yaml).endswith((".yaml", ".yml")) else registered_yaml(str(task_yaml))
     spec = load_yaml(Path(task_yaml))
     path = spec.get("dataset_path")
     if not path or path in ("parquet", "json", "csv") or "/" not in str(path):
         raise HubError(f"{task_yaml}: dataset_path {path!r} is not a Hub dataset (give the benchmark `data:`)")
-    split = spec.get("test_split") or spec.get("validation_split") or "test"  # the split lm-eval scores
+    split = scored_split(spec)
     subsets = spec.get("subsets")
     parts = [(s, s) for s in subsets] if subsets else [("data", spec.get("dataset_name"))]
     return str(path), str(split), parts
