@@ -302,6 +302,7 @@ def cmd_reward(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from masters import training
+    from masters.experiments import stage_settings
     from masters.losses import LossWeights
     from masters.questions import load_questions
 
@@ -313,8 +314,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not index.isdigit() or int(index) >= len(args.stage):
             raise SystemExit(f"masters train: --stage-training {index}: not the index of one of the {len(args.stage)}"
                              " stages")
-        settings[int(index)] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                                            for k, v in json.loads(text).items()))
+        settings[int(index)] = stage_settings(json.loads(text))
     if args.backend == "deepspeed" and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: launch
         from masters.zero import relaunch
 

@@ -54,6 +54,11 @@ class Experiment:
     training: dict
 
 
+def stage_settings(settings: dict) -> tuple:
+    """A stage's own training settings as sorted (key, value) pairs, lists as tuples (hashable)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in settings.items()))
+
+
 @dataclass(frozen=True)
 class StageJob:
     """Stage ``index`` of a run: train ``steps`` steps against ``teacher`` masked at ``ratio``."""
@@ -280,8 +285,7 @@ class Design:
         if not exp.train:
             return []
         planned = self._stage_plan(exp)
-        settings = [tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                                 for k, v in (entry.get("training") or {}).items()))
+        settings = [stage_settings(entry.get("training") or {})
                     for entry in exp.plan for _ in ratios(entry["r_max"], entry["step"])]  # one per stage
         out = []
         for k, st in enumerate(planned):
