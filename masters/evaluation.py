@@ -8,6 +8,7 @@ single ``lm_eval.simple_evaluate`` call with ``hf-multimodal`` and the chat temp
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -37,41 +38,53 @@ def task_spec(bench: Benchmark) -> str | dict[str, Any] | list[dict[str, Any]]:
     A YAML is loaded with lm-eval's own loader (``include:`` resolved), renamed to
     ``bench.name`` and, when ``bench.data`` is set, pointed at local parquet: that file, or a
     directory fetched from the Hub (:func:`masters.hub.fetch_benchmark`: ``data.parquet``, or
-    ``<subset>.parquet`` per config of a ``subsets`` benchmark).
+    ``<stem>.parquet`` per config of a ``subsets`` benchmark or per task of an lm-eval group).
+    A benchmark of several parts is a list of tasks named ``<name>_<stem>``.
     """
-    if not bench.task.endswith((".yaml", ".yml")) and bench.data is None:
-        return bench.task  # a task lm-eval ships, loaded by lm-eval (its dataset from the Hub)
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    path = Path(bench.task) if bench.task.endswith((".yaml", ".yml")) else registered_yaml(bench.task)
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark {bench.name!r}: task YAML {path} does not exist")
-    spec = load_yaml(path)
-    spec["task"] = bench.name
-    subsets = spec.pop("subsets", None)
-    if bench.data is None:
-        if subsets:  # one task per dataset config; :func:`evaluate` averages them unweighted
-            return [{**spec, "task": f"{bench.name}_{s}", "dataset_name": s} for s in subsets]
-        return spec
+    registered = not bench.task.endswith((".yaml", ".yml"))
+    if registered and bench.data is None:
+        return bench.task  # a task (or group) lm-eval ships, loaded by lm-eval (its dataset from the Hub)
+    parts = task_parts(bench)
+    if bench.data is None:  # a task YAML of this repo read from the Hub by lm-eval
+        specs = list(parts.values())
+        return specs[0] if list(parts) == [None] else specs
     data = Path(bench.data)
-    if data.is_dir():
-        files = {s: data / f"{s}.parquet" for s in subsets} if subsets else {None: data / "data.parquet"}
-    else:
-        files = dict.fromkeys(subsets or [None], data)  # one file (the tiny world's; a fixture)
-    for file in files.values():
+    files = {stem: data / f"{stem or 'data'}.parquet" if data.is_dir() else data for stem in parts}
+    for file in files.values():  # a file (the tiny world's; a fixture) serves every part
         if not file.is_file():
             raise FileNotFoundError(f"benchmark {bench.name!r}: data file {file} does not exist")
-    split = scored_split(spec)
-    spec["dataset_path"] = "parquet"  # a Hub benchmark read from a local file of its schema
-    spec.pop("dataset_name", None)
+    specs = [local_spec(spec, files[stem]) for stem, spec in parts.items()]
+    return specs[0] if list(parts) == [None] else specs
+
+
+def task_parts(bench: Benchmark) -> dict[str | None, dict[str, Any]]:
+    """The lm-eval task config(s) of ``bench`` by file stem: ``{None: spec}`` for one task, else one
+    per config of a ``subsets`` YAML (``dataset_name`` set) or per task of an lm-eval group."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    if bench.task.endswith((".yaml", ".yml")):
+        leaves = {None: Path(bench.task)}
+    else:
+        leaves = registered_task(bench.task).leaves
+    for path in leaves.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"benchmark {bench.name!r}: task YAML {path} does not exist")
+    specs = {stem: load_yaml(path) for stem, path in leaves.items()}
+    if list(specs) != [None]:
+        return {stem: {**spec, "task": f"{bench.name}_{stem}"} for stem, spec in specs.items()}
+    spec = {**specs[None], "task": bench.name}
+    subsets = spec.pop("subsets", None)
+    if not subsets:
+        return {None: spec}
+    return {s: {**spec, "task": f"{bench.name}_{s}", "dataset_name": s} for s in subsets}
+
+
+def local_spec(spec: dict[str, Any], file: Path) -> dict[str, Any]:
+    """``spec`` reading its scored split from the local parquet ``file`` (a Hub dataset's schema)."""
     kwargs = {k: v for k, v in (spec.get("dataset_kwargs") or {}).items() if k != "revision"}
-
-    def local(task: str, file: Path) -> dict[str, Any]:
-        return {**spec, "task": task, "dataset_kwargs": {**kwargs, "data_files": {split: str(file.resolve())}}}
-
-    if subsets:
-        return [local(f"{bench.name}_{s}", file) for s, file in files.items()]
-    return local(bench.name, files[None])
+    spec = {k: v for k, v in spec.items() if k != "dataset_name"}
+    files = {scored_split(spec): str(file.resolve())}
+    return {**spec, "dataset_path": "parquet", "dataset_kwargs": {**kwargs, "data_files": files}}
 
 
 def scored_split(spec: dict) -> str:
@@ -79,18 +92,70 @@ def scored_split(spec: dict) -> str:
     return spec.get("test_split") or spec.get("validation_split") or "test"
 
 
-def registered_yaml(name: str) -> Path:
-    """The YAML of a single task lm-eval ships (``chartqa``), to point it at local data; a group
-    (``mmmu_val``) cannot be (it is many tasks): lm-eval loads it from the Hub."""
+@dataclass(frozen=True)
+class RegisteredTask:
+    """A task lm-eval ships, as its parts can read local data: ``leaves`` maps a file stem to a task
+    YAML (``{None: yaml}`` for one task; a group's tasks, named without the group's prefix), and
+    ``weighted`` says whether the score is their mean weighted by size (the group's aggregate)."""
+
+    leaves: dict[str | None, Path]
+    weighted: bool
+
+
+@functools.cache
+def registered_task(name: str) -> RegisteredTask:
+    """The YAML(s) of a task or group lm-eval ships (``chartqa``; ``mmmu_val``: 30 subjects in 6
+    groups), to point them at local data. A group's score is the mean of its tasks weighted by
+    their sizes when its ``aggregate_metric_list`` says ``weight_by_size`` (then flattening the
+    nested groups gives lm-eval's own number; every level must agree), else unweighted."""
     from lm_eval.tasks import TaskManager
 
-    entry = TaskManager().task_index.get(name)
-    if entry is None:
-        raise KeyError(f"benchmark task {name!r}: neither a YAML path nor a task lm-eval ships")
-    if "group" in str(entry.kind).lower() or not str(entry.yaml_path).endswith((".yaml", ".yml")):
-        raise ValueError(f"benchmark task {name!r} is an lm-eval {entry.kind}, not one task: it cannot read local "
-                         "data (no `data`, no `fetch`; lm-eval loads it from the Hub)")
-    return Path(entry.yaml_path)
+    index = TaskManager().task_index
+
+    def entry_of(task: str):
+        entry = index.get(task)
+        if entry is None:
+            raise KeyError(f"benchmark task {task!r}: neither a YAML path nor a task lm-eval ships")
+        return entry
+
+    def is_group(entry) -> bool:
+        return "group" in str(entry.kind).lower()
+
+    def weighting(entry) -> bool:
+        aggregate = entry.cfg.get("aggregate_metric_list") or []
+        return bool(aggregate) and all(a.get("weight_by_size", False) for a in aggregate)
+
+    top = entry_of(name)
+    if not is_group(top):
+        if not str(top.yaml_path).endswith((".yaml", ".yml")):
+            raise ValueError(f"benchmark task {name!r} is an lm-eval {top.kind} without a YAML: it cannot read "
+                             "local data (no `data`, no `fetch`; lm-eval loads it from the Hub)")
+        return RegisteredTask({None: Path(top.yaml_path)}, False)
+    leaves: dict[str | None, Path] = {}
+
+    def walk(entry) -> None:
+        if weighting(entry) != weighting(top):
+            raise ValueError(f"benchmark task {name!r}: its group {entry.name!r} aggregates otherwise than the"
+                             " whole group: flattening it would change the score")
+        for child in entry.cfg.get("task") or []:
+            if not isinstance(child, str):
+                raise ValueError(f"benchmark task {name!r}: group {entry.name!r} defines a task inline: it cannot"
+                                 " read local data")
+            sub = entry_of(child)
+            if is_group(sub):
+                walk(sub)
+            else:
+                leaves[child.removeprefix(f"{name}_")] = Path(sub.yaml_path)
+
+    walk(top)
+    return RegisteredTask(leaves, weighting(top))
+
+
+def weighted_by_size(bench: Benchmark) -> bool:
+    """Whether ``bench``'s parts are averaged by size: a group lm-eval ships, read from local data
+    (without ``data`` lm-eval aggregates the group itself)."""
+    registered = not bench.task.endswith((".yaml", ".yml"))
+    return registered and bench.data is not None and registered_task(bench.task).weighted
 
 
 def subtask_names(spec) -> list[str] | None:
@@ -99,8 +164,9 @@ def subtask_names(spec) -> list[str] | None:
 
 
 def result_names(bench: Benchmark, spec) -> list[str]:
-    """The lm-eval result entries a benchmark's score is the mean of: its subsets' tasks, or itself."""
-    return subtask_names(spec) or [bench.name]
+    """The lm-eval result entries a benchmark's score is the mean of: its parts' tasks, or its task (a
+    task or group lm-eval loads itself is reported under its own name)."""
+    return subtask_names(spec) or [spec if isinstance(spec, str) else bench.name]
 
 
 def all_metrics(bench: Benchmark, names: list[str], results: dict) -> dict[str, float | None]:
@@ -115,6 +181,13 @@ def all_metrics(bench: Benchmark, names: list[str], results: dict) -> dict[str, 
             if flt == "none" and not metric.endswith("_stderr") and isinstance(value, (int, float)):
                 out[prefix + metric] = None if value != value else 100.0 * float(value)
     return out
+
+
+def effective_size(name: str, results: dict) -> int:
+    """The items lm-eval scored for a task, or for a group it aggregated (its tasks' sum)."""
+    if name in results["n-samples"]:
+        return int(results["n-samples"][name]["effective"])
+    return sum(effective_size(sub, results) for sub in results.get("group_subtasks", {}).get(name, []))
 
 
 def text_fields(doc: dict) -> dict:
@@ -175,15 +248,17 @@ def evaluate(
     )
     summary: dict[str, Any] = {"model": str(model_dir), "accuracy": {}, "n": {}, "metrics": {}}
     for bench in benchmarks:
-        values = []  # a subsets benchmark: the unweighted mean of its tasks
+        values, sizes = [], []  # a benchmark of parts: their mean, unweighted or by size (a group's)
         for name in parts[bench.name]:
             task_result = results["results"].get(name)
             if task_result is None or bench.metric not in task_result:
                 raise KeyError(f"lm-eval gave no {bench.metric!r} for benchmark {bench.name!r} ({name}): {task_result}")
             values.append(float(task_result[bench.metric]))
-        summary["accuracy"][bench.name] = 100.0 * sum(values) / len(values)
+            sizes.append(effective_size(name, results))
+        weights = sizes if weighted_by_size(bench) else [1] * len(values)
+        summary["accuracy"][bench.name] = 100.0 * sum(v * w for v, w in zip(values, weights)) / sum(weights)
         summary["metrics"][bench.name] = all_metrics(bench, parts[bench.name], results["results"])
-        summary["n"][bench.name] = sum(int(results["n-samples"][name]["effective"]) for name in parts[bench.name])
+        summary["n"][bench.name] = sum(sizes)
     summary["mean_accuracy"] = sum(summary["accuracy"].values()) / len(benchmarks)
     if samples_path is not None:
         metric_of = {name: b.metric.split(",")[0] for b in benchmarks for name in parts[b.name]}

@@ -338,7 +338,7 @@ class Design:
 
     def hub_benchmarks(self) -> list[str]:
         """The benchmarks whose data is fetched from the Hub: no ``data``, and a task YAML of this repo
-        or ``fetch: true`` (a single task lm-eval ships, ``chartqa``); the others lm-eval loads."""
+        or ``fetch: true`` (a task or group lm-eval ships: ``chartqa``, ``mmmu_val``); the others lm-eval loads."""
         return [b for b, entry in self.config["benchmarks"].items() if "data" not in entry
                 and entry.get("fetch", entry["task"].endswith((".yaml", ".yml")))]
 

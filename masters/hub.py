@@ -180,35 +180,35 @@ def _answers(column):
 BENCHMARK_MANIFEST = "manifest.json"
 
 
-def benchmark_sources(task_yaml: str | Path) -> tuple[str, str, list[tuple[str, str | None]]]:
-    """What a benchmark's task YAML (or a single task lm-eval ships, by name) reads from the Hub:
-    (dataset id, split, [(file stem, config)]): one ``data`` file of the YAML's ``dataset_name``,
-    or one per ``subsets`` config."""
-    from lm_eval.tasks._yaml_loader import load_yaml
+def benchmark_sources(task: str | Path) -> tuple[str, str, list[tuple[str, str | None]]]:
+    """What a benchmark's task YAML (or a task or group lm-eval ships, by name) reads from the Hub:
+    (dataset id, split, [(file stem, config)]): one ``data`` file of the YAML's ``dataset_name``, or
+    one per ``subsets`` config or per task of the group (all of one dataset and split)."""
+    from masters.evaluation import Benchmark, scored_split, task_parts
 
-    from masters.evaluation import registered_yaml, scored_split
-
-    task_yaml = task_yaml if str(task_yaml).endswith((".yaml", ".yml")) else registered_yaml(str(task_yaml))
-    spec = load_yaml(Path(task_yaml))
-    path = spec.get("dataset_path")
+    specs = task_parts(Benchmark(name="benchmark", task=str(task)))
+    sources = {(spec.get("dataset_path"), scored_split(spec)) for spec in specs.values()}
+    if len(sources) > 1:
+        raise HubError(f"{task}: its tasks read several datasets or splits {sorted(map(str, sources))}: fetch"
+                       " them as separate benchmarks")
+    (path, split), = sources
     if not path or path in ("parquet", "json", "csv") or "/" not in str(path):
-        raise HubError(f"{task_yaml}: dataset_path {path!r} is not a Hub dataset (give the benchmark `data:`)")
-    split = scored_split(spec)
-    subsets = spec.get("subsets")
-    parts = [(s, s) for s in subsets] if subsets else [("data", spec.get("dataset_name"))]
+        raise HubError(f"{task}: dataset_path {path!r} is not a Hub dataset (give the benchmark `data:`)")
+    parts = [(stem or "data", spec.get("dataset_name")) for stem, spec in specs.items()]
     return str(path), str(split), parts
 
 
-def fetch_benchmark(name: str, task_yaml: str | Path, revision: str, out: str | Path,
+def fetch_benchmark(name: str, task: str | Path, revision: str, out: str | Path,
                     allow_patterns: list[str] | None = None, download: Callable | None = None, api=None) -> dict:
     """A Hub benchmark's test data as local parquet, at a resolved commit: the dataset repository
     is snapshotted (:func:`snapshot`), each config's split is read with ``datasets`` (its README's
-    configs, or the file layout) and written as ``OUT/<stem>.parquet`` (``data``, or each subset),
+    configs, or the file layout) and written as ``OUT/<stem>.parquet`` (``data``, or each subset or
+    task of a group; :func:`benchmark_sources`),
     with ``OUT/manifest.json`` (repository, revision, commit, configs, split, rows). Evaluation then
     reads these files offline, so every score comes from a known commit of its dataset."""
     import datasets
 
-    repo_id, split, parts = benchmark_sources(task_yaml)
+    repo_id, split, parts = benchmark_sources(task)
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,7 @@ def fetch_benchmark(name: str, task_yaml: str | Path, revision: str, out: str | 
                            f" {config!r} among the fetched files ({error})") from None
         data.to_parquet(str(partial / f"{stem}.parquet"))
         rows[stem] = len(data)
-    manifest = {"benchmark": name, "task": str(task_yaml), "repo_id": repo_id, "revision": revision,
+    manifest = {"benchmark": name, "task": str(task), "repo_id": repo_id, "revision": revision,
                 "commit": fetched["commit"], "split": split, "configs": {s: c for s, c in parts}, "rows": rows,
                 "allow_patterns": fetched["allow_patterns"]}
     (partial / BENCHMARK_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

@@ -317,12 +317,30 @@ def test_the_tasks_lm_eval_ships_score_hand_made_answers_as_the_field_does():
     assert [mmmu.process_results(doc, [r])["acc"] for r in responses] == [1.0, 1.0, 1.0, 0.0, 0.0]
 
 
+def _mmmu_items(subject: str, n: int, right: bool) -> dict:
+    """``n`` MMMU items of ``subject`` in the Hub schema: one-option multiple choice (any response
+    reads as A: right) or open questions with an answer no response contains (wrong)."""
+    return {
+        "id": [f"validation_{subject}_{i}" for i in range(n)], "question": ["<image 1> Which?"] * n,
+        "options": [str(["only"]) if right else "[]"] * n, "explanation": [""] * n, "image_1": [_png("red")] * n,
+        "image_2": [None] * n, "img_type": ["['Paintings']"] * n, "answer": ["A" if right else "zq#never#qz"] * n,
+        "topic_difficulty": ["Easy"] * n, "question_type": ["multiple-choice" if right else "open"] * n,
+        "subfield": [subject] * n}
+
+
+MMMU_FEATURES = {"id": "string", "question": "string", "options": "string", "explanation": "string",
+                 "image_1": "image", "image_2": "image", "img_type": "string", "answer": "string",
+                 "topic_difficulty": "string", "question_type": "string", "subfield": "string"}
+
+
 @pytest.mark.slow
 def test_the_tasks_lm_eval_ships_run_on_local_data_in_their_schema(tmp_path, tiny_model, processor):
-    """chartqa (and one MMMU subject) read from local parquet in the Hub schema: the path of a
-    fetched benchmark (`fetch: true`); the group mmmu_val cannot be pointed at local data."""
+    """chartqa and the group mmmu_val (30 subjects) read from local parquet in the Hub schema, as
+    the benchmark_data rule fetches them (`fetch: true`): MMMU's score is lm-eval's group aggregate,
+    the mean over subjects weighted by their sizes, i.e. the share of all its items answered right."""
     from masters.checkpoints import save_checkpoint
-    from masters.evaluation import Benchmark, evaluate, task_spec
+    from masters.evaluation import Benchmark, evaluate, registered_task, task_spec
+    from masters.hub import benchmark_sources
 
     save_checkpoint(tiny_model, processor, tmp_path / "model")
     # ChartQA's prompt is ~600 tiny-tokenizer tokens + 512 to generate: more than the tiny model's 1,024
@@ -336,18 +354,41 @@ def test_the_tasks_lm_eval_ships_run_on_local_data_in_their_schema(tmp_path, tin
         "image": images, "query": ["How many?", "Which year?", "Max?"], "label": [["12"], ["2019"], ["Yes"]],
         "human_or_machine": [0, 1, 0]},
         {"image": "image", "query": "string", "label": "strings", "human_or_machine": "int"})
-    art = _fixture(tmp_path / "art.parquet", {
-        "id": ["validation_Art_1", "validation_Art_2"], "question": ["<image 1> Which style?", "Who painted it?"],
-        "options": [str(["Baroque", "Cubism"]), "[]"], "explanation": ["", ""], "image_1": images[:2],
-        "image_2": [None, None], "img_type": ["['Paintings']"] * 2, "answer": ["A", "Picasso"],
-        "topic_difficulty": ["Easy"] * 2, "question_type": ["multiple-choice", "open"], "subfield": ["Art"] * 2},
-        {"id": "string", "question": "string", "options": "string", "explanation": "string", "image_1": "image",
-         "image_2": "image", "img_type": "string", "answer": "string", "topic_difficulty": "string",
-         "question_type": "string", "subfield": "string"})
+    # the layout `masters fetch-benchmark` writes: a file per subject, named as benchmark_sources says
+    mmmu = tmp_path / "hub/benchmarks/mmmu_val"
+    mmmu.mkdir(parents=True)
+    _, split, parts = benchmark_sources("mmmu_val")
+    assert split == "validation" and len(parts) == 30 and ("art", "Art") in parts
+    for stem, subject in parts:  # Art: 3 right items; every other subject 1 wrong one
+        _fixture(mmmu / f"{stem}.parquet", _mmmu_items(subject, 3 if stem == "art" else 1, stem == "art"), MMMU_FEATURES)
     benches = [Benchmark("chartqa", "chartqa", data=chartqa, metric="relaxed_accuracy,none"),
-               Benchmark("mmmu_art", "mmmu_val_art", data=art, metric="acc,none")]
+               Benchmark("mmmu_val", "mmmu_val", data=str(mmmu), metric="acc,none")]
     summary = evaluate(tmp_path / "model", benches, batch_size=4)
-    assert summary["n"] == {"chartqa": 3, "mmmu_art": 2}
-    assert all(0.0 <= acc <= 100.0 for acc in summary["accuracy"].values())
-    with pytest.raises(ValueError, match="mmmu_val.* not one task"):
-        task_spec(Benchmark("mmmu", "mmmu_val", data=art))
+    assert summary["n"] == {"chartqa": 3, "mmmu_val": 32}
+    assert 0.0 <= summary["accuracy"]["chartqa"] <= 100.0
+    assert summary["accuracy"]["mmmu_val"] == pytest.approx(100.0 * 3 / 32)  # by size; unweighted: 1/30
+    assert summary["metrics"]["mmmu_val"]["art/acc"] == 100.0 and summary["metrics"]["mmmu_val"]["music/acc"] == 0.0
+    assert registered_task("mmmu_val").weighted and not registered_task("chartqa").weighted
+    (mmmu / "music.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="music.parquet"):
+        task_spec(Benchmark("mmmu_val", "mmmu_val", data=str(mmmu)))
+
+
+def test_a_group_lm_eval_loads_itself_is_read_under_its_own_name_with_its_subtasks_sizes(tmp_path, monkeypatch):
+    """A benchmark named otherwise than the lm-eval group it runs (no `data`: lm-eval loads and
+    aggregates it): its score is the group's entry, its size the sum over the nested subtasks."""
+    import lm_eval
+
+    from masters.evaluation import Benchmark, evaluate
+
+    results = {"results": {"mmmu_val": {"acc,none": 0.25}, "mmmu_val_business": {"acc,none": 0.5},
+                           "mmmu_val_accounting": {"acc,none": 0.5}, "mmmu_val_art": {"acc,none": 0.0}},
+               "group_subtasks": {"mmmu_val": ["mmmu_val_business", "mmmu_val_art"],
+                                  "mmmu_val_business": ["mmmu_val_accounting"]},
+               "n-samples": {"mmmu_val_accounting": {"effective": 4}, "mmmu_val_art": {"effective": 3}}}
+    asked = []
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kw: asked.append(kw["tasks"]) or results)
+    (tmp_path / "config.json").write_text("{}")
+    summary = evaluate(tmp_path, [Benchmark("mmmu", "mmmu_val", metric="acc,none")])
+    assert asked == [["mmmu_val"]]
+    assert summary["accuracy"] == {"mmmu": 25.0} and summary["n"] == {"mmmu": 7}

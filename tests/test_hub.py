@@ -199,3 +199,35 @@ def test_a_single_config_benchmark_by_file_layout_and_the_errors_that_name_the_p
         hub.fetch_benchmark("x", tmp_path / "local.yaml", COMMIT, tmp_path / "p", download=None, api=None)
     with pytest.raises(FileNotFoundError, match="data.parquet"):
         task_spec(Benchmark("mathvista", str(task), data=str(tmp_path)))
+
+
+def test_an_lm_eval_group_is_fetched_one_file_per_task_from_one_dataset(tmp_path, monkeypatch):
+    """mmmu_val (lm-eval's group of 30 subjects, `fetch: true`): an MMMU-like repository (a dev,
+    validation and test split per subject, the card's configs) gives one file per subject's
+    validation split, named by the task; only the validation files are fetched. A group whose
+    tasks read different splits is refused before anything is fetched."""
+    from masters.evaluation import Benchmark, registered_task, task_spec
+
+    subjects = [spec for _, spec in hub.benchmark_sources("mmmu_val")[2]]
+    repo = tmp_path / "repo"
+    for subject in subjects:
+        for split in ("dev", "validation", "test"):
+            _parquet(repo / subject / f"{split}-00000-of-00001.parquet", {"id": [f"{split}_{subject}_1"], "answer": ["A"]})
+    (repo / "README.md").write_text("---\nconfigs:\n" + "".join(
+        f"- config_name: {s}\n  data_files:\n" + "".join(f"  - split: {p}\n    path: {s}/{p}-*\n"
+                                                        for p in ("dev", "validation", "test")) for s in subjects) + "---\n")
+    fake = RepoHub(repo)
+    out = tmp_path / "hub/benchmarks/mmmu_val"
+    manifest = hub.fetch_benchmark("mmmu_val", "mmmu_val", COMMIT, out, allow_patterns=["README.md", "*/validation-*"],
+                                   download=fake.download, api=fake)
+    assert manifest["split"] == "validation" and manifest["repo_id"] == "MMMU/MMMU" and len(manifest["rows"]) == 30
+    assert manifest["configs"]["art_theory"] == "Art_Theory" and set(manifest["rows"].values()) == {1}
+    assert pd.read_parquet(out / "art_theory.parquet")["id"].tolist() == ["validation_Art_Theory_1"]
+    specs = task_spec(Benchmark("mmmu_val", "mmmu_val", data=str(out)))
+    assert len(specs) == 30 and {s["task"] for s in specs} == {f"mmmu_val_{stem}" for stem in registered_task("mmmu_val").leaves}
+    assert all(s["dataset_kwargs"]["data_files"] == {"validation": str((out / f"{s['task'][9:]}.parquet").resolve())}
+               and "dataset_name" not in s for s in specs)
+    mixed = {"a": {"dataset_path": "x/y", "test_split": "test"}, "b": {"dataset_path": "x/y", "validation_split": "val"}}
+    monkeypatch.setattr("masters.evaluation.task_parts", lambda bench: mixed)
+    with pytest.raises(hub.HubError, match=r"several datasets or splits \[\"\('x/y', 'test'\)\", \"\('x/y', 'val'\)"):
+        hub.fetch_benchmark("g", "g", COMMIT, tmp_path / "g", download=None, api=None)
