@@ -277,6 +277,16 @@ def test_chat_backend_builds_the_named_backend_with_the_settings(monkeypatch):
     assert built[-1] == ("hf", "/judge", {"batch_size": 3, "trust_remote_code": True})
     assert chat_backend("/judge", "vllm", 12, gpus=2) == "vllm-backend"
     assert built[-1] == ("vllm", "/judge", {"batch_size": 12, "gpus": 2, "trust_remote_code": False})
+    chat_backend("/judge", "hf", 2, device="cuda", dtype="bfloat16")  # the placement reaches the model
+    assert built[-1] == ("hf", "/judge", {"batch_size": 2, "trust_remote_code": False, "device": "cuda",
+                                          "dtype": "bfloat16"})
+    monkeypatch.setattr(masters.generation, "OpenAIChatBackend",
+                        lambda model, **kw: built.append(("openai", model, kw)) or "openai-backend")
+    endpoint = {"base_url": "http://judge:8000/v1", "api_key_env": None, "workers": 4}
+    assert chat_backend("gpt-4o", "openai", 8, endpoint=endpoint) == "openai-backend"
+    assert built[-1] == ("openai", "gpt-4o", endpoint)
+    chat_backend("gpt-4o", "openai", 8)  # no endpoint: the backend's defaults (the OpenAI API)
+    assert built[-1] == ("openai", "gpt-4o", {})
 
 
 def test_judge_report_counts_parse_failures_and_agreement_per_judge_and_source(tmp_path):

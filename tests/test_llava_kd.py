@@ -89,6 +89,18 @@ def test_the_recipe_trains_the_projector_then_the_llm_never_the_vision_encoder(t
         p.requires_grad_(True)
 
 
+def test_a_stage_without_frozen_parts_trains_every_parameter_again(tiny_model):
+    """masters.training.set_trainable between stages: a stage that freezes the vision encoder, then
+    one that freezes nothing, leaves every parameter training (not the previous stage's freeze)."""
+    from masters.training import set_trainable
+
+    vision = {n for n, _ in tiny_model.named_parameters() if llava_kd.part_of(n) == "vision"}
+    set_trainable(tiny_model, ("vision",))
+    assert {n for n, p in tiny_model.named_parameters() if not p.requires_grad} == vision
+    set_trainable(tiny_model, ())
+    assert all(p.requires_grad for p in tiny_model.parameters())
+
+
 def test_the_objective_weighs_its_terms_as_the_paper():
     one = torch.tensor(1.0)
     w = llava_kd.LlavaKDWeights()

@@ -179,7 +179,8 @@ def test_paper_table_exact_files_average_only_and_missing_cells(tmp_path):
 def test_evaluation_summaries_are_written_in_the_format_the_tables_read(tmp_path):
     from masters.tables import load_result, write_results
 
-    summary = {"model": "/ckpt", "accuracy": {"a": 50.0, "b": 100.0}, "n": {"a": 4, "b": 2}}
+    summary = {"model": "/ckpt", "accuracy": {"a": 50.0, "b": 100.0}, "n": {"a": 4, "b": 2},
+               "metrics": {"a": {"acc": 50.0, "geometry/acc": 25.0}}}  # b: a summary without per-category scores
     only_all = write_results(summary, "S", out=tmp_path / "x/y/all.json")  # parent directories made
     assert only_all == [tmp_path / "x/y/all.json"] and sorted(p.name for p in tmp_path.rglob("*.json")) == ["all.json"]
     assert load_result(tmp_path / "x/y/all.json") == {"model": "/ckpt", "label": "S", "accuracy": summary["accuracy"],
@@ -189,6 +190,7 @@ def test_evaluation_summaries_are_written_in_the_format_the_tables_read(tmp_path
     assert load_result(tmp_path / "per/run/b.json") == {"model": "/ckpt", "label": "S", "accuracy": {"b": 100.0},
                                                         "n": {"b": 2}, "mean_accuracy": 100.0, "benchmark": "b"}
     assert benchmark_results([tmp_path / "per/run/a.json", tmp_path / "per/run/b.json"]) == {"a": 50.0, "b": 100.0}
+    assert load_result(tmp_path / "per/run/a.json")["metrics"] == {"acc": 50.0, "geometry/acc": 25.0}
 
 
 def test_a_literature_column_named_like_a_descriptive_column_fills_the_reported_rows(tmp_path):
