@@ -5,9 +5,9 @@ Every benchmark scorer of ``benchmarks/`` was written from lmms-eval's behaviour
 commit), not copied. This script imports lmms-eval's own scoring functions and runs both on
 the same items and responses: a corpus of response styles (bare and bracketed letters, answer
 phrases, option texts, sentences, other languages, empty, numbers) against every answer letter,
-and for MathVista the three answer types. It prints, per benchmark, the share of (item,
-response) pairs on which the two agree, the disagreements, and exits 1 on any disagreement that
-is not a documented deviation (``KNOWN``). Not part of CI: lmms-eval is not installed by the
+and for MathVista the three answer types; and every benchmark's prompt for one item of its
+schema. It prints, per benchmark, the share of (item, response) pairs on which the two agree, the
+disagreements, and exits 1 on any disagreement that is not a documented deviation (``KNOWN``). Not part of CI: lmms-eval is not installed by the
 project (its pins conflict), so it is loaded from a directory of its own:
 
     .venv/bin/python -m pip install --no-deps --target .lmms lmms-eval==0.7.3 loguru
@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import mathvista  # noqa: E402
 import mcq  # noqa: E402
+import mmvet  # noqa: E402
 
 OPTIONS = ["red", "green", "blue", "yellow"]
 RESPONSES = [
@@ -153,6 +154,72 @@ def compare_judge_prompts(lmms) -> list[tuple[str, str, str]]:
     return rows
 
 
+MMBENCH_FIELDS = {"answer": "B", "category": "c", "L2-category": "l", "source": "s", "split": "dev"}
+PROMPT_DOCS = {  # benchmark: (our doc_to_text, lmms-eval's task directory, its function, its YAML, one item)
+    "ai2d": (mcq.ai2d_doc_to_text, "ai2d.utils", "ai2d_doc_to_text", "ai2d/ai2d.yaml",
+             {"question": "Which part is the leaf?", "options": ["A", "stem", "root"], "answer": "0"}),
+    "mmstar": (mcq.mmstar_doc_to_text, "mmstar.utils", "mmstar_doc_to_text", "mmstar/mmstar.yaml",
+               {"question": "Is it red? Please answer yes or no. \nOptions: A: yes, B: no", "answer": "A"}),
+    "seedbench": (mcq.seed_doc_to_text, "seedbench.utils", "seed_doc_to_text", None,
+                  {"question": "How many?", "choice_a": "1", "choice_b": "2", "choice_c": "3", "choice_d": "4"}),
+    "seedbench_2_plus": (mcq.seed2plus_doc_to_text, "seedbench_2_plus.utils", "seed_doc_to_text",
+                         "seedbench_2_plus/seedbench_2_plus.yaml",
+                         {"question": "Which chart?", "choice_A": "a.png", "choice_B": "bar", "choice_C": "3",
+                          "choice_D": "pie"}),
+    "blink": (mcq.blink_doc_to_text, "blink.utils", "blink_doc_to_text", "blink/_default_template_yaml",
+              {"prompt": "Which point is closer?\nSelect from the following choices.\n(A) A\n(B) B",
+               "choices": ["(A)", "(B)"], "image_1": 1, "image_2": 2, "image_3": None, "image_4": None}),
+    "realworldqa": (mcq.realworldqa_doc_to_text, "realworldqa.utils", "realworldqa_doc_to_text",
+                    "realworldqa/realworldqa.yaml", {"question": " How many cars? Please answer directly. "}),
+    "mmbench": (mcq.mmbench_doc_to_text, "mmbench.en_utils", "mmbench_doc_to_text",
+                "mmbench/_default_template_mmbench_en_yaml", {**MMBENCH_DOCS[1], **MMBENCH_FIELDS}),
+    "mmbench (no hint)": (mcq.mmbench_doc_to_text, "mmbench.en_utils", "mmbench_doc_to_text",
+                          "mmbench/_default_template_mmbench_en_yaml", {**MMBENCH_DOCS[2], **MMBENCH_FIELDS}),
+    "mmbench_cn": (mcq.mmbench_cn_doc_to_text, "mmbench.cn_utils", "mmbench_doc_to_text",
+                   "mmbench/_default_template_mmbench_cn_yaml", {**MMBENCH_DOCS[1], **MMBENCH_FIELDS}),
+    "mmmu_pro_standard": (mcq.mmmu_pro_standard_doc_to_text, "mmmu_pro.utils", "mmmu_pro_doc_to_text",
+                          "mmmu_pro/mmmu_pro_standard.yaml",
+                          {"question": "<image 1> What is shown?", "options": "['a', '<image 2>', 'c']"}),
+    "mmmu_pro_vision": (mcq.mmmu_pro_vision_doc_to_text, "mmmu_pro.utils", "mmmu_pro_doc_to_text",
+                        "mmmu_pro/mmmu_pro_vision.yaml", {"id": "v1", "answer": "A"}),
+    "mmvet": (mmvet.doc_to_text, "mmvet.utils", "doc_to_text", "mmvet/mmvet.yaml",
+              {"question": "What is the total price?"}),
+}
+
+
+def _lmms_kwargs(task_yaml: str | None) -> dict | None:
+    """The ``default`` entry of a lmms-eval task YAML's ``lmms_eval_specific_kwargs`` (its
+    ``include`` first); ``!function`` tags read as text."""
+    import yaml
+    import lmms_eval
+
+    if task_yaml is None:
+        return None
+    loader = type("Loader", (yaml.SafeLoader,), {})
+    loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    path = Path(lmms_eval.__file__).parent / "tasks" / task_yaml
+    spec = yaml.load(path.read_text(), Loader=loader) or {}
+    base = _lmms_kwargs(str(Path(task_yaml).parent / spec["include"])) if spec.get("include") else None
+    return (spec.get("lmms_eval_specific_kwargs") or {}).get("default", base)
+
+
+def compare_prompts() -> list[tuple[str, str, str]]:
+    """Each benchmark's prompt for one item of its schema: [(benchmark, ours, theirs)]. Ours carries
+    lm-eval's image placeholders (``<image>``) where the images go; lmms-eval sends the images
+    apart (before the text) except where its text names them, so ours is compared without the
+    leading placeholders."""
+    import importlib
+    import re
+
+    rows = []
+    for name, (ours, module, function, task_yaml, doc) in PROMPT_DOCS.items():
+        theirs_fn = getattr(importlib.import_module(f"lmms_eval.tasks.{module}"), function)
+        kwargs = _lmms_kwargs(task_yaml)
+        theirs = theirs_fn(doc) if task_yaml is None else theirs_fn(doc, kwargs)
+        rows.append((name, re.sub(r"^(<image>)+", "", ours(doc)), theirs))
+    return rows
+
+
 @contextlib.contextmanager
 def _no_random_pick():
     """MMMU's parsers pick a random option for an unparsable response (each with its own
@@ -215,6 +282,14 @@ def compare_mathvista(lmms) -> tuple[list, list, int]:
 KNOWN = {
     "mmmu-pro (parsed)": "known: this repo scores MMMU-Pro with the official mmmu-pro/evaluate.py rule, which takes"
                          " the last of several named letters; lmms-eval's MMMU parser another one",
+    "mmbench_cn prompt": "known: lmms-eval 0.7.3's cn_utils reads the options title from the group's mmbench.yaml"
+                         " (English) instead of mmbench_cn.yaml's 有如下几个选项： (which its earlier versions read);"
+                         " this repo keeps the Chinese title",
+    "mmmu_pro_standard prompt": "known: this repo sends the official MMMU-Pro prompt (mmmu-pro/infer: one newline"
+                                " before the instruction, <image N> replaced by the image in place); lmms-eval adds a"
+                                " blank line and sends the images first, their references left as text",
+    "mmmu_pro_vision prompt": "known: this repo sends the official MMMU-Pro vision prompt (the 'Answer: $LETTER'"
+                              " line its rule reads); lmms-eval only the instruction's first sentence",
     "mathvista float": "known: lmms-eval rounds with the dataset's float precision (1.0), a TypeError that makes"
                        " every float answer wrong; this repo uses int(precision)",
 }
@@ -258,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     for what, ours, theirs in differ[: args.show]:
         print(f"  {what}:\n    ours {ours[-120:]!r}\n    lmms {theirs[-120:]!r}")
     unexplained += bool(differ)
+    prompts = compare_prompts()
+    differ = [(name, ours, theirs) for name, ours, theirs in prompts if ours != theirs]
+    print(f"\nprompts: {len(prompts) - len(differ)} / {len(prompts)} identical")
+    for name, ours, theirs in differ:
+        print(f"  {name}{'; ' + KNOWN[name + ' prompt'] if name + ' prompt' in KNOWN else ''}:\n    ours {ours!r}\n"
+              f"    lmms {theirs!r}")
+        unexplained += name + " prompt" not in KNOWN
     return 1 if unexplained else 0
 
 
