@@ -116,6 +116,35 @@ def benchmark_results(paths: list[str | Path]) -> dict[str, float]:
     return out
 
 
+CATEGORY_COLUMNS = ["model", "row", "benchmark", "metric", "mean", "std", "seeds"]
+
+
+def category_table(spec: dict) -> pd.DataFrame:
+    """Every score the evaluations gave a measured row's benchmarks beyond the table's one number
+    (MMBench's L2 categories, SEED-Bench's dimensions, BLINK's subsets, MM-Vet's capabilities...),
+    from the per-benchmark summaries' ``metrics``: one line per row, benchmark and metric, its
+    mean and std over the row's seeds (``seeds``: how many gave it; a category without items in
+    a run gives none). Reported rows have none."""
+    lines = []
+    for row in spec.get("rows", []):
+        per_seed = []
+        for files in row["results"]:
+            metrics: dict[str, dict] = {}
+            for path in files:
+                result = load_result(path)
+                if "benchmark" in result and result.get("metrics"):
+                    metrics[result["benchmark"]] = result["metrics"]
+            per_seed.append(metrics)
+        for benchmark in spec["benchmarks"]:
+            names = dict.fromkeys(m for seed in per_seed for m in seed.get(benchmark, {}))
+            for metric in names:
+                values = pd.Series([seed.get(benchmark, {}).get(metric) for seed in per_seed], dtype=float).dropna()
+                lines.append({"model": row["model"], "row": row["label"], "benchmark": benchmark, "metric": metric,
+                              "mean": values.mean(), "std": values.std(ddof=1) if len(values) > 1 else float("nan"),
+                              "seeds": len(values)})
+    return pd.DataFrame(lines, columns=CATEGORY_COLUMNS)
+
+
 def paper_table(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Mean, std (over seeds) and descriptive cells of one paper table, from result files only.
 
@@ -170,7 +199,8 @@ def paper_table(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 
 def write_paper_table(spec: dict, stem: str | Path, caption: str = "", decimals: int = 1) -> list[Path]:
-    """``stem.csv`` (means, ``<col>_std``, descriptive cells); ``.md``/``.tex`` as "mean ± std".
+    """``stem.csv`` (means, ``<col>_std``, descriptive cells); ``.md``/``.tex`` as "mean ± std";
+    ``stem.categories.csv``, every per-category score of the measured rows (:func:`category_table`).
 
     A row of one seed shows its mean only; an empty table (no rows yet) is written with its
     header, so a slot filled later never breaks the workflow.
@@ -193,4 +223,7 @@ def write_paper_table(spec: dict, stem: str | Path, caption: str = "", decimals:
     text = pd.concat([keys, flat(extra).fillna("").astype(str), text], axis=1)
     if text.empty:
         text = pd.DataFrame(columns=["model", "row", *extra.columns, *mean.columns])
-    return _write(numeric, text, Path(stem), caption, index=False)
+    paths = _write(numeric, text, Path(stem), caption, index=False)
+    categories = Path(stem).with_suffix(".categories.csv")
+    category_table(spec).round(decimals + 2).to_csv(categories, index=False)
+    return [*paths, categories]

@@ -13,6 +13,7 @@ rule table:
         ),
         md=paths.pattern(RESULTS, "table") + ".md",
         tex=paths.pattern(RESULTS, "table") + ".tex",
+        categories=paths.pattern(RESULTS, "table") + ".categories.csv",
     log:
         log_of("table"),
     wildcard_constraints:

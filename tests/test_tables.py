@@ -146,7 +146,7 @@ def test_paper_table_exact_files_average_only_and_missing_cells(tmp_path):
             {"model": "S", "label": "+RF", "columns": {"T": "L"},
              "results": [files("r0", {"a": 30.0, "b": 41.23456}), files("r1", {"a": 50.0, "b": 40.0})]}]
     spec = {"benchmarks": ["a", "b"], "literature": str(tmp_path / "lit.csv"), "rows": rows}
-    csv, md, tex = write_paper_table(spec, tmp_path / "t")
+    csv, md, tex, _ = write_paper_table(spec, tmp_path / "t")
     assert csv.read_text() == ("model,row,T,a,b,Avg,a_std,b_std,Avg_std\nS,base,,10.0,20.0,15.0,0.0,0.0,0.0\n"
                                "S,+RF,L,40.0,40.617,40.309,14.142,0.873,6.635\nBig,reported,,80.0,,,,,\n")
     assert md.read_text() == (
@@ -171,9 +171,38 @@ def test_paper_table_exact_files_average_only_and_missing_cells(tmp_path):
         paper_table(gap)
     empty_mean, empty_std, _ = paper_table({"benchmarks": ["a"]})
     assert empty_mean.empty and empty_mean.index.names == ["model", "row"] and list(empty_std.columns) == ["a", "Avg"]
-    csv, md, _ = write_paper_table({"benchmarks": ["a"]}, tmp_path / "e", "Table 9")
+    csv, md, _, categories = write_paper_table({"benchmarks": ["a"]}, tmp_path / "e", "Table 9")
     assert csv.read_text() == "model,row,a,Avg,a_std,Avg_std\n"
     assert md.read_text() == "Table 9\n\n|   model |   row |   a |   Avg |\n|---------|-------|-----|-------|\n"
+    assert categories.read_text() == "model,row,benchmark,metric,mean,std,seeds\n"  # a slot filled later
+
+
+def test_the_categories_of_a_table_are_every_per_category_score_over_seeds(tmp_path):
+    """tables/<name>.categories.csv: each measured row's per-benchmark `metrics` (MMBench's L2
+    categories, ...), mean and std over its seeds; a category one seed lacks is averaged over the
+    others; benchmarks outside the table, summaries without metrics and reported rows give none."""
+    from masters.tables import write_paper_table
+
+    def summary(name, benchmark, metrics):
+        path = tmp_path / f"{name}.json"
+        record = {"model": "m", "accuracy": {benchmark: 1.0}, "mean_accuracy": 1.0}
+        if metrics is not None:
+            record |= {"benchmark": benchmark, "metrics": metrics}
+        path.write_text(json.dumps(record))
+        return str(path)
+
+    (tmp_path / "lit.csv").write_text("model,mmb\nBig,80\n")
+    spec = {"benchmarks": ["mmb", "x"], "literature": str(tmp_path / "lit.csv"), "rows": [
+        {"model": "S", "label": "+RF", "results": [
+            [summary("a0", "mmb", {"circular": 40.0, "logic": 20.0, "coarse": 60.0}), summary("x0", "x", None),
+             summary("o0", "other", {"acc": 1.0})],
+            [summary("a1", "mmb", {"circular": 50.0, "logic": None, "coarse": 70.0}), summary("x1", "x", None)]]}]}
+    *_, categories = write_paper_table(spec, tmp_path / "t")
+    table = pd.read_csv(categories)
+    assert table[["benchmark", "metric", "seeds"]].values.tolist() == [
+        ["mmb", "circular", 2], ["mmb", "logic", 1], ["mmb", "coarse", 2]]
+    assert table["mean"].tolist() == [45.0, 20.0, 65.0] and (table.model + table.row).eq("S+RF").all()
+    assert table["std"].iloc[0] == 7.071 and pd.isna(table["std"].iloc[1])
 
 
 def test_evaluation_summaries_are_written_in_the_format_the_tables_read(tmp_path):

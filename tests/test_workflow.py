@@ -138,6 +138,10 @@ def test_table1_is_the_mean_over_seeds_of_the_result_files(world):
     assert table.loc["+Reward Feedback", "tiny_count_std"] == 0
     base = json.loads((world / "eval/models/S/tiny_shape.json").read_text())["accuracy"]["tiny_shape"]
     assert table.loc["base", "tiny_shape"] == pytest.approx(base, abs=1e-3) and table.loc["base", "tiny_shape_std"] == 0
+    categories = pd.read_csv(world / "tables/table1.categories.csv")  # every score of the summaries, per row
+    shape = categories[(categories.row == "base") & (categories.benchmark == "tiny_shape")].set_index("metric")
+    assert shape.loc["exact_match", "mean"] == pytest.approx(base, abs=1e-3)
+    assert set(categories.row) == set(table.index) and set(categories.benchmark) == set(BENCHMARKS)
 
 
 @pytest.mark.slow
