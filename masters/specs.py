@@ -17,7 +17,7 @@ from masters import paths
 from masters.experiments import Design
 from masters.schedule import ratio_str
 
-TABLE_FORMATS = ("csv", "md", "tex")
+TABLE_FORMATS = ("csv", "md", "tex", "categories.csv")  # the outputs of rule table
 FIGURE_FORMATS = ("png", "pdf")
 
 
