@@ -8,6 +8,8 @@
 #   bash scripts/mutation.sh            # everything (about an hour on 2 cores); resumes if interrupted
 #   bash scripts/mutation.sh --fresh    # discard earlier results first
 #   bash scripts/mutation.sh --recheck  # test the survivors again (after adding tests); kills stay kills
+#   bash scripts/mutation.sh --retime   # test the timeouts again (on a quiet machine: a timeout counts as a
+#                                       # kill, and a loaded machine turns slow tests into timeouts)
 #   bash scripts/mutation.sh 'masters.schedule*'   # only these mutants (mutmut name globs)
 #
 # Not part of CI (too long); the tests it leads to are.
@@ -25,6 +27,18 @@ import json, pathlib
 for meta in pathlib.Path("mutants").rglob("*.py.meta"):
     data = json.loads(meta.read_text())
     data["exit_code_by_key"] = {k: (None if v in (0, 5, 33) else v) for k, v in data["exit_code_by_key"].items()}
+    meta.write_text(json.dumps(data))
+PY
+        ;;
+    --retime)
+        shift
+        .venv/bin/python - <<'PY'
+import json, pathlib
+from mutmut.stats import status_by_exit_code
+for meta in pathlib.Path("mutants").rglob("*.py.meta"):
+    data = json.loads(meta.read_text())
+    data["exit_code_by_key"] = {k: (None if status_by_exit_code.get(v) == "timeout" else v)
+                                for k, v in data["exit_code_by_key"].items()}
     meta.write_text(json.dumps(data))
 PY
         ;;
