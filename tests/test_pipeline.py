@@ -952,3 +952,18 @@ def test_a_teacher_that_encodes_prompts_otherwise_is_scored_on_its_own_batch(rew
     own_d, own_ref = rewards.score_responses(teacher, student, other, s_proc, part, batch_size=3)
     assert own_ref == shared_ref and own_d != pytest.approx(shared_d, abs=1e-6)
     assert shared_d == pytest.approx(part.divergence.tolist(), abs=1e-5)
+
+
+def test_a_saved_state_leaves_one_copy_on_disk_and_replaces_a_stale_partial_save(tmp_path):
+    """save_state twice: only `resume` is left (the state set aside is deleted once the new one is
+    in place: a 7B student's state with its optimizer is tens of GB, two copies would double the
+    disk it needs); a stale `resume.tmp` (an earlier save killed half-way) is replaced, not an error."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    out = tmp_path / "run/resume"
+    training.save_state(model, optimizer, {"step": 1}, out)
+    (tmp_path / "run/resume.tmp").mkdir()
+    (tmp_path / "run/resume.tmp/model.safetensors").write_text("half written")
+    training.save_state(model, optimizer, {"step": 2}, out)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["resume"]
+    assert json.loads((out / "trainer_state.json").read_text()) == {"step": 2}
