@@ -108,8 +108,10 @@ def test_token_divergence_dispatches_by_kind():
         token_divergence("mse", t, s)
     with pytest.raises(ValueError, match=r"skew alpha must be in \[0, 1\)"):
         token_skew_kl(t, s, 1.0)
-    with pytest.raises(ValueError, match="skew must be in"):
-        LossWeights(divergence="srkl", skew=-0.1)
+    for skew in (-0.1, 1.0, 1.5):  # [0, 1): α = 1 would mix in nothing of the other distribution
+        with pytest.raises(ValueError, match="skew must be in"):
+            LossWeights(divergence="srkl", skew=skew)
+    assert LossWeights(divergence="skl", skew=0.0).skew == 0.0  # α = 0: the plain KL
     with pytest.raises(ValueError, match="divergence must be one of"):
         LossWeights(divergence="mse")
 

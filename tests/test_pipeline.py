@@ -967,3 +967,49 @@ def test_a_saved_state_leaves_one_copy_on_disk_and_replaces_a_stale_partial_save
     training.save_state(model, optimizer, {"step": 2}, out)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["resume"]
     assert json.loads((out / "trainer_state.json").read_text()) == {"step": 2}
+
+
+@pytest.mark.parametrize("skew", [0.1, 0.3])
+def test_the_distillation_term_is_the_configured_divergence_with_its_skew(world, rewarded, skew):
+    """With `divergence: srkl` (DistiLLM's skew reverse KL, Table 5f) the step's distillation term
+    is that divergence at the configured skew α, computed from full logits (not the default α)."""
+    from masters.divergences import token_divergence
+    from masters.forward import build_batch_from_rows
+
+    rows, _, (teacher, student, t_proc, s_proc) = rewarded
+    batch_rows = rows.iloc[:3].copy()
+    batch_rows["advantage"] = [1.0, -0.5, 2.0]
+    vocab = len(s_proc.tokenizer)
+    batch, t_batch = build_batch_from_rows(s_proc, batch_rows), build_batch_from_rows(t_proc, batch_rows)
+    with torch.no_grad():
+        s_logits = student.lm_head(student.model(**batch.inputs)[0][batch.predicts_response])
+        t_logits = teacher.lm_head(teacher.model(**t_batch.inputs)[0][t_batch.predicts_response])
+    direct = token_divergence("srkl", t_logits.double(), s_logits.double(), skew, vocab_size=vocab).mean()
+    cfg = training.TrainConfig(chunk_size=2, weights=LossWeights(divergence="srkl", skew=skew))
+    terms = training.step_loss(student, teacher, s_proc, t_proc, batch_rows, cfg, vocab)
+    student.zero_grad(set_to_none=True)
+    assert terms["jsd"] == pytest.approx(direct.item(), rel=1e-4)
+    other = token_divergence("srkl", t_logits.double(), s_logits.double(), 0.2, vocab_size=vocab).mean()
+    assert abs(other.item() - direct.item()) > 1e-3 * direct.item()  # α changes the term: the check has teeth
+
+
+def test_without_a_response_distillation_term_the_teacher_scores_only_the_visual_tokens(world, rewarded):
+    """λ = 0 with a visual term on (LLaVA-KD's projector pre-training, DPT): the teacher runs for the
+    visual tokens only, its response logits are never computed, and the log's distillation column
+    is 0, not a divergence that weighs nothing."""
+    rows, _, (teacher, student, t_proc, s_proc) = rewarded
+    batch_rows = rows.iloc[:3].copy()
+    batch_rows["advantage"] = [1.0, -0.5, 2.0]
+    cfg = training.TrainConfig(chunk_size=2, weights=LossWeights(lam=0.0, visual_kl=0.5))
+    heads = []
+    hook = teacher.lm_head.register_forward_hook(lambda module, args, out: heads.append(args[0].shape[0]))
+    try:
+        terms = training.step_loss(student, teacher, s_proc, t_proc, batch_rows, cfg, len(s_proc.tokenizer))
+    finally:
+        hook.remove()
+        student.zero_grad(set_to_none=True)
+    assert terms["jsd"] == 0.0 and terms["vis"] > 0
+    assert heads and all(n > 0 for n in heads)  # the teacher's head ran, on the visual tokens alone
+    from masters.forward import build_batch_from_rows
+
+    assert sum(heads) == int(build_batch_from_rows(t_proc, batch_rows).visual.sum())

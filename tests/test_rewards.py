@@ -109,6 +109,7 @@ def test_distill_reward_normalized():
     assert distill_reward([0.0, 1e-12]) == [1.0, 0.0]  # a spread of exactly 1e-12 is not flat
     assert distill_reward([0.4]) == [1.0]
     assert distill_reward(torch.tensor([0.5, 0.1])) == pytest.approx([0.0, 1.0])
+    assert distill_reward(torch.tensor([[0.3, 0.1, 0.5]])) == pytest.approx([0.5, 1.0, 0.0])  # any shape: flat
     assert distill_reward([]) == []
 
 
@@ -154,6 +155,9 @@ def test_tokenizer_mismatch_message_without_names_and_in_id_order():
     with pytest.raises(ValueError, match=r"^tokenizers differ: 'tokenizer A' and 'tokenizer B'; first differing "
                                          r"token 'z': id 0 in 'tokenizer A', 7 in 'tokenizer B'"):
         check_same_tokenizer({"z": 0, "a": 1}, {"z": 7, "a": 8})
+    # tokens only B has: the first is the one with the lowest id in B ('y', id 2), not 'b'
+    with pytest.raises(ValueError, match=r"first differing token 'y': missing in 'tokenizer A', id 2 in 'tokenizer B'"):
+        check_same_tokenizer({"z": 0, "a": 1}, {"z": 0, "a": 1, "y": 2, "b": 3})
 
 
 def test_a_processor_is_read_through_its_tokenizer_unless_it_has_a_vocabulary():
