@@ -217,6 +217,12 @@ def test_same_encoding_shares_a_batch_only_between_processors_that_encode_alike(
     b = checkpoints.load_checkpoint(path)[1]
     b.chat_template = b.chat_template + " "
     assert not prompts.same_encoding(a, b)
+    # the same vocabulary, another normalizer (lower-casing): the tokenizer itself differs, not only its ids
+    from tokenizers import normalizers
+
+    b = checkpoints.load_checkpoint(path)[1]
+    b.tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()
+    assert b.tokenizer.get_vocab() == a.tokenizer.get_vocab() and not prompts.same_encoding(a, b)
 
 
 def test_image_placeholders_are_never_generated_nor_taken_as_a_response(saved, questions):
