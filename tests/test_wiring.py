@@ -66,6 +66,24 @@ def test_response_positions_are_the_response_token_ids(processor, items):
     build_batch(processor, [decode_image(rows["image"].iloc[0])], ["q"], [[0, vocab - 1]])
     with pytest.raises(ValueError, match=rf"outside the tokenizer's {vocab} ids \(e.g. {vocab + 3}\)"):
         build_batch(processor, [decode_image(c) for c in rows["image"].iloc[:2]], ["q", "q"], [[5, vocab + 3], [vocab]])
+    with pytest.raises(ValueError, match=rf"outside the tokenizer's {vocab} ids \(e.g. {vocab}\)"):  # V: one past
+        build_batch(processor, [decode_image(rows["image"].iloc[0])], ["q"], [[5, vocab]])
+
+
+def test_the_visual_tokens_are_the_image_grid_s_merged_patches(processor, items):
+    """`batch.visual` (LLaVA-KD's visual terms) marks exactly the image placeholder positions: per
+    row, the image grid's patches merged (t·h·w / merge²), each an image_token_id; a response
+    holding the image or the video placeholder id is refused."""
+    rows = items.iloc[[0, 7]]
+    images = [decode_image(c) for c in rows["image"]]
+    batch = build_batch(processor, images, rows["question"].tolist(), [[5, 9], [7]])
+    merge = processor.image_processor.merge_size
+    expected = [int(g.prod()) // merge**2 for g in batch.inputs["image_grid_thw"]]
+    assert batch.visual.sum(dim=1).tolist() == expected and min(expected) > 0
+    assert (batch.inputs["input_ids"][batch.visual] == processor.image_token_id).all()
+    for placeholder in (processor.image_token_id, processor.video_token_id):
+        with pytest.raises(ValueError, match=f"holds the image placeholder id {placeholder}"):
+            build_batch(processor, images, rows["question"].tolist(), [[5], [placeholder]])
 
 
 @pytest.fixture
