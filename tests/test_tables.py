@@ -197,11 +197,16 @@ def test_the_categories_of_a_table_are_every_per_category_score_over_seeds(tmp_p
             [summary("a0", "mmb", {"circular": 40.0, "logic": 20.0, "coarse": 60.0}), summary("x0", "x", None),
              summary("o0", "other", {"acc": 1.0})],
             [summary("a1", "mmb", {"circular": 50.0, "logic": None, "coarse": 70.0}), summary("x1", "x", None)]]}]}
+    (tmp_path / "x1.json").write_text(json.dumps({"model": "m", "accuracy": {"x": 1.0}, "mean_accuracy": 1.0,
+                                                  "benchmark": "x"}))  # a summary written before `metrics` existed
+    (tmp_path / "x0.json").write_text(json.dumps({"model": "m", "accuracy": {"x": 1.0}, "mean_accuracy": 1.0,
+                                                  "benchmark": "x", "metrics": {"acc": 10.0}}))  # only seed 0 gives x's
     *_, categories = write_paper_table(spec, tmp_path / "t")
+    assert categories == tmp_path / "t.categories.csv"
     table = pd.read_csv(categories)
     assert table[["benchmark", "metric", "seeds"]].values.tolist() == [
-        ["mmb", "circular", 2], ["mmb", "logic", 1], ["mmb", "coarse", 2]]
-    assert table["mean"].tolist() == [45.0, 20.0, 65.0] and (table.model + table.row).eq("S+RF").all()
+        ["mmb", "circular", 2], ["mmb", "logic", 1], ["mmb", "coarse", 2], ["x", "acc", 1]]
+    assert table["mean"].tolist() == [45.0, 20.0, 65.0, 10.0] and (table.model + table.row).eq("S+RF").all()
     assert table["std"].iloc[0] == 7.071 and pd.isna(table["std"].iloc[1])
 
 
