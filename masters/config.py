@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from masters.evaluation import is_task_yaml
+
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 
 
@@ -71,7 +73,7 @@ def validate(config: dict[str, Any], repo: str | Path | None = None) -> dict[str
     if repo is not None:
         for name, bench in config["benchmarks"].items():
             task = bench["task"]
-            if task.endswith((".yaml", ".yml")) and not (Path(repo) / task).is_file():
+            if is_task_yaml(task) and not (Path(repo) / task).is_file():
                 errors.append(f"benchmarks.{name}.task: task YAML {task!r} not found in {repo}")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(f"key {e}" for e in errors))

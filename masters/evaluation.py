@@ -32,6 +32,11 @@ class Benchmark:
     judge: str | None = None  # a judge protocol (masters/benchmark_judge.py): scored after, from the samples
 
 
+def is_task_yaml(task: str) -> bool:
+    """Whether a benchmark's ``task`` is a task YAML (of this repo), not a task lm-eval ships by name."""
+    return str(task).endswith((".yaml", ".yml"))
+
+
 def task_spec(bench: Benchmark) -> str | dict[str, Any] | list[dict[str, Any]]:
     """What ``simple_evaluate(tasks=[...])`` takes for ``bench``.
 
@@ -41,7 +46,7 @@ def task_spec(bench: Benchmark) -> str | dict[str, Any] | list[dict[str, Any]]:
     ``<stem>.parquet`` per config of a ``subsets`` benchmark or per task of an lm-eval group).
     A benchmark of several parts is a list of tasks named ``<name>_<stem>``.
     """
-    registered = not bench.task.endswith((".yaml", ".yml"))
+    registered = not is_task_yaml(bench.task)
     if registered and bench.data is None:
         return bench.task  # a task (or group) lm-eval ships, loaded by lm-eval (its dataset from the Hub)
     parts = task_parts(bench)
@@ -62,7 +67,7 @@ def task_parts(bench: Benchmark) -> dict[str | None, dict[str, Any]]:
     per config of a ``subsets`` YAML (``dataset_name`` set) or per task of an lm-eval group."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    if bench.task.endswith((".yaml", ".yml")):
+    if is_task_yaml(bench.task):
         leaves = {None: Path(bench.task)}
     else:
         leaves = registered_task(bench.task).leaves
@@ -127,7 +132,7 @@ def registered_task(name: str) -> RegisteredTask:
 
     top = entry_of(name)
     if not is_group(top):
-        if not str(top.yaml_path).endswith((".yaml", ".yml")):
+        if not is_task_yaml(top.yaml_path):
             raise ValueError(f"benchmark task {name!r} is an lm-eval {top.kind} without a YAML: it cannot read "
                              "local data (no `data`, no `fetch`; lm-eval loads it from the Hub)")
         return RegisteredTask({None: Path(top.yaml_path)}, False)
@@ -154,7 +159,7 @@ def registered_task(name: str) -> RegisteredTask:
 def weighted_by_size(bench: Benchmark) -> bool:
     """Whether ``bench``'s parts are averaged by size: a group lm-eval ships, read from local data
     (without ``data`` lm-eval aggregates the group itself)."""
-    registered = not bench.task.endswith((".yaml", ".yml"))
+    registered = not is_task_yaml(bench.task)
     return registered and bench.data is not None and registered_task(bench.task).weighted
 
 

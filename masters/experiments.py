@@ -22,6 +22,7 @@ from typing import Any
 
 from masters import paths
 from masters.config import ConfigError, plan_entry, validated
+from masters.evaluation import is_task_yaml
 from masters.schedule import plan_stages, ratio_str, ratios
 
 ROLES = ("large", "mid")
@@ -159,7 +160,7 @@ class Design:
         judged = [b for b in self.benchmarks if self.judged(b)]
         judge = self.config["benchmark_judge"]
         for b in judged:
-            if not self.config["benchmarks"][b]["task"].endswith((".yaml", ".yml")):
+            if not is_task_yaml(self.config["benchmarks"][b]["task"]):
                 errors.append(f"benchmarks.{b}.judge: a judge protocol needs a task YAML of this repo (beside its module)")
         if judged and not judge["model"]:
             errors.append(f"benchmark_judge.model: benchmarks {judged} are judged, name the judge model")
@@ -340,7 +341,7 @@ class Design:
         """The benchmarks whose data is fetched from the Hub: no ``data``, and a task YAML of this repo
         or ``fetch: true`` (a task or group lm-eval ships: ``chartqa``, ``mmmu_val``); the others lm-eval loads."""
         return [b for b, entry in self.config["benchmarks"].items() if "data" not in entry
-                and entry.get("fetch", entry["task"].endswith((".yaml", ".yml")))]
+                and entry.get("fetch", is_task_yaml(entry["task"]))]
 
     def uses_world(self) -> bool:
         """Whether any model lives in the embedded tiny world (else the world is not built)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from masters import paths
+from masters.evaluation import is_task_yaml
 from masters.experiments import Design
 from masters.schedule import ratio_str
 
@@ -29,7 +30,7 @@ def benchmark_entries(design: Design, repo: str | Path) -> dict[str, dict]:
     out = {}
     for name, bench in design.config["benchmarks"].items():
         task = bench["task"]
-        if task.endswith((".yaml", ".yml")):
+        if is_task_yaml(task):
             task = str(Path(repo) / task)
         entry = {"name": name, "task": task, "metric": bench["metric"]}
         if bench.get("judge"):
@@ -105,7 +106,7 @@ def fetch_benchmark_args(design: Design, repo: str | Path, name: str) -> str:
     """The ``masters fetch-benchmark`` arguments of a Hub benchmark: its task YAML, revision, files."""
     entry = design.config["benchmarks"][name]
     files = " --allow " + " ".join(map(shlex.quote, entry["files"])) if entry.get("files") else ""
-    task = str(Path(repo) / entry["task"]) if entry["task"].endswith((".yaml", ".yml")) else entry["task"]
+    task = str(Path(repo) / entry["task"]) if is_task_yaml(entry["task"]) else entry["task"]
     return f"--task {shlex.quote(task)} --revision {shlex.quote(entry['revision'])}{files}"
 
 
