@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch-benchmark", help="a Hub benchmark's test data as local parquet, at a resolved commit")
     p.add_argument("--name", required=True, help="the benchmark's name (the table column)")
     p.add_argument("--task", required=True, help="its task YAML (dataset_path, dataset_name or subsets, test_split), or a task or group lm-eval ships")
-    p.add_argument("--revision", default="main", help="commit (pinned) or branch of the dataset repository")
+    p.add_argument("--revision", default=None, help="commit (pinned) or branch of the dataset repository"
+                   " (default: the commit the task YAML pins in dataset_kwargs.revision, else main)")
     p.add_argument("--allow", nargs="+", default=None, help="file patterns of the repository to fetch (default: all)")
     p.add_argument("--out", required=True, help="output directory (data.parquet, or <part>.parquet per subset or group task; manifest.json)")
     p.set_defaults(func=cmd_fetch_benchmark)

@@ -27,6 +27,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 MANIFEST = ".masters-snapshot.json"
@@ -180,35 +181,48 @@ def _answers(column):
 BENCHMARK_MANIFEST = "manifest.json"
 
 
-def benchmark_sources(task: str | Path) -> tuple[str, str, list[tuple[str, str | None]]]:
+class BenchmarkSource(NamedTuple):
+    """What a benchmark reads from the Hub (:func:`benchmark_sources`)."""
+
+    repo_id: str
+    split: str
+    parts: list[tuple[str, str | None]]  # (file stem, dataset config)
+    revision: str | None  # the commit the task pins (``dataset_kwargs.revision``), if it does
+
+
+def benchmark_sources(task: str | Path) -> BenchmarkSource:
     """What a benchmark's task YAML (or a task or group lm-eval ships, by name) reads from the Hub:
-    (dataset id, split, [(file stem, config)]): one ``data`` file of the YAML's ``dataset_name``, or
-    one per ``subsets`` config or per task of the group (all of one dataset and split)."""
+    its dataset id and split, one ``data`` file of the YAML's ``dataset_name`` or one per ``subsets``
+    config or per task of the group (all of one dataset, split and revision), and the revision the
+    task pins."""
     from masters.evaluation import Benchmark, scored_split, task_parts
 
     specs = task_parts(Benchmark(name="benchmark", task=str(task)))
-    sources = {(spec.get("dataset_path"), scored_split(spec)) for spec in specs.values()}
+    sources = {(spec.get("dataset_path"), scored_split(spec), (spec.get("dataset_kwargs") or {}).get("revision"))
+               for spec in specs.values()}
     if len(sources) > 1:
-        raise HubError(f"{task}: its tasks read several datasets or splits {sorted(map(str, sources))}: fetch"
-                       " them as separate benchmarks")
-    (path, split), = sources
+        raise HubError(f"{task}: its tasks read several datasets, splits or revisions {sorted(map(str, sources))}:"
+                       " fetch them as separate benchmarks")
+    (path, split, revision), = sources
     if not path or path in ("parquet", "json", "csv") or "/" not in str(path):
         raise HubError(f"{task}: dataset_path {path!r} is not a Hub dataset (give the benchmark `data:`)")
     parts = [(stem or "data", spec.get("dataset_name")) for stem, spec in specs.items()]
-    return str(path), str(split), parts
+    return BenchmarkSource(str(path), str(split), parts, None if revision is None else str(revision))
 
 
-def fetch_benchmark(name: str, task: str | Path, revision: str, out: str | Path,
+def fetch_benchmark(name: str, task: str | Path, revision: str | None, out: str | Path,
                     allow_patterns: list[str] | None = None, download: Callable | None = None, api=None) -> dict:
     """A Hub benchmark's test data as local parquet, at a resolved commit: the dataset repository
-    is snapshotted (:func:`snapshot`), each config's split is read with ``datasets`` (its README's
-    configs, or the file layout) and written as ``OUT/<stem>.parquet`` (``data``, or each subset or
-    task of a group; :func:`benchmark_sources`),
-    with ``OUT/manifest.json`` (repository, revision, commit, configs, split, rows). Evaluation then
-    reads these files offline, so every score comes from a known commit of its dataset."""
+    is snapshotted (:func:`snapshot`) at ``revision`` (None: the commit the task pins, else
+    ``main``), each config's split is read with ``datasets`` (its README's configs, or the file
+    layout) and written as ``OUT/<stem>.parquet`` (``data``, or each subset or task of a group;
+    :func:`benchmark_sources`), with ``OUT/manifest.json`` (repository, revision, commit, configs,
+    split, rows). Evaluation then reads these files offline, so every score comes from a known
+    commit of its dataset."""
     import datasets
 
-    repo_id, split, parts = benchmark_sources(task)
+    repo_id, split, parts, pinned = benchmark_sources(task)
+    revision = revision or pinned or "main"
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)

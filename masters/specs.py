@@ -107,7 +107,8 @@ def fetch_benchmark_args(design: Design, repo: str | Path, name: str) -> str:
     entry = design.config["benchmarks"][name]
     files = " --allow " + " ".join(map(shlex.quote, entry["files"])) if entry.get("files") else ""
     task = str(Path(repo) / entry["task"]) if is_task_yaml(entry["task"]) else entry["task"]
-    return f"--task {shlex.quote(task)} --revision {shlex.quote(entry['revision'])}{files}"
+    revision = f" --revision {shlex.quote(entry['revision'])}" if "revision" in entry else ""  # else the task's pin
+    return f"--task {shlex.quote(task)}{revision}{files}"
 
 
 # ---------------------------------------------------------------- tables

@@ -357,7 +357,7 @@ def test_the_tasks_lm_eval_ships_run_on_local_data_in_their_schema(tmp_path, tin
     # the layout `masters fetch-benchmark` writes: a file per subject, named as benchmark_sources says
     mmmu = tmp_path / "hub/benchmarks/mmmu_val"
     mmmu.mkdir(parents=True)
-    _, split, parts = benchmark_sources("mmmu_val")
+    _, split, parts, _ = benchmark_sources("mmmu_val")
     assert split == "validation" and len(parts) == 30 and ("art", "Art") in parts
     for stem, subject in parts:  # Art: 3 right items; every other subject 1 wrong one
         _fixture(mmmu / f"{stem}.parquet", _mmmu_items(subject, 3 if stem == "art" else 1, stem == "art"), MMMU_FEATURES)

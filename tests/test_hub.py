@@ -229,5 +229,47 @@ def test_an_lm_eval_group_is_fetched_one_file_per_task_from_one_dataset(tmp_path
                and "dataset_name" not in s for s in specs)
     mixed = {"a": {"dataset_path": "x/y", "test_split": "test"}, "b": {"dataset_path": "x/y", "validation_split": "val"}}
     monkeypatch.setattr("masters.evaluation.task_parts", lambda bench: mixed)
-    with pytest.raises(hub.HubError, match=r"several datasets or splits \[\"\('x/y', 'test'\)\", \"\('x/y', 'val'\)"):
+    with pytest.raises(hub.HubError, match=r"several datasets, splits or revisions \[\"\('x/y', 'test', None\)\", \"\('x/y', 'val', None\)"):
         hub.fetch_benchmark("g", "g", COMMIT, tmp_path / "g", download=None, api=None)
+
+
+def test_a_benchmark_is_fetched_at_the_commit_its_task_pins_unless_the_config_names_another(tmp_path, capsys):
+    """The task YAML's `dataset_kwargs.revision` is the revision fetched when the config's benchmark
+    entry names none (`--revision` absent); an entry's revision wins; no pin anywhere: main, warned.
+    The fetch arguments the benchmark_data rule passes carry the entry's revision only."""
+    from masters import specs
+
+    pin = "fedcba9876543210fedcba9876543210fedcba98"
+    repo = tmp_path / "repo"
+    _parquet(repo / "data" / "test-00000-of-00001.parquet", {"index": [1, 2], "answer": ["A", "B"]})
+    pinned, unpinned = tmp_path / "pinned.yaml", tmp_path / "unpinned.yaml"
+    pinned.write_text(f"task: p\ndataset_path: o/p\ndataset_kwargs: {{revision: {pin}}}\ntest_split: test\n")
+    unpinned.write_text("task: u\ndataset_path: o/u\ntest_split: test\n")
+    asked = []
+    for task, revision in ((pinned, None), (pinned, "v2"), (unpinned, None)):
+        fake = RepoHub(repo)
+        manifest = hub.fetch_benchmark("b", task, revision, tmp_path / f"out{len(asked)}", download=fake.download, api=fake)
+        asked.append((fake.calls[0][2], manifest["revision"], "not pinned" in capsys.readouterr().err))
+    assert asked == [(pin, pin, False), ("v2", "v2", True), ("main", "main", True)]
+    assert hub.benchmark_sources(pinned).revision == pin and hub.benchmark_sources(unpinned).revision is None
+    design = SimpleNamespace(config={"benchmarks": {"p": {"task": "pinned.yaml"}, "q": {"task": "pinned.yaml", "revision": "v2"}}})
+    assert specs.fetch_benchmark_args(design, tmp_path, "p") == f"--task {pinned}"
+    assert specs.fetch_benchmark_args(design, tmp_path, "q") == f"--task {pinned} --revision v2"
+    (tmp_path / "mixed.yaml").write_text(f"task: m\ndataset_path: o/p\ndataset_kwargs: {{revision: {pin}}}\n"
+                                         "test_split: test\nsubsets: [a, b]\n")
+    assert hub.benchmark_sources(tmp_path / "mixed.yaml").revision == pin  # subsets share the pin
+
+
+def test_a_commit_the_repository_lacks_stops_the_fetch_before_any_file(tmp_path):
+    """A pinned commit the Hub does not know: the error of the revision lookup stops the fetch; no
+    file is downloaded and nothing is left at OUT."""
+    class Unknown(FakeHub):
+        def repo_info(self, repo_id, revision, repo_type):
+            raise LookupError(f"Revision Not Found: {repo_id}@{revision}")
+
+    task = tmp_path / "t.yaml"
+    task.write_text(f"task: t\ndataset_path: o/t\ndataset_kwargs: {{revision: {COMMIT}}}\ntest_split: test\n")
+    fake = Unknown([])
+    with pytest.raises(LookupError, match=f"o/t@{COMMIT}"):
+        hub.fetch_benchmark("t", task, None, tmp_path / "out", download=fake.download, api=fake)
+    assert fake.calls == [] and not (tmp_path / "out").exists()
