@@ -1,6 +1,6 @@
 """The paper configs (configs/paper/): each plans its tables with `snakemake -n`, fetching
 nothing; Hub models and datasets resolve to the snapshot and dataset rules; the tiny world is
-not built; every revision is a commit or said to be unpinned."""
+not built; every model's revision is a commit, every benchmark's too or said to be unpinned."""
 
 import re
 import subprocess
@@ -67,9 +67,7 @@ def test_paper_models_are_hub_snapshots_and_the_world_is_gone(family):
     assert not any(b.startswith("tiny_") for b in config["benchmarks"])
     for name, source in design.hub_models().items():
         assert design.model_dir(name) == f"{design.results}/hub/{name}"
-        text = (REPO / f"configs/paper/{family}.yaml").read_text()
-        # a revision is a commit, or the config says in words that it is not pinned
-        assert re.fullmatch(r"[0-9a-f]{40}", source["revision"]) or "NOT pinned" in text, (name, source)
+        assert re.fullmatch(r"[0-9a-f]{40}", source["revision"]), (name, source)  # every model pinned
     assert design.question_files() == [f"{design.results}/datasets/chartqa_train.parquet"]
     assert config["masking"]["step"] == 0.05 and config["training"]["lr"] == 1e-6
 
