@@ -167,6 +167,30 @@ def cmd_dataset(args: argparse.Namespace) -> None:
     print(f"dataset {args.name}: {rows} questions from {len(files)} files -> {args.out}")
 
 
+def cmd_revisions(args: argparse.Namespace) -> None:
+    from masters import config
+    from masters.experiments import Design
+    from masters.hub import check_pins, config_pins, is_pinned
+
+    repo = Path(__file__).resolve().parent.parent
+    design = Design(config.load([repo / "config.yaml", *args.configfile], repo))
+    pins = config_pins(design, repo)
+    if not args.check:
+        print("| kind | name | repository | revision | pinned |\n|---|---|---|---|---|")
+        for pin in pins:
+            print(f"| {pin.kind} | {pin.name} | {pin.repo_id} | {pin.revision} | {'yes' if is_pinned(pin.revision) else 'NO'} |")
+        return
+    rows = check_pins(pins)
+    print("| kind | name | repository | revision | resolves to | main now |\n|---|---|---|---|---|---|")
+    for r in rows:
+        found = r["error"] or r["commit"]
+        head = "" if r["main"] is None else ("same" if r["main"] == r["commit"] else r["main"])
+        print(f"| {r['kind']} | {r['name']} | {r['repo_id']} | {r['revision']} | {found} | {head} |")
+    failed = [r["name"] for r in rows if r["error"]]
+    if failed:
+        raise SystemExit(f"revisions: {len(failed)} of {len(rows)} not found on the Hub: {', '.join(failed)}")
+
+
 def cmd_memory_plan(args: argparse.Namespace) -> None:
     from masters import config, memory
     from masters.experiments import Design
@@ -477,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-source", action="store_true", help="keep the fetched Hub files beside the output")
     p.add_argument("--out", required=True, help="output parquet")
     p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("revisions", help="every Hub repository a config fetches, at its revision; --check"
+                                         " resolves each on the Hub (needs network)")
+    p.add_argument("--configfile", nargs="+", required=True, help="config files merged over config.yaml")
+    p.add_argument("--check", action="store_true", help="resolve each revision on the Hub and show main's"
+                                                        " commit beside it; exit 1 if one is not found")
+    p.set_defaults(func=cmd_revisions)
 
     p = sub.add_parser("memory-plan", help="per-GPU memory of each GPU rule at paper scale (masters/memory.py)")
     p.add_argument("--configfile", nargs="+", required=True, help="config files merged over config.yaml")

@@ -210,6 +210,12 @@ def benchmark_sources(task: str | Path) -> BenchmarkSource:
     return BenchmarkSource(str(path), str(split), parts, None if revision is None else str(revision))
 
 
+def fetched_revision(revision: str | None, pinned: str | None) -> str:
+    """The revision a benchmark's data is fetched at: the config entry's, else the commit its task
+    pins, else ``main`` (then warned about by :func:`snapshot`)."""
+    return revision or pinned or "main"
+
+
 def fetch_benchmark(name: str, task: str | Path, revision: str | None, out: str | Path,
                     allow_patterns: list[str] | None = None, download: Callable | None = None, api=None) -> dict:
     """A Hub benchmark's test data as local parquet, at a resolved commit: the dataset repository
@@ -222,7 +228,7 @@ def fetch_benchmark(name: str, task: str | Path, revision: str | None, out: str 
     import datasets
 
     repo_id, split, parts, pinned = benchmark_sources(task)
-    revision = revision or pinned or "main"
+    revision = fetched_revision(revision, pinned)
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
@@ -276,3 +282,54 @@ def _declared_files(source: Path, config: str | None, split: str) -> list[str] |
                 return files
         raise ValueError(f"the card's config {config or 'default'!r} declares no split {split!r}")
     raise ValueError(f"the card declares no config {config or 'default'!r}")
+
+
+# ---------------------------------------------------------------- every pin of a config
+
+
+class Pin(NamedTuple):
+    """One Hub repository a config fetches, at the revision it fetches."""
+
+    kind: str  # model, dataset (training questions) or benchmark
+    name: str  # its name in the config
+    repo_id: str
+    repo_type: str  # model or dataset
+    revision: str
+
+
+def config_pins(design, repo: str | Path) -> list[Pin]:
+    """Every Hub repository the config's runs fetch (the snapshot, dataset and benchmark_data
+    rules), at the revision each fetches."""
+    from masters.evaluation import is_task_yaml
+
+    pins = [Pin("model", name, src["hub"], "model", src["revision"]) for name, src in design.hub_models().items()]
+    datasets = design.config.get("datasets", {})
+    pins += [Pin("dataset", name, datasets[name]["hub"], "dataset", datasets[name]["revision"])
+             for name in design.config["train_questions"]["datasets"] if "hub" in datasets[name]]
+    for name in design.hub_benchmarks():
+        entry = design.config["benchmarks"][name]
+        task = str(Path(repo) / entry["task"]) if is_task_yaml(entry["task"]) else entry["task"]
+        source = benchmark_sources(task)
+        pins.append(Pin("benchmark", name, source.repo_id, "dataset",
+                        fetched_revision(entry.get("revision"), source.revision)))
+    return pins
+
+
+def check_pins(pins: list[Pin], api=None) -> list[dict]:
+    """Each pin against the Hub: the commit its revision resolves to (or the error that stops its
+    fetch) and the commit ``main`` points to now, so a pin the Hub lacks, or one that is no longer
+    the head, shows before any job runs."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    rows = []
+    for pin in pins:
+        row = {**pin._asdict(), "pinned": is_pinned(pin.revision), "commit": None, "main": None, "error": None}
+        try:
+            row["commit"] = resolve(pin.repo_id, pin.revision, pin.repo_type, api)
+            row["main"] = resolve(pin.repo_id, "main", pin.repo_type, api)
+        except Exception as error:  # noqa: BLE001 - any failure of the lookup is this pin's finding
+            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        rows.append(row)
+    return rows

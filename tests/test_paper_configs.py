@@ -5,6 +5,7 @@ not built; every model's revision is a commit, every benchmark's too or said to 
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -231,3 +232,47 @@ def test_the_gpu_check_config_puts_each_model_job_on_one_gpu():
     assert gpus == {"default": 0, "sft": 0, "mask": 0, "generate": 1, "judge": 1, "score": 1, "train": 1,
                     "evaluate": 1}
     assert Design(config).uses_world() and config["generation"]["backend"] == config["judge"]["backend"] == "hf"
+
+
+def test_masters_revisions_lists_every_pin_and_checks_each_on_the_hub(monkeypatch, capsys):
+    """`masters revisions`: every repository a paper config fetches (models, the training dataset,
+    the fetched benchmarks) at the revision its job fetches; `--check` resolves each with the Hub
+    API (a stand-in here) and shows main's commit beside it; a revision the Hub lacks fails the
+    command, naming it."""
+    import huggingface_hub
+
+    from masters.cli import main
+
+    files = [str(f) for f in configs("qwen2_5_vl")[1:]]
+    main(["revisions", "--configfile", *files])
+    table = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
+    config = load(configs("qwen2_5_vl"), REPO)
+    assert [row[0].lstrip("| ") for row in table] == ["model"] * 3 + ["dataset"] + ["benchmark"] * len(
+        Design(config).hub_benchmarks())
+    assert {row[1] for row in table if row[-1].strip(" |") == "NO"} == {"seedbench"}
+    mmbench_cn = next(row for row in table if row[1] == "mmbench_cn")
+    assert mmbench_cn[2:4] == ["lmms-lab/MMBench", "56ba1af8954932c4804bd3f522e05ed96e63b654"]
+
+    head, asked, missing = "f" * 40, [], set()
+
+    class Hub:
+        def repo_info(self, repo_id, revision, repo_type):
+            asked.append((repo_id, revision, repo_type))
+            if repo_id in missing or revision in missing:
+                raise LookupError(f"Revision Not Found for {repo_id}@{revision}")
+            return SimpleNamespace(sha=head if revision == "main" else revision)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    main(["revisions", "--configfile", *files])  # no network without --check
+    capsys.readouterr()
+    assert asked == []
+    main(["revisions", "--check", "--configfile", *files])  # qwen2_5_vl: every pin found
+    rows = {line.split(" | ")[1]: line.split(" | ")[4:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["Qwen2.5-VL-72B"] == ["89c86200743eec961a297729e7990e8f2ddbc4c5", head + " |"]
+    assert rows["seedbench"] == [head, "same |"]  # main resolves to main's commit
+    assert ("lmms-lab-encoder/SEED-Bench", "main", "dataset") in asked
+    missing.update({"MMMU/MMMU_Pro", "7c830fc25e874f9a861087e3c70587f2b9b555f3"})
+    with pytest.raises(SystemExit, match=r"2 of \d+ not found on the Hub: mmmu_pro_standard, mmmu_pro_vision"):
+        main(["revisions", "--check", "--configfile", *files])
+    with pytest.raises(SystemExit, match="InternVL3.5-38B, mmmu_pro_standard"):
+        main(["revisions", "--check", "--configfile", *[str(f) for f in configs("internvl3_5")[1:]]])
