@@ -37,6 +37,12 @@ def is_task_yaml(task: str) -> bool:
     return str(task).endswith((".yaml", ".yml"))
 
 
+def task_location(task: str, repo: str | Path) -> str:
+    """A benchmark's ``task`` as lm-eval and the fetch read it: a task YAML as its path under the
+    repository ``repo``, a task lm-eval ships as its name."""
+    return str(Path(repo) / task) if is_task_yaml(task) else task
+
+
 def task_spec(bench: Benchmark) -> str | dict[str, Any] | list[dict[str, Any]]:
     """What ``simple_evaluate(tasks=[...])`` takes for ``bench``.
 

@@ -300,7 +300,7 @@ class Pin(NamedTuple):
 def config_pins(design, repo: str | Path) -> list[Pin]:
     """Every Hub repository the config's runs fetch (the snapshot, dataset and benchmark_data
     rules), at the revision each fetches."""
-    from masters.evaluation import is_task_yaml
+    from masters.evaluation import task_location
 
     pins = [Pin("model", name, src["hub"], "model", src["revision"]) for name, src in design.hub_models().items()]
     datasets = design.config.get("datasets", {})
@@ -308,8 +308,7 @@ def config_pins(design, repo: str | Path) -> list[Pin]:
              for name in design.config["train_questions"]["datasets"] if "hub" in datasets[name]]
     for name in design.hub_benchmarks():
         entry = design.config["benchmarks"][name]
-        task = str(Path(repo) / entry["task"]) if is_task_yaml(entry["task"]) else entry["task"]
-        source = benchmark_sources(task)
+        source = benchmark_sources(task_location(entry["task"], repo))
         pins.append(Pin("benchmark", name, source.repo_id, "dataset",
                         fetched_revision(entry.get("revision"), source.revision)))
     return pins

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from masters import paths
-from masters.evaluation import is_task_yaml
+from masters.evaluation import task_location
 from masters.experiments import Design
 from masters.schedule import ratio_str
 
@@ -29,10 +29,7 @@ def benchmark_entries(design: Design, repo: str | Path) -> dict[str, dict]:
     """name -> the :class:`masters.evaluation.Benchmark` fields (repo-relative YAMLs made absolute)."""
     out = {}
     for name, bench in design.config["benchmarks"].items():
-        task = bench["task"]
-        if is_task_yaml(task):
-            task = str(Path(repo) / task)
-        entry = {"name": name, "task": task, "metric": bench["metric"]}
+        entry = {"name": name, "task": task_location(bench["task"], repo), "metric": bench["metric"]}
         if bench.get("judge"):
             entry["judge"] = bench["judge"]
         if "data" in bench:
@@ -106,7 +103,7 @@ def fetch_benchmark_args(design: Design, repo: str | Path, name: str) -> str:
     """The ``masters fetch-benchmark`` arguments of a Hub benchmark: its task YAML, revision, files."""
     entry = design.config["benchmarks"][name]
     files = " --allow " + " ".join(map(shlex.quote, entry["files"])) if entry.get("files") else ""
-    task = str(Path(repo) / entry["task"]) if is_task_yaml(entry["task"]) else entry["task"]
+    task = task_location(entry["task"], repo)
     revision = f" --revision {shlex.quote(entry['revision'])}" if "revision" in entry else ""  # else the task's pin
     return f"--task {shlex.quote(task)}{revision}{files}"
 

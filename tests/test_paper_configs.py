@@ -78,7 +78,7 @@ def test_every_paper_benchmark_is_fetched_at_a_commit_or_says_it_is_not():
     """The revision each benchmark_data job fetches: the config entry's, else the one its task YAML
     pins. Each is a full commit, or the task YAML says in words that it is not pinned (SEED-Bench:
     no public page gives its commit); MMBench-CN inherits MMBench's pin through `include`."""
-    from masters.evaluation import is_task_yaml
+    from masters.evaluation import task_location
     from masters.hub import benchmark_sources
     from masters.specs import fetch_benchmark_args
 
@@ -86,7 +86,7 @@ def test_every_paper_benchmark_is_fetched_at_a_commit_or_says_it_is_not():
     design, unpinned = Design(config), []
     for name in design.hub_benchmarks():
         entry = config["benchmarks"][name]
-        task = str(REPO / entry["task"]) if is_task_yaml(entry["task"]) else entry["task"]
+        task = task_location(entry["task"], REPO)
         revision = entry.get("revision") or benchmark_sources(task).revision
         assert ("--revision" in fetch_benchmark_args(design, REPO, name)) == ("revision" in entry)
         if revision is None or not re.fullmatch(r"[0-9a-f]{40}", revision):
