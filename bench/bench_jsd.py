@@ -19,6 +19,7 @@ absolute difference (≤ ``--tol``) and the targets: ≤ 0.2× TRL's peak memory
     pip install -e '.[bench]'                  # TRL (bench only; the tests do not need it)
     python bench/bench_jsd.py                  # full size: T = 2,048, V = 151,936 (~10 GB RAM)
     python bench/bench_jsd.py --positions 256  # quick check
+    python bench/bench_jsd.py --mode loss --positions 1024  # with the backward (values and gradients compared)
 """
 
 from __future__ import annotations
@@ -77,15 +78,20 @@ def worker(args: argparse.Namespace) -> None:
         def fn():
             return trl_jsd(teacher, student, args.vocab)
 
+    loss = args.mode == "loss"
+    student.requires_grad_(loss)
     baseline = _maxrss_bytes()
     times = []
-    with torch.no_grad():
+    with torch.set_grad_enabled(loss):
         for _ in range(args.repeats):
+            student.grad = None
             t0 = time.perf_counter()
             out = fn()
+            if loss:  # the gradient of the summed JSD w.r.t. the student logits
+                out.sum().backward()
             times.append(time.perf_counter() - t0)
     peak = _maxrss_bytes()
-    torch.save(out, args.out)
+    torch.save({"value": out.detach(), "grad": student.grad}, args.out)
     print(json.dumps({"variant": args.variant, "times_s": times, "time_s": statistics.median(times),
                       "baseline_bytes": baseline, "peak_extra_bytes": peak - baseline}))
 
@@ -95,7 +101,7 @@ def run_variant(variant: str, args: argparse.Namespace, out_path: Path) -> dict:
            "--positions", str(args.positions), "--vocab", str(args.vocab),
            "--teacher-vocab", str(args.teacher_vocab), "--chunk-size", str(args.chunk_size),
            "--seed", str(args.seed), "--scale", str(args.scale), "--repeats", str(args.repeats),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--mode", args.mode]
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -132,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     p = logit_parser(__doc__)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported); default 3")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads in each worker; default 1")
+    p.add_argument("--mode", choices=["reward", "loss"], default="reward",
+                   help="reward: values only, no gradient (the distillation reward); loss: forward + backward"
+                        " w.r.t. the student logits (the JSD term of training); default reward")
     p.add_argument("--worker", choices=["chunked", "trl"], default=None,
                    help="internal: run one variant in this process")
     p.add_argument("--out", type=Path, default=None, help="internal: where a worker saves its values")
@@ -148,13 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         res = {v: run_variant(v, args, Path(tmp) / f"{v}.pt") for v in ("trl", "chunked")}
         a = torch.load(Path(tmp) / "chunked.pt", weights_only=True)
         b = torch.load(Path(tmp) / "trl.pt", weights_only=True)
-    max_diff = (a.double() - b.double()).abs().max().item()
+    max_diff = max((a[k].double() - b[k].double()).abs().max().item() for k in ("value", "grad") if a[k] is not None)
     ref, ours = res["trl"], res["chunked"]
     mem_ratio = ours["peak_extra_bytes"] / max(ref["peak_extra_bytes"], 1)
     time_ratio = ours["time_s"] / ref["time_s"]
     report = {
         "positions": args.positions, "vocab": args.vocab, "teacher_vocab": args.teacher_vocab,
-        "chunk_size": args.chunk_size, "threads": args.threads, "repeats": args.repeats,
+        "chunk_size": args.chunk_size, "threads": args.threads, "repeats": args.repeats, "mode": args.mode,
         "max_abs_diff": max_diff, "tol": args.tol, "values_match": max_diff <= args.tol,
         "trl": ref, "chunked": ours, "memory_ratio": mem_ratio, "time_ratio": time_ratio,
         "memory_target": MEM_TARGET, "time_target": TIME_TARGET,
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     mib = 1024 ** 2
     print(f"T={args.positions} V={args.vocab} (teacher {args.teacher_vocab}) chunk={args.chunk_size} "
-          f"threads={args.threads}")
+          f"threads={args.threads} mode={args.mode}")
     print(f"{'variant':<10} {'time (s)':>10} {'peak extra (MiB)':>17}")
     for name, r in (("trl", ref), ("chunked", ours)):
         print(f"{name:<10} {r['time_s']:>10.3f} {r['peak_extra_bytes'] / mib:>17.1f}")

@@ -78,7 +78,9 @@ def token_jsd(
     same leading shape. Both are cut to their first ``vocab_size`` entries (default
     ``min(V_t, V_s)``, i.e. the tokenizer's length when the widths differ only by padding)
     *before* the softmax. Returns float32 ``[..., T]``; differentiable w.r.t. both inputs.
-    Computed ``chunk_size`` positions at a time (log_softmax in float32 per chunk).
+    Computed ``chunk_size`` positions at a time (log_softmax in float32 per chunk); under autograd
+    each chunk is recomputed in the backward, so what is kept for it is the inputs, not T x V
+    intermediates.
     """
     return per_position(_chunk_jsd, teacher_logits, student_logits, vocab_size, chunk_size)
 
@@ -111,7 +113,15 @@ def per_position(fn, teacher_logits: torch.Tensor, student_logits: torch.Tensor,
     n = t.shape[0]
     if n == 0:
         return torch.zeros(lead, dtype=torch.float32, device=student_logits.device)
-    parts = [fn(t[a : a + chunk_size, :vocab_size], s[a : a + chunk_size, :vocab_size]) for a in range(0, n, chunk_size)]
+    run = fn
+    if n > chunk_size and torch.is_grad_enabled() and (t.requires_grad or s.requires_grad):
+        # Under autograd every chunk would keep its float32 intermediates (~6 x chunk x V) for the
+        # backward, T x V in all: keep only the chunk's inputs and recompute them one chunk at a time.
+        from torch.utils.checkpoint import checkpoint
+
+        def run(a, b):
+            return checkpoint(fn, a, b, use_reentrant=False)
+    parts = [run(t[a : a + chunk_size, :vocab_size], s[a : a + chunk_size, :vocab_size]) for a in range(0, n, chunk_size)]
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
     return out.reshape(lead)
 

@@ -78,6 +78,30 @@ def test_jsd_chunking_identical():
         assert torch.equal(token_jsd(t, s, chunk_size=cs), ref)
 
 
+
+def test_jsd_under_autograd_keeps_the_inputs_not_every_chunks_intermediates():
+    """With gradients, each chunk is recomputed in the backward (activation checkpointing): what the
+    forward keeps for it is the chunk's inputs, not its ~6 float32 [chunk, V] intermediates, which
+    summed over the chunks would be T x V again. Values and gradients equal the one-chunk ones."""
+    g = torch.Generator().manual_seed(8)
+    t = torch.randn(64, 500, generator=g)
+    s = torch.randn(64, 500, generator=g, requires_grad=True)
+
+    def kept(chunk_size):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.numel()) or x, lambda x: x):
+            out = token_jsd(t, s, chunk_size=chunk_size)
+        s.grad = None
+        out.sum().backward()
+        return sum(saved), out.detach(), s.grad.clone()
+
+    whole, out_whole, grad_whole = kept(64)  # one chunk: plain autograd
+    chunked, out_chunked, grad_chunked = kept(8)
+    assert whole >= 4 * 64 * 500  # log-probabilities and their products, [64, 500] each
+    assert chunked <= 2 * 64 * 500  # the chunks' inputs (views of t and s) only
+    torch.testing.assert_close(out_chunked, out_whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(grad_chunked, grad_whole, atol=1e-7, rtol=0)
+
 def test_jsd_gradient_flows_to_student():
     g = torch.Generator().manual_seed(4)
     t = torch.randn(2, 6, 40, generator=g)
