@@ -324,7 +324,7 @@ def check_pins(pins: list[Pin], api=None) -> list[dict]:
         api = HfApi()
     rows = []
     for pin in pins:
-        row = {**pin._asdict(), "pinned": is_pinned(pin.revision), "commit": None, "main": None, "error": None}
+        row = {**pin._asdict(), "commit": None, "main": None, "error": None}
         try:
             row["commit"] = resolve(pin.repo_id, pin.revision, pin.repo_type, api)
             row["main"] = resolve(pin.repo_id, "main", pin.repo_type, api)
