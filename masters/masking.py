@@ -37,10 +37,11 @@ with ``m`` the magnitude bits and ``p`` the limit pattern, ``(p - m) >> (width-1
 integers is all ones exactly where |w| > lambda, and the masked tensor is the bits AND that.
 
 Which tensors are maskable is decided by name and shape (:func:`is_maskable`, the patterns
-below): weights with ndim >= 2 of the decoder layers, vision blocks and patch merger(s), in both
-the hub and the in-memory naming of Qwen2/2.5/3-VL; never embeddings, ``lm_head``, norms or
-biases.  Selection and masking run on the :class:`Workers` threads of one call (numpy releases
-the GIL), shut down when it ends, error or not.  No knob of :class:`MaskingOptions` changes a result.
+below): weights with ndim >= 2 of the decoder layers, vision blocks and the vision-to-language
+projector(s), in both the hub and the in-memory naming of Qwen2/2.5/3-VL and InternVL (-HF);
+never embeddings, ``lm_head``, norms or biases (InternVL's projector is masked as Qwen's patch
+merger, its counterpart inside Qwen's vision tower).  Selection and masking run on the
+:class:`Workers` threads of one call (numpy releases the GIL), shut down when it ends, error or not.  No knob of :class:`MaskingOptions` changes a result.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ DEFAULT_INCLUDE: list[str] = [
     r"(^|\.)blocks\.\d+\.",  # vision-tower blocks: attn.qkv, attn.proj, mlp.*
     r"(^|\.)merger\.",  # vision patch merger MLP (mlp.0 / mlp.2, linear_fc1 / linear_fc2)
     r"(^|\.)deepstack_merger_list\.\d+\.",  # Qwen3-VL deepstack mergers
+    r"(^|\.)vision_tower\.encoder\.layer\.\d+\.",  # InternVL vision layers: attention.*_proj, projection_layer, mlp.fc*
+    r"(^|\.)multi_modal_projector\.",  # InternVL vision-to-language MLP (linear_1 / linear_2)
 ]
 DEFAULT_EXCLUDE: list[str] = [
     r"embed_tokens",  # token embeddings

@@ -260,3 +260,25 @@ def test_cached_prompt_encoding_builds_the_same_batches(saved, questions):
         assert torch.equal(direct.predicts_response, cached.predicts_response)
         assert torch.equal(direct.targets, cached.targets) and direct.lengths == cached.lengths
     assert len(cache) == questions.image.map(lambda c: c["bytes"]).nunique()
+
+
+def test_default_masking_selects_every_linear_weight_but_lm_head(saved):
+    """METHOD.md §1 for each family: the default patterns pick exactly the weights of the model's
+    ``nn.Linear`` layers (language model, vision tower, projector) but ``lm_head``, by the
+    in-memory names and by the names written to disk (InternVL's vision layers and projector
+    were once left out)."""
+    from safetensors import safe_open
+
+    from masters.masking import is_maskable
+
+    path, model_type = saved
+    model, _ = checkpoints.load_checkpoint(path)
+    linear = {f"{name}.weight" for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")}
+    state = model.state_dict()
+    chosen = {k for k, v in state.items() if is_maskable(k, list(v.shape), None, None)}
+    assert chosen == linear
+    assert any("vision" in k or "visual" in k for k in chosen)
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        disk = [k for k in f.keys() if is_maskable(k, f.get_slice(k).get_shape(), None, None)]
+    assert len(disk) == len(linear), model_type
