@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_memory_plan)
 
     p = sub.add_parser("table", help="one paper table (mean ± std over seeds) from evaluation summaries")
-    p.add_argument("--spec", required=True, help="JSON (or a .json file): benchmarks, average, literature, rows")
+    p.add_argument("--spec", required=True, help="JSON (or a .json file): benchmarks, columns (column -> benchmarks averaged into it), average, literature, rows")
     p.add_argument("--out", required=True, help="output path stem: writes STEM.csv, STEM.md, STEM.tex")
     p.set_defaults(func=cmd_table)
 

@@ -75,9 +75,32 @@ def validate(config: dict[str, Any], repo: str | Path | None = None) -> dict[str
             task = bench["task"]
             if is_task_yaml(task) and not (Path(repo) / task).is_file():
                 errors.append(f"benchmarks.{name}.task: task YAML {task!r} not found in {repo}")
+        for table, spec in config["tables"].items():
+            if spec.get("literature"):
+                errors += _literature_errors(config, table, Path(repo))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(f"key {e}" for e in errors))
     return config
+
+
+def _literature_errors(config: dict, table: str, repo: Path) -> list[str]:
+    """A table's CSV of reported numbers must exist, and each of its columns must be ``model``,
+    ``source``, a table column of the config's benchmarks (their ``column``) or a descriptive
+    column of the table's rows: a column matching nothing would be silently left out."""
+    import csv
+
+    key, path = f"tables.{table}.literature", repo / config["tables"][table]["literature"]
+    if not path.is_file():
+        return [f"{key}: {path} not found"]
+    with path.open(newline="") as f:
+        header = next(csv.reader(f), [])
+    spec = config["tables"][table]
+    known = {"model", "source", *(b.get("column", name) for name, b in config["benchmarks"].items()),
+             *(k for row in spec.get("rows", []) for k in (row.get("columns") or {}))}
+    unread = [c for c in header if c not in known]
+    if "model" not in header:
+        return [f"{key}: {path} has no `model` column"]
+    return [f"{key}: {path}: column(s) {unread} are no benchmark column (known: {sorted(known)})"] if unread else []
 
 
 def _world_errors(config: dict) -> list[str]:

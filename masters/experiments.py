@@ -228,10 +228,21 @@ class Design:
                 errors.append(f"{key}: role {model!r} is not set for student {student!r} (students.{student}.{model})")
 
     def _check_tables(self, errors: list[str]) -> None:
+        for b in self.benchmarks:
+            column = self.column_of(b)
+            if column != b and column in self.benchmarks:
+                errors.append(f"benchmarks.{b}.column: {column!r} is the name of another benchmark; a shared"
+                              " column needs a name of its own")
+        groups = self.column_groups(self.benchmarks)
         for table, spec in self.tables.items():
             for b in spec.get("benchmarks") or []:
                 if b not in self.benchmarks:
                     errors.append(f"tables.{table}.benchmarks: unknown benchmark {b!r} (known: {self.benchmarks})")
+            shown = [b for b in spec.get("benchmarks") or [] if b in self.benchmarks]
+            for column, members in self.column_groups(shown).items():
+                if len(members) < len(groups[column]):
+                    errors.append(f"tables.{table}.benchmarks: column {column!r} is the mean of {groups[column]};"
+                                  f" list all of them or none (missing {[b for b in groups[column] if b not in members]})")
             for i, row in enumerate(spec["rows"]):
                 where = f"tables.{table}.rows[{i}]"
                 if "experiment" in row and row["experiment"] not in self.experiments:
@@ -293,6 +304,21 @@ class Design:
             part = "all" if exp.stage_data == "full" else f"{k}of{len(planned)}"
             out.append(StageJob(k, self.teacher_of(student, st.teacher), st.ratio, st.iters, part, settings[k]))
         return out
+
+    def column_of(self, benchmark: str) -> str:
+        """The table column of ``benchmark``'s score (``benchmarks.<name>.column``, default its name)."""
+        return self.config["benchmarks"][benchmark].get("column", benchmark)
+
+    def column_groups(self, benchmarks: list[str]) -> dict[str, list[str]]:
+        """Table columns in order of first appearance, each with the benchmarks averaged into it."""
+        groups: dict[str, list[str]] = {}
+        for b in benchmarks:
+            groups.setdefault(self.column_of(b), []).append(b)
+        return groups
+
+    def table_benchmarks(self, table: str) -> list[str]:
+        """The benchmarks a table shows (``tables.<t>.benchmarks``, default all), in config order."""
+        return list(self.tables[table].get("benchmarks") or self.benchmarks)
 
     def table_seeds(self, table: str) -> list[int]:
         return list(self.tables[table].get("seeds") or self.config["seeds"])

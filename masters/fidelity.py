@@ -27,21 +27,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from masters.tables import benchmark_results
+from masters.tables import benchmark_results, column_groups, column_scores
 
 KINDS = ("increasing", "best", "peak_inside")
 COLUMNS = ["claim", "table", "comparison", "diff_mean", "diff_std", "seeds", "holds", "claim_holds"]
 
 
-def seed_averages(row: dict, benchmarks: list[str]) -> list[float]:
-    """The Avg of each seed of a table-spec row (``results``: one list of files per seed)."""
+def seed_averages(row: dict, groups: dict[str, list[str]]) -> list[float]:
+    """The Avg of each seed of a table-spec row (``results``: one list of files per seed): the
+    mean over the table's columns (``groups``: :func:`masters.tables.column_groups`)."""
     out = []
     for files in row["results"]:
         scores = benchmark_results(files)
-        missing = [b for b in benchmarks if b not in scores]
+        missing = [b for members in groups.values() for b in members if b not in scores]
         if missing:
             raise KeyError(f"row {row['label']!r}: no result for benchmarks {missing}")
-        out.append(float(np.mean([scores[b] for b in benchmarks])))
+        out.append(float(np.mean(list(column_scores(scores, groups).values()))))
     return out
 
 
@@ -69,7 +70,7 @@ def check_claim(claim: dict) -> list[dict]:
     unknown = [label for label in claim.get("rows", []) if label not in rows]
     if unknown:
         raise KeyError(f"fidelity claim {text!r}: table {table} has no rows {unknown} (rows: {list(rows)})")
-    avgs = {label: seed_averages(row, claim["benchmarks"]) for label, row in rows.items()}
+    avgs = {label: seed_averages(row, column_groups(claim)) for label, row in rows.items()}
     if kind == "increasing":
         order = claim["rows"]
         pairs = list(zip(order, order[1:]))

@@ -133,7 +133,7 @@ def table_rows(design: Design, name: str) -> list[dict[str, Any]]:
 def table_spec(design: Design, name: str, repo: str | Path) -> dict[str, Any]:
     """The ``masters table`` spec of one table: rows with their evaluation files per seed."""
     spec = design.tables[name]
-    benchmarks = spec.get("benchmarks") or design.benchmarks
+    benchmarks = design.table_benchmarks(name)
     rows: list[dict] = []
     for r in table_rows(design, name):
         entry = {"model": r["model"], "label": r["label"],
@@ -142,7 +142,8 @@ def table_spec(design: Design, name: str, repo: str | Path) -> dict[str, Any]:
             entry["columns"] = r["row"]["columns"]
         rows.append(entry)
     literature = spec["literature"]
-    return {"caption": spec["caption"], "benchmarks": benchmarks, "average": spec["average"],
+    return {"caption": spec["caption"], "benchmarks": benchmarks, "columns": design.column_groups(benchmarks),
+            "average": spec["average"],
             "literature": str(Path(repo) / literature) if literature else None, "rows": rows}
 
 
@@ -163,7 +164,7 @@ def fidelity_spec(design: Design, repo: str | Path) -> dict[str, Any]:
     claims = []
     for claim in design.config["fidelity"]:
         table = table_spec(design, claim["table"], repo)
-        claims.append({**claim, "benchmarks": table["benchmarks"], "table_rows": table["rows"]})
+        claims.append({**claim, "benchmarks": table["benchmarks"], "columns": table["columns"], "table_rows": table["rows"]})
     return {"claims": claims}
 
 
@@ -277,7 +278,7 @@ def fig6_spec(design: Design) -> dict[str, Any]:
     job = eval_job(design)
     benchmarks = [None]  # one job per run: its file names no benchmark
     if job == "evaluation":
-        benchmarks = design.tables[fig["table"]].get("benchmarks") or design.benchmarks
+        benchmarks = design.table_benchmarks(fig["table"])
 
     def timings(run: str) -> list[str]:
         return [paths.benchmark(design.results, job).format(run=run, benchmark=b) for b in benchmarks]
@@ -307,8 +308,7 @@ def trace(design: Design, table: str, label: str) -> list[str]:
     rows = [r for r in design.tables[table]["rows"] if r["label"] == label]
     if not rows:
         raise KeyError(f"table {table} has no row {label!r} (rows: {[r['label'] for r in design.tables[table]['rows']]})")
-    spec = design.tables[table]
-    benchmarks = spec.get("benchmarks") or design.benchmarks
+    benchmarks = design.table_benchmarks(table)
     lines = [f"{design.path('table', table=table)}.csv  [{table}, row {label!r}]"]
     for row in rows:
         for student in design.students:

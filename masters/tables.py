@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -116,6 +117,18 @@ def benchmark_results(paths: list[str | Path]) -> dict[str, float]:
     return out
 
 
+def column_groups(spec: dict) -> dict[str, list[str]]:
+    """A table spec's columns, each with the benchmarks averaged into it (``spec["columns"]``,
+    from ``benchmarks.<name>.column``; without it, one column per benchmark)."""
+    return spec.get("columns") or {b: [b] for b in spec["benchmarks"]}
+
+
+def column_scores(scores: dict[str, float], groups: dict[str, list[str]]) -> dict[str, float]:
+    """One checkpoint's table cells: each column the mean of its benchmarks' scores (the paper's
+    MMMU-Pro: the mean of its standard and vision settings)."""
+    return {column: float(np.mean([scores[b] for b in members])) for column, members in groups.items()}
+
+
 CATEGORY_COLUMNS = ["model", "row", "benchmark", "metric", "mean", "std", "seeds"]
 
 
@@ -148,15 +161,18 @@ def category_table(spec: dict) -> pd.DataFrame:
 def paper_table(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Mean, std (over seeds) and descriptive cells of one paper table, from result files only.
 
-    ``spec``: ``{"benchmarks": [...], "average": bool, "literature": csv path or None,
-    "rows": [{"model": ..., "label": ..., "columns": {...}, "results": [[files of seed 0], ...]}]}``.
-    Each row's Avg is the mean over ``benchmarks`` of that seed, then averaged over seeds.
-    Literature rows (model, one column per benchmark) are appended, labelled *reported*;
-    a benchmark they do not report stays empty and their Avg is left empty unless all are given.
+    ``spec``: ``{"benchmarks": [...], "columns": {column: [benchmarks]} (optional), "average": bool,
+    "literature": csv path or None, "rows": [{"model": ..., "label": ..., "columns": {...},
+    "results": [[files of seed 0], ...]}]}``. Each cell is the mean of its column's benchmarks
+    (:func:`column_scores`), each row's Avg the mean over the columns of that seed, then averaged
+    over seeds. Literature rows (model, one CSV column per table column) are appended, labelled
+    *reported*; a column they do not report stays empty and their Avg is left empty unless all
+    are given.
     A literature column named like a descriptive column of the measured rows (``columns``, e.g.
     Table 5f's ``Masters``) fills that cell of the reported row.
     """
     benchmarks = list(spec["benchmarks"])
+    groups = column_groups(spec)
     index, means, stds, cells = [], [], [], []
     for row in spec.get("rows", []):
         seeds = [benchmark_results(files) for files in row["results"]]
@@ -166,7 +182,7 @@ def paper_table(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         missing = [b for b in benchmarks if b not in frame.columns or frame[b].isna().any()]
         if missing:
             raise KeyError(f"table row {row['label']!r} ({row['model']}): no result for benchmarks {missing}")
-        frame = frame[benchmarks]
+        frame = pd.DataFrame([column_scores(seed, groups) for seed in seeds])
         frame["Avg"] = frame.mean(axis=1)
         index.append((row["model"], row["label"]))
         means.append(frame.mean())
@@ -178,13 +194,13 @@ def paper_table(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         if "model" not in reported.columns:
             raise KeyError(f"{spec['literature']}: the literature file needs a `model` column")
         for _, rec in reported.iterrows():
-            values = pd.Series({b: pd.to_numeric(rec.get(b), errors="coerce") for b in benchmarks}, dtype=float)
+            values = pd.Series({c: pd.to_numeric(rec.get(c), errors="coerce") for c in groups}, dtype=float)
             values["Avg"] = values.mean() if values.notna().all() else float("nan")
             index.append((str(rec["model"]), "reported"))
             means.append(values)
             stds.append(values * float("nan"))
             cells.append({k: str(rec[k]) for k in descriptive if k in reported.columns and pd.notna(rec[k])})
-    columns = benchmarks + ["Avg"]
+    columns = [*groups, "Avg"]
     keys = pd.DataFrame(index, columns=["model", "row"])  # rows may repeat a label (Table 5d)
     mean = pd.DataFrame(means, columns=columns).reset_index(drop=True) if index else pd.DataFrame(columns=columns)
     std = pd.DataFrame(stds, columns=columns).reset_index(drop=True) if index else pd.DataFrame(columns=columns)

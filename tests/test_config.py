@@ -53,6 +53,12 @@ BAD_VALUES = [
     ({"resources": {"trainer": {"gpu": 1}}}, "trainer"),
     ({"resources": {"evaluate": {"gpu_model": "h100 --exclusive"}}}, "resources.evaluate.gpu_model"),
     ({"resources": {"train": {"slurm_extra": "--mem=500G"}}}, "resources.train.slurm_extra"),
+    ({"benchmarks": {"tiny_colour": {"column": "tiny_shape"}}}, "benchmarks.tiny_colour.column"),
+    ({"benchmarks": {"tiny_colour": {"column": "colour_shape"}, "tiny_shape": {"column": "colour_shape"}},
+      "tables": {"table5e": {"benchmarks": ["tiny_colour", "tiny_count"]}}}, "tables.table5e.benchmarks"),
+    ({"tables": {"table1": {"literature": "configs/paper/no_such.csv"}}}, "tables.table1.literature"),
+    # a reported column the table cannot read (the paper's MMMU-Pro column was once dropped so)
+    ({"tables": {"table1": {"literature": "configs/paper/reported_table5f.csv"}}}, "tables.table1.literature"),
 ]
 
 

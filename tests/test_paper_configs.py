@@ -46,7 +46,7 @@ def test_a_paper_config_plans_every_table_without_fetching(family, tmp_path):
         [b for b in config["benchmarks"].values() if b["task"].endswith(".yaml") or b.get("fetch")])
     assert set(Design(config).hub_benchmarks()) == set(config["benchmarks"])  # every evaluation reads offline
     judged = [b for b, entry in config["benchmarks"].items() if entry.get("judge")]
-    assert judged == ["mmbench", "mathvista", "mmvet"]  # the three the references score with GPT
+    assert judged == ["mathvista", "mmbench", "mmvet"]  # the three the references score with GPT
     # one evaluation job per (run, benchmark); each judged one's responses are read by one judge job
     evaluated, rule = [], None
     for line in out.splitlines():
@@ -194,6 +194,39 @@ def test_the_reported_rows_are_the_papers_tables_3_4_and_5f(tmp_path):
     assert [extra.iloc[i]["Masters"] for i in ril] == ["-", "+"]
     assert [mean.iloc[i]["mmstar"] for i in ril] == [78.6, 74.0]  # the paper's one drop with Masters
     assert extra.iloc[0]["Masters"] == "+" and mean.iloc[0]["mmstar"] == 50.0
+
+
+@pytest.mark.parametrize("table", ["table3", "table4"])
+def test_the_papers_tables_render_every_reported_number_in_its_column(table, tmp_path):
+    """Through the table spec the workflow builds from a paper config: every column of the
+    reported CSV is a table column (the paper's one MMMU-Pro column was once read under the
+    config's two settings' names and dropped, leaving every reported row without an Avg); a row
+    the paper reports in full gets the mean of its numbers as Avg (Table 1's definition: every
+    column, MMMU-Pro once); a measured row's MMMU-Pro cell is the mean of its two settings."""
+    import pandas as pd
+
+    from masters import specs
+    from masters.tables import paper_table
+
+    design = Design(load(configs("internvl3_5"), REPO))
+    spec = specs.table_spec(design, table, REPO)
+    shipped = pd.read_csv(spec["literature"], keep_default_na=False, na_values=[""])
+    numbers = [c for c in shipped.columns if c not in ("model", "source")]
+    assert list(spec["columns"]) == numbers  # the paper's columns, in its order
+    assert spec["columns"]["mmmu_pro"] == ["mmmu_pro_standard", "mmmu_pro_vision"]
+    scores = {b: 40.0 + i for i, b in enumerate(spec["benchmarks"])}
+    spec["rows"] = [{"model": "S", "label": "Masters", "results": [[_result(tmp_path, scores)]]}]
+    mean, _, _ = paper_table(spec)
+    assert list(mean.columns) == [*numbers, "Avg"]
+    measured = mean.iloc[0]
+    assert measured["mmmu_pro"] == (scores["mmmu_pro_standard"] + scores["mmmu_pro_vision"]) / 2
+    assert measured["Avg"] == pytest.approx(measured[numbers].mean())
+    reported = mean.iloc[1:].reset_index(drop=True)
+    pd.testing.assert_frame_equal(reported[numbers], shipped[numbers].astype(float), check_names=False)
+    complete = shipped[numbers].notna().all(axis=1)
+    assert complete.sum() == (21 if table == "table3" else 11)
+    assert reported["Avg"][complete].tolist() == pytest.approx(shipped[numbers][complete].mean(axis=1).tolist())
+    assert reported["Avg"][~complete].isna().all()
 
 
 def _result(tmp_path, accuracy: dict) -> str:
