@@ -33,9 +33,11 @@ def check_model_type(model_type: str, path: str | Path) -> None:
         raise ValueError(f"{path}: model_type {model_type!r} is not supported{hint}; supported: {sorted(MODEL_TYPES)}")
 
 
-def load_checkpoint(path: str | Path, trust_remote_code: bool = False, dtype=torch.float32, device: str = "cpu"):
+def load_checkpoint(path: str | Path, trust_remote_code: bool = False, dtype=torch.float32,
+                    device: str | None = "cpu"):
     """``(model, processor)`` of a checkpoint directory or Hub id, weights from safetensors, on
-    ``device`` (``"auto"``: spread over the visible GPUs by accelerate's ``device_map="auto"``)."""
+    ``device`` (``"auto"``: spread over the visible GPUs by accelerate's ``device_map="auto"``;
+    None: where transformers built it, e.g. partitioned by ZeRO-3's ``zero.Init``)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor  # slow import: on use
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -44,7 +46,7 @@ def load_checkpoint(path: str | Path, trust_remote_code: bool = False, dtype=tor
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, use_safetensors=True,
                                                         trust_remote_code=trust_remote_code, **placed)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return (model if device == "auto" else model.to(device)), processor
+    return (model if device in ("auto", None) else model.to(device)), processor
 
 
 def save_checkpoint(model, processor, out_dir: str | Path) -> None:

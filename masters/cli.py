@@ -330,9 +330,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from masters.losses import LossWeights
     from masters.questions import load_questions
 
-    if args.backend == "deepspeed" and (args.visual_kl or args.rdist or args.frozen or args.stage_training):
-        raise SystemExit("masters train: --visual-kl, --rdist, --frozen and --stage-training (LLaVA-KD's terms and"
-                         " recipe) run with --backend torch only, not deepspeed")
+    if args.backend == "deepspeed" and args.stage_training:
+        raise SystemExit("masters train: --stage-training (stages with their own trainable parts or loss terms, as"
+                         " LLaVA-KD's recipe) runs with --backend torch only, not deepspeed")
     settings = {}
     for index, text in args.stage_training or []:
         if not index.isdigit() or int(index) >= len(args.stage):

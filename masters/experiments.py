@@ -107,6 +107,8 @@ class Design:
         self._check_tables(errors)
         self._check_fidelity(errors)
         self._check_figures(errors)
+        if not errors:
+            self._check_backend(errors)
         if errors:
             raise DesignError("invalid config:\n  " + "\n  ".join(dict.fromkeys(errors)))
 
@@ -226,6 +228,17 @@ class Design:
         for student, roles in self.students.items():
             if model not in (roles or {}):
                 errors.append(f"{key}: role {model!r} is not set for student {student!r} (students.{student}.{model})")
+
+    def _check_backend(self, errors: list[str]) -> None:
+        """Stages with their own training settings (LLaVA-KD's recipe: each trains other parts) run
+        with the torch trainer only: a DeepSpeed run of one is refused here, not after its inputs."""
+        if self.config["training"]["backend"] != "deepspeed":
+            return
+        for exp in dict.fromkeys(e for _, e, _ in self.runs()):
+            for i, entry in enumerate(self.experiments[exp].plan):
+                if entry.get("training"):
+                    errors.append(f"experiments.{exp}.plan[{i}].training: stages with their own training settings run"
+                                  f" with training.backend torch only, not deepspeed (a table or figure trains {exp!r})")
 
     def _check_tables(self, errors: list[str]) -> None:
         for b in self.benchmarks:

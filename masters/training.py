@@ -238,12 +238,17 @@ def _visual_backward(student, teacher, states: torch.Tensor, visual: VisualState
 
 def step_loss_checkpointed(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainConfig, vocab: int,
                            denominator: float, prompts: dict | None = None,
-                           n_chunks: Callable[[int], int] = lambda n: n) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss of :func:`step_loss` as one differentiable scalar, ``sum of l_t / denominator``,
-    for engines that need a single backward per step (DeepSpeed ZeRO-3 reduces each parameter's
-    gradient once). Each chunk's logits are recomputed in the backward pass (activation
-    checkpointing), so no batch x sequence x vocabulary tensor is kept either. Also returns the
-    detached sums of (loss, pg, kl, jsd) over this batch's tokens, for the log.
+                           n_chunks: Callable[[int], int] = lambda n: n,
+                           visual_denominators: Callable[[int, int], tuple[float, float]] = lambda k, r: (k, r),
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of :func:`step_loss` as one differentiable scalar, ``sum of l_t / denominator``
+    (+ LLaVA-KD's visual terms, each sum over its visual tokens / rows divided by
+    ``visual_denominators(K, rows)``: by default this batch's own, the means :func:`step_loss`
+    takes), for engines that need a single backward per step (DeepSpeed ZeRO-3 reduces each
+    parameter's gradient once). Each chunk's logits are recomputed in the backward pass
+    (activation checkpointing), so no batch x sequence x vocabulary tensor is kept either. Also
+    returns the detached sums over this batch of (loss, pg, kl, jsd) per response token and of
+    (vis, rel) per visual token and per row (0 without those terms), for the log.
 
     ``n_chunks(needed)``: how many chunks to run, at least the ``needed`` ones (the extra ones are
     empty). Under ZeRO-3 each call of an output head gathers its weight across the processes, so
@@ -251,19 +256,16 @@ def step_loss_checkpointed(student, teacher, s_proc, t_proc, rows: pd.DataFrame,
     from torch.utils.checkpoint import checkpoint
 
     s_batch, hidden, t_hidden, ref, adv, visual = _step_inputs(student, teacher, s_proc, t_proc, rows, cfg, prompts)
-    if visual is not None:
-        raise NotImplementedError("LLaVA-KD's visual terms (training.visual_kl, training.rdist) run with the torch"
-                                  " backend only")
     s_head = student.get_output_embeddings()
-    t_head = teacher.get_output_embeddings() if t_hidden is not None else None
-    total, sums = hidden.new_zeros((), dtype=torch.float32), torch.zeros(4)
+    t_head = teacher.get_output_embeddings() if (t_hidden is not None or visual is not None) else None
+    total, sums = hidden.new_zeros((), dtype=torch.float32), torch.zeros(6)
     n = hidden.shape[0]
     for start in range(0, n_chunks(math.ceil(n / cfg.chunk_size)) * cfg.chunk_size, cfg.chunk_size):
         part = slice(min(start, n), min(start + cfg.chunk_size, n))  # empty past the last token
 
         def chunk(h, part=part):
             t_logits = None
-            if t_head is not None:
+            if t_hidden is not None:
                 with torch.no_grad():
                     t_logits = t_head(t_hidden[part]).float()
             parts = _chunk_terms(s_head(h).float(), t_logits, s_batch.targets[part], ref[part], adv[part], cfg, vocab)
@@ -271,8 +273,28 @@ def step_loss_checkpointed(student, teacher, s_proc, t_proc, rows: pd.DataFrame,
 
         loss, stats = checkpoint(chunk, hidden[part], use_reentrant=False)
         total = total + loss
-        sums += stats.cpu()
-    return total / denominator, sums
+        sums[:4] += stats.cpu()
+    total = total / denominator
+    if visual is not None:
+        w, k = cfg.weights, visual.student.shape[0]
+        k_den, rows_den = visual_denominators(k, len(visual.counts))
+        if w.visual_kl > 0:  # Eq. 3 at the visual tokens, chunked and recomputed as the response terms
+            for start in range(0, n_chunks(math.ceil(k / cfg.chunk_size)) * cfg.chunk_size, cfg.chunk_size):
+                part = slice(min(start, k), min(start + cfg.chunk_size, k))
+
+                def visual_chunk(h, part=part):
+                    with torch.no_grad():
+                        t_logits = t_head(visual.teacher[part]).float()
+                    return mdist(t_logits, s_head(h).float(), vocab_size=vocab, chunk_size=cfg.chunk_size).sum()
+
+                kl = checkpoint(visual_chunk, visual.student[part], use_reentrant=False)
+                total = total + w.visual_kl * kl / k_den
+                sums[4] += float(kl.detach())
+        if w.rdist > 0:  # Eq. 5, one value per row
+            rel = rdist(torch.split(visual.student, visual.counts), torch.split(visual.teacher, visual.counts))
+            total = total + w.rdist * rel.sum() / rows_den
+            sums[5] += float(rel.detach().sum())
+    return total, sums
 
 
 class TorchBackend:
@@ -283,6 +305,11 @@ class TorchBackend:
 
     def __init__(self, device: str = "cpu"):
         self.device = device
+
+    def load(self, path: str, cfg: TrainConfig):
+        """``(model, processor)`` of a checkpoint, whole in this process (fp32, on the CPU until
+        :meth:`prepare` / :meth:`teacher` place it)."""
+        return load_checkpoint(path)
 
     def prepare(self, student, cfg: TrainConfig):
         student = student.to(self.device)
@@ -407,7 +434,7 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
     steps in this call (to test resuming)."""
     backend = backend or TorchBackend()
     final_out, out = Path(out_dir), partial_dir(out_dir)
-    student, s_proc = load_checkpoint(student_dir)
+    student, s_proc = backend.load(student_dir, cfg)
     freeze(student, cfg.frozen)
     vocab = len(s_proc.tokenizer)
     torch.manual_seed(cfg.seed)
@@ -453,7 +480,7 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
             stage_cfg = stage_config(cfg, stage)
             set_trainable(student, stage_cfg.frozen)
             backend.configure(stage_cfg)
-        teacher, t_proc = load_checkpoint(stage.teacher)
+        teacher, t_proc = backend.load(stage.teacher, cfg)
         teacher.eval()
         check_same_tokenizer(s_proc, t_proc)
         if same_encoding(s_proc, t_proc):

@@ -97,10 +97,39 @@ class DeepSpeedBackend:
         self.bf16 = bool(gpus)  # bf16 on GPUs (the paper's A100s); fp32 on the CPU
         self.extra = extra_config or {}
 
+    def load(self, path: str, cfg):
+        """``(model, processor)`` of a checkpoint built partitioned: with transformers'
+        ``HfDeepSpeedConfig`` alive, ``from_pretrained`` constructs the model under
+        ``deepspeed.zero.Init`` and loads the weights into the partitions, so no process ever holds
+        a whole copy (a 72B teacher in fp32 is 290 GB; eight of them would not fit the node)."""
+        from transformers.integrations import HfDeepSpeedConfig
+
+        from masters.checkpoints import load_checkpoint
+
+        # transformers keeps only a weak reference: the object must live while the model loads
+        hf_config = HfDeepSpeedConfig(ds_config(cfg.batch_size, self.world, cfg.grad_clip, self.bf16, self.extra))
+        try:
+            model, processor = load_checkpoint(path, dtype=torch.bfloat16 if self.bf16 else torch.float32, device=None)
+        finally:  # the rest of the run is as before: DeepSpeed's engines, not transformers, hold the partitions
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+            del hf_config
+        params = list(model.parameters())
+        held = sum(p.ds_tensor.numel() for p in params if hasattr(p, "ds_tensor"))
+        total = sum(getattr(p, "ds_numel", p.numel()) for p in params)
+        if self.is_main:
+            print(f"{path}: loaded partitioned over {self.world} processes (ZeRO-3 zero.Init):"
+                  f" {held:,} of {total:,} parameters held by this one")
+        return model, processor
+
     def prepare(self, student, cfg):
         self.cfg = cfg
         config = ds_config(cfg.batch_size, self.world, cfg.grad_clip, self.bf16, self.extra)
-        optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # the trainable parameters only (``training.frozen`` parts are frozen before): ZeRO-3 partitions
+        # what the optimizer steps, and a frozen part never gets a gradient (AdamW would skip it too)
+        optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
         self.engine, *_ = self.deepspeed.initialize(model=student, optimizer=optimizer, config=config)
         return self.engine.module
 
@@ -130,14 +159,26 @@ class DeepSpeedBackend:
 
         mine = batch.iloc[self.rank :: self.world]
         tokens = self._all_sum(torch.tensor([float(sum(len(t) for t in mine["token_ids"]))]))[0]
+        visual = torch.zeros(2)  # the global visual tokens and rows (LLaVA-KD's terms' means)
+
+        def visual_denominators(k: int, rows: int) -> tuple[float, float]:
+            visual[:] = self._all_sum(torch.tensor([float(k), float(rows)]))
+            return float(visual[0]) / self.world, float(visual[1]) / self.world
+
         # DeepSpeed averages gradients over the processes: sum/tokens x world = the global mean's
         loss, sums = step_loss_checkpointed(self.engine.module, teacher, s_proc, t_proc, mine, self.cfg, vocab,
                                             denominator=float(tokens) / self.world, prompts=prompts,
-                                            n_chunks=self._most)
+                                            n_chunks=self._most, visual_denominators=visual_denominators)
         self.engine.backward(loss)
         self.engine.step()
-        sums = self._all_sum(sums) / tokens
-        return dict(zip(("loss", "pg", "kl", "jsd"), map(float, sums)))
+        sums = self._all_sum(sums)
+        terms = dict(zip(("loss", "pg", "kl", "jsd"), map(float, sums[:4] / tokens)))
+        if self.cfg.weights.visual:  # as step_loss logs them: means, and the objective with them
+            w = self.cfg.weights
+            terms["vis"] = float(sums[4] / visual[0]) if visual[0] else 0.0
+            terms["rel"] = float(sums[5] / visual[1]) if visual[1] else 0.0
+            terms["loss"] += w.visual_kl * terms["vis"] + w.rdist * terms["rel"]
+        return terms
 
     def configure(self, cfg) -> None:
         if cfg != self.cfg:

@@ -135,6 +135,8 @@ def test_partition_parts():
     ({"students": {"S": {"large": "XXL"}}}, "students.S.large"),
     ({"experiments": {"x": {"plan": [{"teacher": "large", "r_max": 0.5, "step": 0.05}], "training": {"steps": 5}}}},
      "experiments.x.training.steps"),
+    # Table 5f's LLaVA-KD recipe (per-stage settings) under DeepSpeed: refused before any job
+    ({"training": {"backend": "deepspeed"}}, "experiments.llava_kd_recipe.plan[0].training"),
 ])
 def test_bad_designs_name_the_key(change, key):
     config = copy.deepcopy(CONFIG)
@@ -336,5 +338,5 @@ def test_a_bad_stage_setting_is_refused_before_any_model_is_loaded(tmp_path):
         main([*base, "--stage-training", "1", "{}"])
     with pytest.raises(ValueError, match=r"unknown settings \['steps'\]"):
         main([*base, "--stage-training", "0", '{"steps": 3}'])
-    with pytest.raises(SystemExit, match="--stage-training .* run with --backend torch only"):
+    with pytest.raises(SystemExit, match="--stage-training .* runs with --backend torch only"):
         main([*base, "--stage-training", "0", '{"nll": 1}', "--backend", "deepspeed"])

@@ -15,10 +15,12 @@ def _pins(lines):
 
 
 def test_conda_env_pins_match_pyproject():
+    """envs/masters.yaml (every rule's environment under --sdm conda, the train jobs' with the
+    DeepSpeed backend among them) = the package's pins + its `gpu` extra."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     env = yaml.safe_load((REPO / "envs/masters.yaml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert _pins(project["dependencies"]) == _pins(pip_section)
+    assert _pins(project["dependencies"] + project["optional-dependencies"]["gpu"]) == _pins(pip_section)
     assert all("==" in d for d in project["dependencies"]), "runtime dependencies are pinned"
 
 

@@ -5,6 +5,7 @@ partition every parameter and their processes' batches differ in response tokens
 scale. The chunked single-backward loss equals the two-phase one, gradients included, with
 or without extra empty chunks (no DeepSpeed needed for that)."""
 
+import re
 import subprocess
 import sys
 
@@ -19,24 +20,41 @@ from tests.conftest import REPO
 from tests.test_pipeline import rewarded, world  # noqa: F401  (module fixtures)
 
 
-@pytest.mark.parametrize("lam", [0.7, 0.0])  # 0: no JSD term, the teacher is not run
-def test_the_single_backward_loss_equals_the_two_phase_one(world, rewarded, lam):  # noqa: F811
+@pytest.mark.parametrize("weights", [
+    LossWeights(beta=0.1, lam=0.7),
+    LossWeights(beta=0.1, lam=0.0),  # no JSD term: the teacher is not run
+    # LLaVA-KD's visual terms (MDist at the visual tokens, RDist) beside the response terms, and alone
+    LossWeights(beta=0.1, lam=0.7, divergence="kl", visual_kl=0.8, rdist=0.5, nll=0.3),
+    LossWeights(beta=0.1, lam=0.0, visual_kl=0.5),
+], ids=["masters", "no-jsd", "llava-kd", "visual-kl-only"])
+def test_the_single_backward_loss_equals_the_two_phase_one(world, rewarded, weights):  # noqa: F811
     rows, _, (teacher, student, t_proc, s_proc) = rewarded
     root, questions = world
     batch = training.load_stage_rows(training.Stage("t", str(rewarded[1]), 1), questions, ("teacher", "student"))
     batch = batch.iloc[:6]
-    cfg = training.TrainConfig(chunk_size=3, weights=LossWeights(beta=0.1, lam=lam))
+    cfg = training.TrainConfig(chunk_size=3, weights=weights)
     vocab = len(s_proc.tokenizer)
     student.zero_grad()
     terms = training.step_loss(student, teacher, s_proc, t_proc, batch, cfg, vocab)
     two_phase = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
     student.zero_grad()
     tokens = sum(len(t) for t in batch.token_ids)
+    seen = []
     loss, sums = training.step_loss_checkpointed(student, teacher, s_proc, t_proc, batch, cfg, vocab,
-                                                 denominator=float(tokens))
+                                                 denominator=float(tokens),
+                                                 visual_denominators=lambda k, r: seen.append((k, r)) or (k, r))
     loss.backward()
     assert loss.item() == pytest.approx(terms["loss"], abs=1e-6)
-    assert (sums / tokens).tolist() == pytest.approx([terms[k] for k in ("loss", "pg", "kl", "jsd")], abs=1e-6)
+    assert (sums[1:4] / tokens).tolist() == pytest.approx([terms[k] for k in ("pg", "kl", "jsd")], abs=1e-6)
+    if weights.visual:
+        (k, n_rows), = seen
+        assert n_rows == len(batch) and k > n_rows
+        assert [sums[4] / k, sums[5] / n_rows] == pytest.approx([terms["vis"], terms["rel"]], abs=1e-6)
+        assert terms["vis"] > 0 if weights.visual_kl else terms["vis"] == 0
+        response = float(sums[0] / tokens)
+        assert terms["loss"] == pytest.approx(response + weights.visual_kl * terms["vis"] + weights.rdist * terms["rel"], abs=1e-6)
+    else:
+        assert not seen and sums[4] == sums[5] == 0 and float(sums[0] / tokens) == pytest.approx(terms["loss"], abs=1e-6)
     single = {n: p.grad for n, p in student.named_parameters() if p.grad is not None}
     assert single.keys() == two_phase.keys() and len(single) > 10
     for name, grad in single.items():
@@ -105,7 +123,12 @@ def _uneven_responses(path, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_zero3_processes_follow_the_single_process_loss(world, rewarded, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("terms", [
+    ["--loss", "masters"],
+    # LLaVA-KD's with Masters (Table 5f): KL at the responses and the visual tokens, RDist, the vision encoder frozen
+    ["--loss", "masters", "--divergence", "kl", "--visual-kl", "1.0", "--rdist", "0.5", "--frozen", "vision"],
+], ids=["masters", "llava-kd-masters"])
+def test_two_zero3_processes_follow_the_single_process_loss(world, rewarded, tmp_path, terms):  # noqa: F811
     pytest.importorskip("deepspeed", reason="deepspeed is in the test extra (scripts/setup.sh installs it)")
     root, questions = world
     _, path, _ = rewarded
@@ -113,8 +136,7 @@ def test_two_zero3_processes_follow_the_single_process_loss(world, rewarded, tmp
     questions.to_parquet(qfile)
     path = _uneven_responses(path, tmp_path)
     args = ["--student", str(root / "student"), "--questions", str(qfile),
-            "--stage", "T", str(root / "teacher"), str(path), "10", "0.0",
-            "--loss", "masters", "--lr", "0.001", "--batch-size", "4", "--chunk-size", "5", "--save-every", "5",
+            "--stage", "T", str(root / "teacher"), str(path), "10", "0.0", *terms, "--lr", "0.001", "--batch-size", "4", "--chunk-size", "5", "--save-every", "5",
             "--seed", "3"]
     single = tmp_path / "single"
     run = subprocess.run([sys.executable, "-m", "masters.cli", "train", *args, "--out", str(single)],
@@ -131,10 +153,16 @@ def test_two_zero3_processes_follow_the_single_process_loss(world, rewarded, tmp
                           *PARTITIONED, "--processes", "2", "--out", str(zero)],
                          capture_output=True, text=True, cwd=REPO, timeout=900)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    # student and teacher built partitioned (zero.Init): no process held a whole copy
+    loaded = re.findall(r"loaded partitioned over 2 processes \(ZeRO-3 zero.Init\): ([\d,]+) of ([\d,]+) param", run.stdout)
+    assert len(loaded) == 2, run.stdout[-3000:]
+    assert all(0 < int(held.replace(",", "")) <= int(total.replace(",", "")) // 2 + 1000 for held, total in loaded), loaded
     a, b = pd.read_csv(single / "train_log.csv"), pd.read_csv(zero / "train_log.csv")
     assert list(a.step) == list(b.step) == list(range(1, 11))
     assert (a.loss - b.loss).abs().max() < 1e-4, pd.concat([a.loss, b.loss], axis=1)
     assert a.loss.iloc[0] != a.loss.iloc[-1]  # it trained
+    if "--visual-kl" in terms:  # the visual terms were logged as the single process logs them
+        assert (a[["vis", "rel"]] - b[["vis", "rel"]]).abs().max().max() < 1e-4 and (b.vis > 0).all() and (b.rel > 0).all()
     from transformers import AutoModelForImageTextToText
 
     ours = AutoModelForImageTextToText.from_pretrained(zero / "final")  # the stock class, safetensors
