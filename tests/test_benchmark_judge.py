@@ -215,7 +215,7 @@ def test_mmvet_end_to_end_through_lm_eval_and_the_judge(tmp_path, tiny_model, pr
     data = tmp_path / "hub/benchmarks/mmvet"
     manifest = fetch_benchmark("mmvet", REPO / "benchmarks/mmvet.yaml", COMMIT, data,
                                download=RepoHub(tmp_path / "repo").download, api=FakeHub([]))
-    assert manifest["repo_id"] == "lmms-lab/MMVet" and manifest["rows"] == {"data": 2}
+    assert manifest["repo_id"] == "lmms-lab-encoder/MMVet" and manifest["rows"] == {"data": 2}
     bench = Benchmark("mmvet", str(REPO / "benchmarks/mmvet.yaml"), data=str(data), metric="score,none",
                       judge="mmvet.JUDGE")
     summary = evaluate(tmp_path / "model", [bench], batch_size=2, samples_path=tmp_path / "samples.jsonl")

@@ -16,7 +16,7 @@ from tests.conftest import REPO
 
 FAMILIES = {  # family: (models fetched, masked teachers, trained runs)
     "qwen2_5_vl": (3, 14, 27),  # mid 0.05..0.2 (4) + large 0.05..0.5 (10); Table 5f's 4 runs
-    "internvl3_5": (3, 14, 27),
+    "internvl3_5": (3, 18, 27),  # mid 0.05..0.4 (8: the paper's r_max for the 14B) + large 0.05..0.5 (10)
     "qwen3_vl": (2, 10, 17),  # one teacher, 0.05..0.5
 }
 
@@ -283,7 +283,7 @@ def test_masters_revisions_lists_every_pin_and_checks_each_on_the_hub(monkeypatc
         Design(config).hub_benchmarks())
     assert {row[1] for row in table if row[-1].strip(" |") == "NO"} == {"seedbench"}
     mmbench_cn = next(row for row in table if row[1] == "mmbench_cn")
-    assert mmbench_cn[2:4] == ["lmms-lab/MMBench", "56ba1af8954932c4804bd3f522e05ed96e63b654"]
+    assert mmbench_cn[2:4] == ["lmms-lab-encoder/MMBench", "56ba1af8954932c4804bd3f522e05ed96e63b654"]
 
     head, asked, missing = "f" * 40, [], set()
 
