@@ -195,7 +195,10 @@ def step_loss(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainCo
     sums = dict.fromkeys(("loss", "pg", "kl", "jsd"), 0.0)
     t_chunks = chunked_logits(teacher, t_hidden, cfg.chunk_size) if t_hidden is not None else None
     for part, s_logits in chunked_logits(student, leaf, cfg.chunk_size):
-        t_logits = next(t_chunks)[1] if t_chunks is not None else None
+        t_logits = None
+        if t_chunks is not None:
+            with torch.no_grad():  # the frozen teacher's head: no gradient of its own
+                t_logits = next(t_chunks)[1]
         parts = _chunk_terms(s_logits, t_logits, s_batch.targets[part], ref[part], adv[part], cfg, vocab)
         (parts["loss"].sum() / n).backward()
         for name in sums:
@@ -481,7 +484,7 @@ def train(student_dir: str, stages: list[Stage], questions: pd.DataFrame, cfg: T
             set_trainable(student, stage_cfg.frozen)
             backend.configure(stage_cfg)
         teacher, t_proc = backend.load(stage.teacher, cfg)
-        teacher.eval()
+        teacher.eval().requires_grad_(False)
         check_same_tokenizer(s_proc, t_proc)
         if same_encoding(s_proc, t_proc):
             t_proc = s_proc  # one family: the student's batch serves the teacher (step_loss)

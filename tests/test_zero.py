@@ -35,8 +35,11 @@ def test_the_single_backward_loss_equals_the_two_phase_one(world, rewarded, weig
     cfg = training.TrainConfig(chunk_size=3, weights=weights)
     vocab = len(s_proc.tokenizer)
     student.zero_grad()
+    teacher.zero_grad(set_to_none=True)
     terms = training.step_loss(student, teacher, s_proc, t_proc, batch, cfg, vocab)
     two_phase = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+    # the teacher (its parameters still trainable here) gets no gradient: its head once did, V x H a step
+    assert not [n for n, p in teacher.named_parameters() if p.grad is not None]
     student.zero_grad()
     tokens = sum(len(t) for t in batch.token_ids)
     seen = []
