@@ -24,12 +24,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from masters.tables import benchmark_results  # noqa: E402
+from masters.tables import benchmark_results, column_scores  # noqa: E402
 
 
-def _mean_score(files: list[str]) -> float:
+def _mean_score(files: list[str], columns: dict[str, list[str]] | None = None) -> float:
+    """A checkpoint's mean score as the tables' Avg: over the table columns (``columns``: each
+    with the benchmarks averaged into it, :func:`masters.tables.column_groups`; default one per
+    benchmark)."""
     scores = benchmark_results(files)
-    return sum(scores.values()) / len(scores)
+    values = column_scores(scores, columns or {b: [b] for b in scores})
+    return sum(values.values()) / len(values)
 
 
 def _save(fig, stem: str | Path) -> list[Path]:
@@ -51,7 +55,8 @@ def fig2(spec: dict, stem: str | Path) -> list[Path]:
     for run in spec["runs"]:
         log = pd.read_csv(run["log"])
         axes[0].step(log["step"], log["ratio"], where="post", label=run["label"])
-        scores = [_mean_score(run["base"])] + [_mean_score(files) for files in run["stages"]]
+        scores = [_mean_score(run["base"], spec.get("columns"))] + [_mean_score(files, spec.get("columns"))
+                                                                  for files in run["stages"]]
         axes[1].plot(range(len(scores)), scores, marker="o", label=run["label"])
     axes[0].set(title="(a) mask ratio per iteration", xlabel="iteration", ylabel="mask ratio r[i]")
     axes[1].set(title="(b) student score per stage checkpoint", xlabel="stages done (0 = student before training)",
@@ -60,7 +65,7 @@ def fig2(spec: dict, stem: str | Path) -> list[Path]:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     labels = list(spec["compare"])
-    values = [_mean_score(spec["compare"][label]) for label in labels]
+    values = [_mean_score(spec["compare"][label], spec.get("columns")) for label in labels]
     bars = axes[2].bar(range(len(labels)), values, color=["#9ecae1", "#3182bd", "#a1d99b", "#31a354"][: len(labels)])
     axes[2].bar_label(bars, fmt="%.1f", fontsize=8)
     axes[2].set_xticks(range(len(labels)), labels, rotation=15, fontsize=8)
@@ -77,7 +82,10 @@ def fig_curves(spec: dict, stem: str | Path) -> list[Path]:
     frames = []
     for run in spec["runs"]:
         curve = pd.read_csv(run["curve"])
-        frames.append(curve.groupby("step", as_index=False)["accuracy"].mean().assign(run=run["label"]))
+        column = {b: c for c, members in (spec.get("columns") or {}).items() for b in members}
+        curve["column"] = curve["benchmark"].map(lambda b: column.get(b, b))  # as the tables' Avg
+        per_column = curve.groupby(["step", "column"], as_index=False, sort=False)["accuracy"].mean()
+        frames.append(per_column.groupby("step", as_index=False)["accuracy"].mean().assign(run=run["label"]))
     table = pd.concat(frames, ignore_index=True)[["run", "step", "accuracy"]]
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, rows in table.groupby("run", sort=False):
@@ -107,7 +115,8 @@ def masked_teacher_table(spec: dict) -> pd.DataFrame:
     """Per (teacher, ratio): mean JSD to the student (``jsd``, over ``responses``) and the masked
     teacher's mean benchmark score (``accuracy``, %), from ``spec`` (:func:`masters.specs.figf4_spec`)."""
     jsd = divergence_by_ratio(spec["rewards"]).rename(columns={"mean": "jsd", "count": "responses"})
-    acc = pd.DataFrame([{"teacher": a["teacher"], "ratio": float(a["ratio"]), "accuracy": _mean_score(a["results"])}
+    acc = pd.DataFrame([{"teacher": a["teacher"], "ratio": float(a["ratio"]),
+                         "accuracy": _mean_score(a["results"], spec.get("columns"))}
                         for a in spec.get("accuracy", [])], columns=["teacher", "ratio", "accuracy"])
     return jsd.merge(acc, on=["teacher", "ratio"], how="outer").sort_values(["teacher", "ratio"]).reset_index(drop=True)
 

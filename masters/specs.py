@@ -220,7 +220,7 @@ def fig2_spec(design: Design) -> dict[str, Any]:
         for student in design.students:
             key = f"{label} ({student})" if len(design.students) > 1 else label
             compare[key] = files(design.run_of_row({"experiment": exp}, student, seed))
-    return {"runs": runs, "compare": compare}
+    return {"runs": runs, "compare": compare, "columns": design.column_groups(design.benchmarks)}
 
 
 def fig2_inputs(spec: dict[str, Any]) -> list[str]:
@@ -240,7 +240,8 @@ def figf4_spec(design: Design) -> dict[str, Any]:
     accuracy = [{"teacher": teacher, "ratio": ratio_str(ratio),
                  "results": [design.evaluation(design.masked_run(teacher, ratio), b) for b in design.benchmarks]}
                 for teacher, ratio in design.figf4_teachers()]
-    return {"rewards": [{"file": f, **v} for f, v in rewards.items()], "accuracy": accuracy}
+    return {"rewards": [{"file": f, **v} for f, v in rewards.items()], "accuracy": accuracy,
+            "columns": design.column_groups(design.benchmarks)}
 
 
 def figf4_inputs(spec: dict[str, Any]) -> list[str]:
@@ -251,7 +252,7 @@ def curves_spec(design: Design) -> dict[str, Any]:
     """The learning-curves figure: each run's curve CSV (seed ``seeds[0]``)."""
     curves = design.config["figures"].get("curves") or {}
     seed = design.figure_seed()
-    return {"limit": curves.get("limit"),
+    return {"limit": curves.get("limit"), "columns": design.column_groups(design.benchmarks),
             "runs": [{"label": f"{student} {exp}", "curve": design.path("curve", student=student, experiment=exp,
                                                                        seed=seed) + ".csv"}
                      for exp in curves.get("experiments", []) for student in design.students]}
