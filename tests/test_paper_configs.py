@@ -18,6 +18,7 @@ FAMILIES = {  # family: (models fetched, masked teachers, trained runs)
     "qwen2_5_vl": (3, 14, 27),  # mid 0.05..0.2 (4) + large 0.05..0.5 (10); Table 5f's 4 runs
     "internvl3_5": (3, 18, 27),  # mid 0.05..0.4 (8: the paper's r_max for the 14B) + large 0.05..0.5 (10)
     "qwen3_vl": (2, 10, 17),  # one teacher, 0.05..0.5
+    "internvl3": (4, 18, 13),  # 14B 0.05..0.2 (4) + 38B (4) + 78B 0.05..0.5 (10); Table 5b's chains
 }
 
 
