@@ -526,6 +526,11 @@ class Design:
                     out[(st.teacher, st.ratio)] = None
         return list(out)
 
+    def is_teacher_run(self, run: str) -> bool:
+        """Whether an evaluation run is a model's own checkpoint (masked or not) other than a student's."""
+        kind, v = paths.parse_run(run)
+        return kind in ("model", "masked") and v["model"] not in self.students
+
     def parse_run(self, run: str) -> dict[str, Any]:
         """``models/L`` -> the model's checkpoint; ``S/masters/s0/final`` -> a trained checkpoint."""
         try:

@@ -55,7 +55,8 @@ class Row:
 def plan(student: float, teachers: dict[str, float], gpus: dict[str, int], gpu_gb: float = 80.0,
          utilization: float = 0.9) -> list[Row]:
     """Rows of per-GPU memory (GB) for one family: ``student`` and each teacher in parameters,
-    ``gpus`` per rule family (``train``, ``generate``, ``score``, ``judge``, ``evaluate``)."""
+    ``gpus`` per rule family (``train``, ``generate``, ``score``, ``judge``, ``evaluate``,
+    ``evaluate_teacher``)."""
     largest = max(teachers.values())
     rows = []
 
@@ -74,8 +75,10 @@ def plan(student: float, teachers: dict[str, float], gpus: dict[str, int], gpu_g
         (2 * largest + 2 * student) / n / GB + OVERHEAD_GB)
     row("judge", "the student bf16 (vLLM)", gpus["judge"], 2 * student / gpus["judge"] / GB, kv=True)
     n = gpus["evaluate"]
-    row("evaluate", "a student or mid teacher bf16 (the largest teacher's own rows: more GPUs)", n,
-        2 * max([student] + [p for p in teachers.values() if p < largest]) / n / GB + OVERHEAD_GB)
+    row("evaluate", "a student's checkpoint bf16", n, 2 * student / n / GB + OVERHEAD_GB)
+    n = gpus["evaluate_teacher"]
+    row("evaluate_teacher", "a teacher's own rows: the largest teacher bf16, spread over the GPUs", n,
+        2 * largest / n / GB + OVERHEAD_GB)
     return rows
 
 

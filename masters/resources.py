@@ -36,7 +36,10 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-FAMILIES = ("default", "sft", "mask", "generate", "judge", "score", "train", "evaluate", "benchmark_judge")
+FAMILIES = ("default", "sft", "mask", "generate", "judge", "score", "train", "evaluate", "evaluate_teacher",
+            "benchmark_judge")
+# a family whose entry is merged over another's (then over `default`)
+PARENT = {"evaluate_teacher": "evaluate"}
 REQUIRED = ("cpus", "mem_mb", "runtime", "gpu")
 RESOURCE_KEYS = ("mem_mb", "runtime", "job_gpus", "gpu", "gpu_model", "gres", "slurm_partition", "slurm_account",
                  "slurm_extra")
@@ -76,7 +79,9 @@ def family(section: Mapping, name: str, environ: Mapping[str, str] = os.environ)
     missing = [k for k in REQUIRED if base.get(k) is None]
     if missing:
         raise ResourcesError(f"invalid config: key resources.default: missing {', '.join(missing)}")
-    merged = {**base, **{k: v for k, v in (section.get(name) or {}).items() if v is not None}}
+    merged = dict(base)
+    for entry in (PARENT.get(name), name):
+        merged.update({k: v for k, v in (section.get(entry) or {}).items() if v is not None} if entry else {})
     for key, variable in ENV_FALLBACK.items():
         if merged.get(key) is None and environ.get(variable):
             merged[key] = environ[variable]

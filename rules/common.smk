@@ -55,8 +55,8 @@ BENCHMARKS = specs.benchmark_entries(DESIGN, REPO)
 wildcard_constraints:
     **{
         **paths.WILDCARDS,
-        "task": "|".join(W["tasks"]),
-        "benchmark": "|".join(BENCHMARKS),
+        "task": "|".join(map(re.escape, W["tasks"])),
+        "benchmark": "|".join(map(re.escape, BENCHMARKS)),
     },
 
 
@@ -81,6 +81,16 @@ def output_stem(w, output):
 def judge_family(w):
     """LLM-judge jobs ask for the `judge` family's resources; the rule judge is a light job."""
     return "judge" if w.judge.startswith("llm-") else "default"
+
+
+def generate_family(w):
+    """The dataset answers as responses (`source=label`) only tokenize: no GPU."""
+    return "default" if w.source == "label" else "generate"
+
+
+def eval_family(w):
+    """A teacher's own checkpoint (a 72B's rows of Tables 3-4) asks for `evaluate_teacher`."""
+    return "evaluate_teacher" if DESIGN.is_teacher_run(w.run) else "evaluate"
 
 
 def resources_by(select):

@@ -21,9 +21,9 @@ rule evaluate:
         eval_bench()
     conda:
         "../envs/masters.yaml"
-    threads: RES["evaluate"].threads
+    threads: lambda w: RES[eval_family(w)].threads
     resources:
-        **RES["evaluate"].resources,
+        **resources_by(eval_family),
     params:
         checkpoint=lambda w: specs.eval_checkpoint(DESIGN, w.run),
         label=lambda w: DESIGN.parse_run(w.run)["label"],

@@ -38,9 +38,9 @@ rule generate:
         bench_of("responses")
     conda:
         env_of(GEN["backend"])
-    threads: RES["generate"].threads
+    threads: lambda w: RES[generate_family(w)].threads
     resources:
-        **RES["generate"].resources,
+        **resources_by(generate_family),
     params:
         masters=masters_command(GEN["backend"]),
         shard=lambda w: "--shard {} --num-shards {}".format(*part_shard(w.part)),

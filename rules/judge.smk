@@ -13,6 +13,8 @@ rule judge:
         out("judged"),
     log:
         log_of("judged"),
+    benchmark:
+        bench_of("judged")
     conda:
         env_of(JUDGE["backend"])
     threads: lambda w: RES[judge_family(w)].threads

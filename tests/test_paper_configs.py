@@ -49,14 +49,28 @@ def test_a_paper_config_plans_every_table_without_fetching(family, tmp_path):
     judged = [b for b, entry in config["benchmarks"].items() if entry.get("judge")]
     assert judged == ["mathvista", "mmbench", "mmvet"]  # the three the references score with GPT
     # one evaluation job per (run, benchmark); each judged one's responses are read by one judge job
-    evaluated, rule = [], None
+    evaluated, rule, gpus, wildcards = [], None, {}, ""
     for line in out.splitlines():
         if line.startswith(("rule ", "localrule ")):
             rule = line.split()[1].rstrip(":")
-        elif rule == "evaluate" and line.strip().startswith("wildcards:"):
-            evaluated.append(re.search(r"benchmark=(\w+)", line).group(1))
+        elif line.strip().startswith("wildcards:"):
+            wildcards = line.strip()
+            if rule == "evaluate":
+                evaluated.append(re.search(r"benchmark=(\w+)", line).group(1))
+        elif line.strip().startswith("resources:") and rule in ("evaluate", "generate"):
+            gpus[(rule, wildcards)] = int(re.search(r"job_gpus=(\d+)", line).group(1))
     assert len(evaluated) == counts["evaluate"]
     assert counts["judge_benchmark"] == sum(b in judged for b in evaluated) > 0, counts
+    # GPUs: a teacher's own evaluation 4, a student's 1; the dataset answers as responses none
+    design, students = Design(config), set(config["students"])
+    for (rule, wildcards), n in gpus.items():
+        if rule == "evaluate":
+            run = re.search(r"run=([^,\s]+)", wildcards).group(1)
+            assert n == (4 if design.is_teacher_run(run) else 1), (wildcards, n)
+        else:
+            assert n == (0 if "source=label" in wildcards else 4), (wildcards, n)
+    assert any(design.is_teacher_run(re.search(r"run=([^,\s]+)", w).group(1)) for r, w in gpus if r == "evaluate")
+    assert any("source=label" in w for r, w in gpus if r == "generate") and students
     assert not list(tmp_path.glob("results/**/*.safetensors"))  # a dry run fetched nothing
 
 
@@ -138,11 +152,12 @@ def test_the_memory_plan_counts_parameters_and_shards_them(tmp_path, tokenizer, 
     model = models.build_model("qwen2_5_vl", models.ModelSize(**TINY, vocab_multiple=64), tokenizer, seed=1)
     save_checkpoint(model, processor, tmp_path / "m")
     assert memory.parameters_of(tmp_path / "m") == sum(p.numel() for p in model.state_dict().values())
-    gpus = {"train": 8, "generate": 4, "score": 4, "judge": 1, "evaluate": 1}
+    gpus = {"train": 8, "generate": 4, "score": 4, "judge": 1, "evaluate": 1, "evaluate_teacher": 4}
     rows = {r.rule: r for r in memory.plan(7e9, {"mid": 32e9, "large": 72e9}, gpus)}
     assert rows["train"].per_gpu_gb == round((16 * 7 + 2 * 72) / 8 + memory.OVERHEAD_GB, 1)  # 40.0
     assert rows["generate"].per_gpu_gb == 36.0 and rows["judge"].per_gpu_gb == 14.0
-    assert rows["evaluate"].per_gpu_gb == 64.0 + memory.OVERHEAD_GB  # the mid teacher on one GPU
+    assert rows["evaluate"].per_gpu_gb == 14.0 + memory.OVERHEAD_GB  # a student on one GPU
+    assert rows["evaluate_teacher"].per_gpu_gb == 36.0 + memory.OVERHEAD_GB  # the 72B over four
     assert not {r.rule: r for r in memory.plan(7e9, {"large": 72e9}, {**gpus, "score": 1})}["score"].fits
 
 

@@ -21,6 +21,13 @@ def test_a_family_overrides_default_and_the_rest_is_inherited():
     assert mask.resources == {"mem_mb": 1000, "runtime": 30, "job_gpus": 0, "gpu": 0, "slurm_partition": "cpu"}
 
 
+def test_a_teachers_evaluation_is_merged_over_the_evaluation_family():
+    section = {"default": BASE, "evaluate": {"cpus": 8, "gpu": 1, "runtime": 99}, "evaluate_teacher": {"gpu": 4}}
+    teacher = family(section, "evaluate_teacher", environ={})
+    assert teacher.threads == 8 and teacher.resources["runtime"] == 99 and teacher.resources["job_gpus"] == 4
+    assert family({"default": BASE, "evaluate": {"gpu": 1}}, "evaluate_teacher", environ={}).resources["gpu"] == 1
+
+
 def test_gpu_model_is_dropped_without_gpus():
     section = {"default": {**BASE, "gpu_model": "h100"}, "evaluate": {"gpu": 1}}
     assert "gpu_model" not in family(section, "mask", environ={}).resources
