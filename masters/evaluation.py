@@ -254,6 +254,9 @@ def evaluate(
         device="cuda" if device == "auto" else device,
         limit=limit,
         apply_chat_template=True,
+        # greedy (METHOD.md §8): no repetition penalty from a checkpoint's generation_config (the
+        # Qwen2.5-VL Instruct checkpoints set 1.05, which transformers applies even without sampling)
+        gen_kwargs={"repetition_penalty": 1.0},
         log_samples=samples_path is not None,
         bootstrap_iters=0,
     )

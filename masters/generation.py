@@ -81,6 +81,7 @@ class HFBackend:
         self.model, self.processor = load_checkpoint(model_dir, trust_remote_code=trust_remote_code,
                                                      dtype=getattr(torch, dtype), device=device)
         self.model.eval()  # placed by load_checkpoint (device "auto": over the GPUs)
+        self.dtype = dtype
         self.device = self.model.device
         self.identity = checkpoint_identity(model_dir)
         tok = self.processor.tokenizer
@@ -132,10 +133,27 @@ class HFChatBackend(HFBackend):
             chats = [self.processor.apply_chat_template(m, add_generation_prompt=True)
                      for m in prompts[start:start + self.batch_size]]
             enc = self.processor(text=chats, padding=True, padding_side="left", return_tensors="pt").to(self.device)
-            out = self.model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+            # greedy as vLLM's judge: no repetition penalty a checkpoint's generation_config may set
+            out = self.model.generate(**enc, do_sample=False, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
                                       pad_token_id=self.pad_id, suppress_tokens=self.suppress)
             texts += [self._completion(ids).text for ids in out[:, enc["input_ids"].shape[1]:].tolist()]
         return texts
+
+
+def suppressed_token_ids(model_dir: str | Path, trust_remote_code: bool = False) -> list[int]:
+    """What :class:`HFBackend` never samples, read from a checkpoint directory without loading
+    its weights: the image placeholders and the output embedding's padding rows (ids >=
+    len(tokenizer)). Empty for a directory without a config (a test's stand-in engine)."""
+    if not (Path(model_dir) / "config.json").is_file():
+        return []
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    width = config.get_text_config().vocab_size
+    tokens = len(AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code))
+    return sorted(set(placeholder_token_ids(SimpleNamespace(config=config))) | set(range(tokens, width)))
 
 
 def import_vllm():
@@ -165,7 +183,8 @@ class VLLMBackend:
             sampling_params = sampling_params or vllm.SamplingParams
             llm = llm or vllm.LLM(**self.engine_args(model_dir, gpus, trust_remote_code, dtype, max_model_len))
         self.llm, self.sampling_params = llm, sampling_params
-        self.identity = checkpoint_identity(model_dir)
+        self.identity, self.dtype = checkpoint_identity(model_dir), dtype
+        self.suppress = suppressed_token_ids(model_dir, trust_remote_code)
 
     @staticmethod
     def engine_args(model_dir, gpus: int, trust_remote_code: bool, dtype: str, max_model_len: int | None) -> dict:
@@ -178,11 +197,13 @@ class VLLMBackend:
         return args
 
     def sampling(self, params: SamplingParams, seed: int):
-        """vLLM's SamplingParams of METHOD.md §3 (top_k 0 = off is -1 in vLLM)."""
+        """vLLM's SamplingParams of METHOD.md §3 (top_k 0 = off is -1 in vLLM); the tokens the HF
+        backend suppresses get vLLM's lowest logit bias (-100), below every top-k candidate."""
+        bias = {"logit_bias": dict.fromkeys(self.suppress, -100.0)} if self.suppress else {}
         return self.sampling_params(n=params.n, temperature=params.temperature,
                                     top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else -1,
                                     repetition_penalty=params.repetition_penalty, max_tokens=params.max_new_tokens,
-                                    seed=seed)
+                                    seed=seed, **bias)
 
     @staticmethod
     def conversations(questions: pd.DataFrame) -> list[list[dict]]:
@@ -197,8 +218,10 @@ class VLLMBackend:
         return Completion(token_ids=[int(t) for t in output.token_ids], text=output.text, finish_reason=reason)
 
     def generate(self, questions: pd.DataFrame, params: SamplingParams, seed: int) -> list[list[Completion]]:
-        outputs = self.llm.chat(self.conversations(questions), sampling_params=self.sampling(params, seed),
-                                use_tqdm=False)
+        # one SamplingParams per question, each its own seed: vLLM seeds a request's n samples
+        # seed, seed + 1, ..., so one seed for the batch would give every question the same noise
+        sampling = [self.sampling(params, derived_seed(int(seed), str(qid))) for qid in questions["id"]]
+        outputs = self.llm.chat(self.conversations(questions), sampling_params=sampling, use_tqdm=False)
         if len(outputs) != len(questions):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(questions)} prompts")
         return [[self.completion(o) for o in out.outputs] for out in outputs]
@@ -277,9 +300,19 @@ def label_responses(questions: pd.DataFrame, tokenizer, model_name: str = "datas
     return pd.DataFrame(rows, columns=RESPONSE_COLUMNS)
 
 
-def batch_seed(seed: int, batch_index: int) -> int:
-    """The sampling seed of one batch: independent of how many batches ran before a resume."""
-    return (seed * 1_000_003 + batch_index) % (2**63 - 1)
+def derived_seed(*parts) -> int:
+    """A seed drawn from ``parts`` (JSON-encoded, SHA-256): equal parts give the same seed, any
+    other parts an unrelated one."""
+    digest = hashlib.sha256(json.dumps(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**62  # vLLM adds the sample index to it
+
+
+def batch_seed(seed: int, source: str, model_name: str, ratio: float, batch_index: int) -> int:
+    """The sampling seed of one batch of one generation: the run's seed, who generates (source,
+    model, mask ratio) and the batch. Every masked teacher and the student draw samples of their
+    own (a seed of the run and batch alone made sample j of every masked teacher of a model
+    nearly the same response), and a resumed run draws what it would have."""
+    return derived_seed(int(seed), source, model_name, float(ratio), int(batch_index))
 
 
 def generation_fingerprint(backend, questions: pd.DataFrame, params: SamplingParams, source: str,
@@ -287,6 +320,7 @@ def generation_fingerprint(backend, questions: pd.DataFrame, params: SamplingPar
     """Hash of what the parts of a generation depend on; a backend without an ``identity``
     (a test double) is identified by its class."""
     spec = {"model": getattr(backend, "identity", type(backend).__qualname__),
+            "backend": type(backend).__qualname__, "dtype": str(getattr(backend, "dtype", None)),
             "questions": hashlib.sha256("\x00".join(map(str, questions["id"])).encode()).hexdigest(),
             "params": asdict(params), "source": source, "model_name": model_name, "ratio": float(ratio),
             "batch_size": int(batch_size)}
@@ -323,7 +357,7 @@ def generate_responses(
         if part.exists():
             continue  # done before an interruption
         chunk = questions.iloc[start:start + batch_size]
-        completions = backend.generate(chunk, params, batch_seed(params.seed, batch_index))
+        completions = backend.generate(chunk, params, batch_seed(params.seed, source, model_name, ratio, batch_index))
         rows = [
             {"question_id": qid, "source": source, "model": model_name, "ratio": float(ratio),
              "sample_idx": j, "text": c.text, "token_ids": c.token_ids, "num_tokens": len(c.token_ids),

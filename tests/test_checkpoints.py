@@ -282,3 +282,16 @@ def test_default_masking_selects_every_linear_weight_but_lm_head(saved):
     with safe_open(str(path / "model.safetensors"), "pt") as f:
         disk = [k for k in f.keys() if is_maskable(k, f.get_slice(k).get_shape(), None, None)]
     assert len(disk) == len(linear), model_type
+
+
+def test_vllm_suppresses_what_the_hf_backend_never_samples(saved):
+    """The vLLM backend reads the same suppressed ids from the checkpoint directory (without its
+    weights) and gives them vLLM's lowest logit bias: image placeholders and padding rows are
+    never a response token on either backend."""
+    path, _ = saved
+    hf = generation.HFBackend(path)
+    ids = generation.suppressed_token_ids(path)
+    assert ids == sorted(set(hf.suppress)) and ids
+    vllm = generation.VLLMBackend(path, llm=object(), sampling_params=dict)
+    sampling = vllm.sampling(generation.SamplingParams(n=2), seed=3)
+    assert sampling["logit_bias"] == dict.fromkeys(ids, -100.0)

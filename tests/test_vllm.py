@@ -29,7 +29,7 @@ class Engine:
         self.calls.append((conversations, sampling_params))
         outs = []
         for i, conv in enumerate(conversations):
-            n = sampling_params["n"]
+            n = (sampling_params[i] if isinstance(sampling_params, list) else sampling_params)["n"]
             outs.append(SimpleNamespace(outputs=[
                 SimpleNamespace(token_ids=(10 + i, 20 + j), text=f"a{i}.{j}", finish_reason=("stop", "length")[j % 2])
                 for j in range(n)]))
@@ -57,9 +57,16 @@ def test_generation_requests_and_outputs_match_the_hf_schema(tmp_path, items):
     turn = conversations[1][0]
     assert turn["role"] == "user" and turn["content"][1] == {"type": "text", "text": questions.question[1]}
     assert isinstance(turn["content"][0]["image_pil"], Image.Image) and turn["content"][0]["type"] == "image_pil"
-    assert sampling == {"n": 3, "temperature": 1.0, "top_p": 0.9, "top_k": -1, "repetition_penalty": 1.05,
-                        "max_tokens": 7, "seed": generation.batch_seed(11, 0)}
-    assert engine.calls[1][1]["seed"] == generation.batch_seed(11, 1)  # each batch its own seed, as HF
+    # one SamplingParams per question (vLLM pairs a list with the prompts), each with its own seed:
+    # vLLM seeds a request's n samples seed, seed + 1, ..., so a shared seed would share the noise
+    batch0 = generation.batch_seed(11, "teacher", "T", 0.15, 0)
+    assert sampling == [{"n": 3, "temperature": 1.0, "top_p": 0.9, "top_k": -1, "repetition_penalty": 1.05,
+                         "max_tokens": 7, "seed": generation.derived_seed(batch0, str(qid))}
+                        for qid in questions.id[:2]]
+    seeds = [p["seed"] for _, call in engine.calls for p in call]
+    assert len(set(seeds)) == 5 and min(abs(a - b) for a in seeds for b in seeds if a != b) > 3  # no overlap
+    assert engine.calls[1][1][0]["seed"] == generation.derived_seed(
+        generation.batch_seed(11, "teacher", "T", 0.15, 1), str(questions.id[2]))
     first = frame[frame.question_id == questions.id[0]]
     assert first.sample_idx.tolist() == [0, 1, 2] and first.token_ids.map(list).tolist() == [[10, 20], [10, 21], [10, 22]]
     assert first.finish_reason.tolist() == ["stop", "length", "stop"] and (frame.ratio == 0.15).all()
