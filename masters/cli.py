@@ -58,13 +58,13 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from masters.evaluation import Benchmark, evaluate
+    from masters.evaluation import Benchmark, evaluate, task_location
     from masters.tables import write_results
 
     if not (args.out or args.out_dir):
         raise SystemExit("masters evaluate: give --out and/or --out-dir")
     device, dtype = _runtime(args)
-    benchmarks = [Benchmark(**b) for b in json.loads(args.benchmarks)]
+    benchmarks = [Benchmark(**{**b, "task": task_location(b["task"])}) for b in json.loads(args.benchmarks)]
     summary = evaluate(args.model, benchmarks, batch_size=args.batch_size, limit=args.limit, device=device,
                        dtype=dtype, trust_remote_code=args.trust_remote_code, samples_path=args.samples)
     written = write_results(summary, args.label, out=args.out, out_dir=args.out_dir)
@@ -73,13 +73,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_judge_benchmark(args: argparse.Namespace) -> None:
     from masters.benchmark_judge import judge_benchmark, load_protocol, read_samples
+    from masters.evaluation import task_location
     from masters.judge import chat_backend
     from masters.tables import load_result, result_record
 
     bench = json.loads(args.benchmark)
     if not bench.get("judge"):
         raise SystemExit(f"masters judge-benchmark: benchmark {bench['name']!r} names no judge protocol")
-    protocol = load_protocol(bench["task"], bench["judge"])
+    protocol = load_protocol(task_location(bench["task"]), bench["judge"])
     unjudged = load_result(args.evaluation)
     samples = read_samples(args.samples, bench["name"])  # before the judge is loaded: bad input fails first
     placed = {}
@@ -108,10 +109,11 @@ def cmd_judge_benchmark(args: argparse.Namespace) -> None:
 
 def cmd_curve(args: argparse.Namespace) -> None:
     from masters.curves import learning_curve
-    from masters.evaluation import Benchmark
+    from masters.evaluation import Benchmark, task_location
 
     device, dtype = _runtime(args)
-    curve = learning_curve(args.train_dir, [Benchmark(**b) for b in json.loads(args.benchmarks)], args.limit,
+    curve = learning_curve(args.train_dir, [Benchmark(**{**b, "task": task_location(b["task"])})
+                                            for b in json.loads(args.benchmarks)], args.limit,
                            batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
                            device=device, dtype=dtype)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -143,9 +145,10 @@ def cmd_snapshot(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch_benchmark(args: argparse.Namespace) -> None:
+    from masters.evaluation import task_location
     from masters.hub import fetch_benchmark
 
-    manifest = fetch_benchmark(args.name, args.task, args.revision, args.out, allow_patterns=args.allow)
+    manifest = fetch_benchmark(args.name, task_location(args.task), args.revision, args.out, allow_patterns=args.allow)
     print(f"{args.name}: {manifest['repo_id']}@{manifest['commit']} {manifest['split']}, rows {manifest['rows']}"
           f" -> {args.out}")
 

@@ -37,10 +37,15 @@ def is_task_yaml(task: str) -> bool:
     return str(task).endswith((".yaml", ".yml"))
 
 
-def task_location(task: str, repo: str | Path) -> str:
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout this package is imported from
+
+
+def task_location(task: str, repo: str | Path | None = None) -> str:
     """A benchmark's ``task`` as lm-eval and the fetch read it: a task YAML as its path under the
-    repository ``repo``, a task lm-eval ships as its name."""
-    return str(Path(repo) / task) if is_task_yaml(task) else task
+    repository ``repo`` (default: this package's checkout; an absolute path stays as it is), a
+    task lm-eval ships as its name. Jobs are given the configured (repo-relative) path and
+    resolve it here, so no checkout path enters a job's params."""
+    return str(Path(repo or REPO_ROOT) / task) if is_task_yaml(task) else task
 
 
 def task_spec(bench: Benchmark) -> str | dict[str, Any] | list[dict[str, Any]]:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from masters import paths
-from masters.evaluation import task_location
 from masters.experiments import Design
 from masters.schedule import ratio_str
 
@@ -25,11 +24,12 @@ FIGURE_FORMATS = ("png", "pdf")
 # ---------------------------------------------------------------- benchmarks and evaluation
 
 
-def benchmark_entries(design: Design, repo: str | Path) -> dict[str, dict]:
-    """name -> the :class:`masters.evaluation.Benchmark` fields (repo-relative YAMLs made absolute)."""
+def benchmark_entries(design: Design) -> dict[str, dict]:
+    """name -> the :class:`masters.evaluation.Benchmark` fields; a task YAML as configured (relative
+    to the repository: the job resolves it, :func:`masters.evaluation.task_location`)."""
     out = {}
     for name, bench in design.config["benchmarks"].items():
-        entry = {"name": name, "task": task_location(bench["task"], repo), "metric": bench["metric"]}
+        entry = {"name": name, "task": bench["task"], "metric": bench["metric"]}
         if bench.get("judge"):
             entry["judge"] = bench["judge"]
         if "data" in bench:
@@ -99,11 +99,12 @@ def snapshot_args(design: Design, model: str) -> str:
     return f"--repo {source['hub']} --revision {source['revision']}{allow}"
 
 
-def fetch_benchmark_args(design: Design, repo: str | Path, name: str) -> str:
-    """The ``masters fetch-benchmark`` arguments of a Hub benchmark: its task YAML, revision, files."""
+def fetch_benchmark_args(design: Design, name: str) -> str:
+    """The ``masters fetch-benchmark`` arguments of a Hub benchmark: its task (YAML as configured,
+    resolved by the job), revision, files."""
     entry = design.config["benchmarks"][name]
     files = " --allow " + " ".join(map(shlex.quote, entry["files"])) if entry.get("files") else ""
-    task = task_location(entry["task"], repo)
+    task = entry["task"]
     revision = f" --revision {shlex.quote(entry['revision'])}" if "revision" in entry else ""  # else the task's pin
     return f"--task {shlex.quote(task)}{revision}{files}"
 

@@ -81,6 +81,14 @@ def _apply_thread_env() -> None:
 
 
 # ---- the client: the `masters` command ------------------------------------------------------
+def export_package(repo) -> None:
+    """Put the checkout ``repo`` first on this process's PYTHONPATH, which the jobs inherit: every
+    job imports that checkout's package, in any environment (rules/common.smk)."""
+    entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    if str(repo) not in entries:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(repo), *entries])
+
+
 def run_remote(argv: list[str]) -> int | None:
     """Run `masters argv` in the warm worker; its exit status, or None to run it here instead."""
     path = os.environ.get(ENV)

@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -33,6 +34,12 @@ from masters.config import ConfigError, validate
 from masters.experiments import Design, DesignError, part_shard
 from masters.resources import RESOURCE_KEYS, ResourcesError, all_families
 
+# Jobs import it the same way: PYTHONPATH, inherited by every job (a SLURM job parses this file
+# again), not an install, which a rule's conda env cannot make (Snakemake copies env files under
+# .snakemake/conda/, where `-e ..` named no package), and not a path in a job's params (moving
+# the checkout reruns nothing).
+worker.export_package(REPO)
+
 try:
     validate(config, REPO)  # the schema's defaults filled in; errors name the key
     DESIGN = Design(config)
@@ -49,7 +56,7 @@ GEN, JUDGE, REWARD, EVAL = (
 W = config["world"]
 VQA_MODELS = [m for m, size in W["models"].items() if size["sft"]["data"] == "vqa"]
 CURVES = config["figures"].get("curves") or {}
-BENCHMARKS = specs.benchmark_entries(DESIGN, REPO)
+BENCHMARKS = specs.benchmark_entries(DESIGN)
 
 
 wildcard_constraints:
@@ -200,13 +207,19 @@ def env_of(backend):
     return "../envs/vllm.yaml" if backend == "vllm" else "../envs/masters.yaml"
 
 
-def masters_command(backend):
-    """The command running this package in a job of `backend`. The installed `masters`, or, in
-    vLLM's environment (whose pins exclude this package's, so it is not installed there), the
-    repository's."""
-    if backend == "vllm":
-        return f"PYTHONPATH={shlex.quote(str(REPO))} python -m masters.cli"
-    return "masters"
+def masters_command(backend="hf"):
+    """How a job runs this package (this checkout's, through PYTHONPATH above): the `masters`
+    command of the environment Snakemake runs in, or `python -m masters.cli` where the package is
+    not installed: a rule's conda env (--sdm conda) and vLLM's environment (its pins exclude this
+    package's)."""
+    in_conda = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    return "python -m masters.cli" if in_conda or backend == "vllm" else "masters"
+
+
+MASTERS = masters_command()
+MASTERS_GENERATE = masters_command(GEN["backend"])
+MASTERS_JUDGE = masters_command(JUDGE["backend"])
+MASTERS_BENCHMARK_JUDGE = masters_command(config["benchmark_judge"]["backend"])
 
 
 def judged_samples(w):

@@ -25,6 +25,7 @@ rule evaluate:
     resources:
         **resources_by(eval_family),
     params:
+        masters=MASTERS,
         checkpoint=lambda w: specs.eval_checkpoint(DESIGN, w.run),
         label=lambda w: DESIGN.parse_run(w.run)["label"],
         benchmarks=lambda w: json.dumps([BENCHMARKS[b] for b in eval_benchmarks(w)]),
@@ -35,7 +36,7 @@ rule evaluate:
         ),
         out_dir=lambda w, output: os.path.dirname(output[0]),
     shell:
-        "masters evaluate --model {params.checkpoint} --label {params.label:q}"
+        "{params.masters} evaluate --model {params.checkpoint} --label {params.label:q}"
         " --benchmarks {params.benchmarks:q} {params.flags} --threads {threads} --gpus {resources.job_gpus}"
         " --samples {output.samples} --out-dir {params.out_dir} > {log} 2>&1"
 
@@ -60,7 +61,7 @@ rule judge_benchmark:
     resources:
         **RES["benchmark_judge"].resources,
     params:
-        masters=masters_command(config["benchmark_judge"]["backend"]),
+        masters=MASTERS_BENCHMARK_JUDGE,
         benchmark=lambda w: json.dumps(BENCHMARKS[w.benchmark]),
         judge=lambda w: benchmark_judge_flags(),
     shell:
@@ -85,6 +86,7 @@ rule curve:
     resources:
         **RES["evaluate"].resources,
     params:
+        masters=MASTERS,
         benchmarks=json.dumps(list(BENCHMARKS.values())),
         flags=(
             f"--batch-size {EVAL['batch_size']}"
@@ -92,7 +94,7 @@ rule curve:
             + (" --trust-remote-code" if EVAL["trust_remote_code"] else "")
         ),
     shell:
-        "masters curve --train-dir {input.run} --benchmarks {params.benchmarks:q} {params.flags}"
+        "{params.masters} curve --train-dir {input.run} --benchmarks {params.benchmarks:q} {params.flags}"
         " --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"
 
 
@@ -111,6 +113,7 @@ rule world_accuracy_table:
     conda:
         "../envs/masters.yaml"
     params:
+        masters=MASTERS,
         stem=output_stem,
     shell:
-        "masters accuracy-table --results {input} --out {params.stem} > {log} 2>&1"
+        "{params.masters} accuracy-table --results {input} --out {params.stem} > {log} 2>&1"

@@ -20,10 +20,11 @@ rule fig2:
     conda:
         "../envs/masters.yaml"
     params:
+        masters=MASTERS,
         spec=json.dumps(FIGURE_SPECS["fig2"]),
         stem=output_stem,
     shell:
-        "masters figure fig2 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
+        "{params.masters} figure fig2 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
 
 
 rule figF4:
@@ -40,10 +41,11 @@ rule figF4:
     conda:
         "../envs/masters.yaml"
     params:
+        masters=MASTERS,
         spec=json.dumps(FIGURE_SPECS["figF4"]),
         stem=output_stem,
     shell:
-        "masters figure figF4 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
+        "{params.masters} figure figF4 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
 
 
 rule curves:
@@ -59,10 +61,11 @@ rule curves:
     conda:
         "../envs/masters.yaml"
     params:
+        masters=MASTERS,
         spec=json.dumps(FIGURE_SPECS["curves"]),
         stem=output_stem,
     shell:
-        "masters figure curves --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
+        "{params.masters} figure curves --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
 
 
 rule fig6:
@@ -78,7 +81,8 @@ rule fig6:
     conda:
         "../envs/masters.yaml"
     params:
+        masters=MASTERS,
         spec=json.dumps(FIGURE_SPECS["fig6"]),
         stem=output_stem,
     shell:
-        "masters figure fig6 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
+        "{params.masters} figure fig6 --spec {params.spec:q} --out {params.stem} > {log} 2>&1"

@@ -15,6 +15,7 @@ rule train_questions:
     resources:
         **RES["default"].resources,
     params:
+        masters=MASTERS,
         per_file=(
             f"--per-file {config['train_questions']['per_file']}"
             if config["train_questions"]["per_file"]
@@ -22,7 +23,7 @@ rule train_questions:
         ),
         seed=config["seed"],
     shell:
-        "masters questions --files {input} {params.per_file} --seed {params.seed}"
+        "{params.masters} questions --files {input} {params.per_file} --seed {params.seed}"
         " --out {output} > {log} 2>&1"
 
 
@@ -42,7 +43,7 @@ rule generate:
     resources:
         **resources_by(generate_family),
     params:
-        masters=masters_command(GEN["backend"]),
+        masters=MASTERS_GENERATE,
         shard=lambda w: "--shard {} --num-shards {}".format(*part_shard(w.part)),
         sampling=(
             f"--temperature {GEN['temperature']} --top-p {GEN['top_p']} --top-k {GEN['top_k']}"

@@ -15,9 +15,10 @@ rule snapshot:
     resources:
         **RES["default"].resources,
     params:
+        masters=MASTERS,
         args=lambda w: specs.snapshot_args(DESIGN, w.model),
     shell:
-        "masters snapshot {params.args} --out {output} > {log} 2>&1"
+        "{params.masters} snapshot {params.args} --out {output} > {log} 2>&1"
 
 
 rule dataset:
@@ -31,9 +32,10 @@ rule dataset:
     resources:
         **RES["default"].resources,
     params:
+        masters=MASTERS,
         spec=lambda w: json.dumps(DESIGN.dataset_source(w.dataset)),
     shell:
-        "masters dataset --name {wildcards.dataset} --spec {params.spec:q}"
+        "{params.masters} dataset --name {wildcards.dataset} --spec {params.spec:q}"
         " --out {output} > {log} 2>&1"
 
 
@@ -48,6 +50,7 @@ rule benchmark_data:
     resources:
         **RES["default"].resources,
     params:
-        args=lambda w: specs.fetch_benchmark_args(DESIGN, REPO, w.benchmark),
+        masters=MASTERS,
+        args=lambda w: specs.fetch_benchmark_args(DESIGN, w.benchmark),
     shell:
-        "masters fetch-benchmark --name {wildcards.benchmark} {params.args} --out {output} > {log} 2>&1"
+        "{params.masters} fetch-benchmark --name {wildcards.benchmark} {params.args} --out {output} > {log} 2>&1"

@@ -21,7 +21,7 @@ rule judge:
     resources:
         **resources_by(judge_family),
     params:
-        masters=masters_command(JUDGE["backend"]),
+        masters=MASTERS_JUDGE,
         kind=lambda w, input: (
             f"--kind llm --judge-model {input.judge_model[0]} --backend {JUDGE['backend']}"
             f" --max-new-tokens {JUDGE['max_new_tokens']} --batch-size {JUDGE['batch_size']}"

@@ -18,6 +18,7 @@ rule mask:
     resources:
         **RES["mask"].resources,
     params:
+        masters=MASTERS,
         root=lambda w, output: os.path.dirname(output[0]),
         patterns=" ".join(
             f"--{key} {' '.join(map(shlex.quote, config['masking'][key]))}"
@@ -25,5 +26,5 @@ rule mask:
             if config["masking"][key]
         ),
     shell:
-        "masters mask --teacher {input} --ratios {wildcards.ratio} --out {params.root}"
+        "{params.masters} mask --teacher {input} --ratios {wildcards.ratio} --out {params.root}"
         " {params.patterns} --threads {threads} --quiet > {log} 2>&1"

@@ -21,9 +21,10 @@ rule score:
     resources:
         **RES["score"].resources,
     params:
+        masters=MASTERS,
         sizes=f"--batch-size {REWARD['batch_size']} --chunk-size {REWARD['chunk_size']}",
     shell:
-        "masters score --responses {input.responses} --questions {input.questions}"
+        "{params.masters} score --responses {input.responses} --questions {input.questions}"
         " --teacher {input.teacher} --student {input.student} {params.sizes}"
         " --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"
 
@@ -40,7 +41,9 @@ rule reward:
     threads: RES["default"].threads
     resources:
         **RES["default"].resources,
+    params:
+        masters=MASTERS,
     shell:
-        "masters reward --responses {input.responses} --scores {input.scores}"
+        "{params.masters} reward --responses {input.responses} --scores {input.scores}"
         " --distill {wildcards.distill} --reward {wildcards.use} --alpha {wildcards.alpha}"
         " --out {output} > {log} 2>&1"

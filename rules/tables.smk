@@ -22,10 +22,11 @@ rule table:
     conda:
         "../envs/masters.yaml"
     params:
+        masters=MASTERS,
         spec=lambda w: json.dumps(specs.table_spec(DESIGN, w.table, REPO)),
         stem=output_stem,
     shell:
-        "masters table --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
+        "{params.masters} table --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
 
 
 FIDELITY_SPEC = specs.fidelity_spec(DESIGN, REPO)
@@ -43,10 +44,11 @@ rule fidelity:
     conda:
         "../envs/masters.yaml"
     params:
+        masters=MASTERS,
         spec=json.dumps(FIDELITY_SPEC),
         stem=output_stem,
     shell:
-        "masters fidelity --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
+        "{params.masters} fidelity --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
 
 
 JUDGES_SPEC = specs.judges_spec(DESIGN)
@@ -64,7 +66,8 @@ rule judges:
     conda:
         "../envs/masters.yaml"
     params:
+        masters=MASTERS,
         spec=json.dumps(JUDGES_SPEC),
         stem=output_stem,
     shell:
-        "masters judges --spec {params.spec:q} --out {params.stem} > {log} 2>&1"
+        "{params.masters} judges --spec {params.spec:q} --out {params.stem} > {log} 2>&1"

@@ -17,8 +17,9 @@ rule train:
     resources:
         **RES["train"].resources,
     params:
+        masters=MASTERS,
         # computed from the wildcards only, so Snakemake compares it between runs
         args=lambda w: specs.train_args(DESIGN, w.student, w.experiment, int(w.seed)),
     shell:
-        "masters train --student {input.student} --questions {input.questions} {params.args}"
+        "{params.masters} train --student {input.student} --questions {input.questions} {params.args}"
         " --threads {threads} --gpus {resources.job_gpus} --out {output} > {log} 2>&1"

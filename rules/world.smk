@@ -12,11 +12,12 @@ rule world_data:
     resources:
         **RES["default"].resources,
     params:
+        masters=MASTERS,
         n=lambda w: W["train_per_task"] if w.split == "train" else W["test_per_task"],
         seed=config["seed"],
         size=W["image_size"],
     shell:
-        "masters data --task {wildcards.task} --split {wildcards.split} --n {params.n}"
+        "{params.masters} data --task {wildcards.task} --split {wildcards.split} --n {params.n}"
         " --seed {params.seed} --image-size {params.size} --out {output} > {log} 2>&1"
 
 
@@ -34,11 +35,12 @@ rule world_tokenizer:
     resources:
         **RES["default"].resources,
     params:
+        masters=MASTERS,
         vocab=W["tokenizer_vocab_size"],
         arch=W["architecture"],
         size=W["image_size"],
     shell:
-        "masters tokenizer --train {input} --vocab-size {params.vocab} --architecture {params.arch}"
+        "{params.masters} tokenizer --train {input} --vocab-size {params.vocab} --architecture {params.arch}"
         " --image-size {params.size} --out {output.processor} --judge-out {output.judge} > {log} 2>&1"
 
 
@@ -59,11 +61,12 @@ rule world_sft:
     resources:
         **RES["sft"].resources,
     params:
+        masters=MASTERS,
         arch=W["architecture"],
         s=lambda w: W["models"][w.model],
         seed=config["seed"],
     shell:
-        "masters sft --processor {input.processor} --train {input.train} --architecture {params.arch}"
+        "{params.masters} sft --processor {input.processor} --train {input.train} --architecture {params.arch}"
         " --hidden-size {params.s[hidden_size]} --num-layers {params.s[num_layers]}"
         " --intermediate-size {params.s[intermediate_size]} --vision-hidden-size {params.s[vision_hidden_size]}"
         " --vision-depth {params.s[vision_depth]} --vocab-multiple {params.s[vocab_multiple]}"

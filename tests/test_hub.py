@@ -253,8 +253,9 @@ def test_a_benchmark_is_fetched_at_the_commit_its_task_pins_unless_the_config_na
     assert asked == [(pin, pin, False), ("v2", "v2", True), ("main", "main", True)]
     assert hub.benchmark_sources(pinned).revision == pin and hub.benchmark_sources(unpinned).revision is None
     design = SimpleNamespace(config={"benchmarks": {"p": {"task": "pinned.yaml"}, "q": {"task": "pinned.yaml", "revision": "v2"}}})
-    assert specs.fetch_benchmark_args(design, tmp_path, "p") == f"--task {pinned}"
-    assert specs.fetch_benchmark_args(design, tmp_path, "q") == f"--task {pinned} --revision v2"
+    # the task as configured (repo-relative): the job resolves it (no checkout path in its params)
+    assert specs.fetch_benchmark_args(design, "p") == "--task pinned.yaml"
+    assert specs.fetch_benchmark_args(design, "q") == "--task pinned.yaml --revision v2"
     (tmp_path / "mixed.yaml").write_text(f"task: m\ndataset_path: o/p\ndataset_kwargs: {{revision: {pin}}}\n"
                                          "test_split: test\nsubsets: [a, b]\n")
     assert hub.benchmark_sources(tmp_path / "mixed.yaml").revision == pin  # subsets share the pin

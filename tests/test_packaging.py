@@ -36,16 +36,23 @@ def test_the_vllm_env_differs_from_the_package_pins_only_where_vllm_pins_its_own
 
 
 def test_vllm_jobs_run_the_package_from_the_repository_in_their_own_environment(tmp_path):
-    """With the vLLM backends, generate / judge jobs run `python -m masters.cli` from the repository
-    (their environment cannot install this package) in envs/vllm.yaml."""
+    """With the vLLM backends, generate / judge jobs run `python -m masters.cli` (their environment
+    cannot install this package) in envs/vllm.yaml; every job imports this checkout's package
+    through PYTHONPATH, set by the workflow, not through a path in its command or params (moving
+    the checkout reruns no job)."""
     (tmp_path / "vllm.yaml").write_text("generation: {backend: vllm}\njudge: {backend: vllm, kind: llm}\n")
     run = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n", "-p",
                           "--directory", str(tmp_path), "--configfile", str(tmp_path / "vllm.yaml")],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    repo = f"PYTHONPATH={REPO} python -m masters.cli"
-    assert f"{repo} generate " in run.stdout and f"{repo} judge " in run.stdout
+    assert "python -m masters.cli generate " in run.stdout and "python -m masters.cli judge " in run.stdout
     assert "masters train " in run.stdout and "python -m masters.cli train" not in run.stdout
+    commands = [line for line in run.stdout.splitlines() if "masters" in line and " --" in line]
+    for command in ("generate ", "judge ", "evaluate ", "train "):
+        assert any(command in line for line in commands), command
+    assert not [line for line in commands if str(REPO) in line and "table --spec" not in line], REPO
+    common = (REPO / "rules/common.smk").read_text()
+    assert "worker.export_package(REPO)" in common
     common = (REPO / "rules/common.smk").read_text()
     assert '"../envs/vllm.yaml" if backend == "vllm"' in common
     for rule in ("generate.smk", "judge.smk"):

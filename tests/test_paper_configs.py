@@ -102,7 +102,7 @@ def test_every_paper_benchmark_is_fetched_at_a_commit_or_says_it_is_not():
     pins = {pin.name: pin for pin in config_pins(design, REPO)}
     for name in design.hub_benchmarks():
         entry = config["benchmarks"][name]
-        assert ("--revision" in fetch_benchmark_args(design, REPO, name)) == ("revision" in entry)
+        assert ("--revision" in fetch_benchmark_args(design, name)) == ("revision" in entry)
         if not is_pinned(pins[name].revision):
             assert "NOT pinned" in (REPO / entry["task"]).read_text(), name
             unpinned.append(name)

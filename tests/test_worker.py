@@ -157,3 +157,16 @@ def test_a_stopped_command_stops_its_job(files, server, direct, tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not (tmp_path / "long/final").exists()
+
+
+def test_the_workflow_puts_its_checkout_first_on_the_jobs_pythonpath(monkeypatch, tmp_path):
+    """Every job imports the checkout's package through PYTHONPATH (rules/common.smk), once."""
+    from masters import worker
+
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    worker.export_package(tmp_path)
+    worker.export_package(tmp_path)
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(tmp_path), "/elsewhere"]
+    monkeypatch.delenv("PYTHONPATH")
+    worker.export_package(tmp_path)
+    assert os.environ["PYTHONPATH"] == str(tmp_path)
