@@ -59,6 +59,9 @@ BAD_VALUES = [
     ({"tables": {"table1": {"literature": "configs/paper/no_such.csv"}}}, "tables.table1.literature"),
     # a reported column the table cannot read (the paper's MMMU-Pro column was once dropped so)
     ({"tables": {"table1": {"literature": "configs/paper/reported_table5f.csv"}}}, "tables.table1.literature"),
+    # a path the jobs' commands carry: no whitespace (it would split the command's words)
+    ({"results": "my results"}, "results"),
+    ({"models": {"L": "/data/my models/L"}}, "models.L"),
 ]
 
 
