@@ -193,7 +193,8 @@ def mask_checkpoint(teacher_dir: str | os.PathLike, out_root: str | os.PathLike,
     partial = out_root / f".{ratio_dirname(r)}.partial-{os.getpid()}"
     t0 = time.time()
     try:
-        shutil.rmtree(partial, ignore_errors=True)
+        for stale in out_root.glob(f".{ratio_dirname(r)}.partial-*"):  # a killed run's (up to a teacher's size)
+            shutil.rmtree(stale, ignore_errors=True)
         partial.mkdir()
         rows: list[dict] = []
         with Workers(opts) as workers:

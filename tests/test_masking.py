@@ -344,6 +344,18 @@ def test_streaming_bit_path_matches_reference_for_every_float_dtype(tmp_path):
     assert row.zeros >= row.k == math.floor(0.3 * 3000)
 
 
+def test_a_killed_runs_partial_directory_is_removed_by_the_next_run(tmp_path):
+    """A mask job killed mid-write (SIGKILL, a scheduler's time limit) leaves its hidden partial
+    directory, up to a teacher's size: the next run of that ratio removes it; other ratios' stay."""
+    teacher = _synthetic(tmp_path / "t", {"model.layers.0.mlp.up_proj.weight": _distinct((16, 16), seed=6)})
+    out = tmp_path / "o"
+    for name in (".masked_r0.25.partial-99999", ".masked_r0.50.partial-99999"):
+        (out / name).mkdir(parents=True)
+        (out / name / "model.safetensors").write_bytes(b"torn")
+    mask_checkpoint(teacher, out, 0.25, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [".masked_r0.50.partial-99999", "masked_r0.25"]
+
+
 def test_custom_include_exclude(tmp_path):
     emb = _distinct((32, 16), seed=5)
     lin = _distinct((16, 16), seed=6)
