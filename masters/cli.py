@@ -95,6 +95,8 @@ def cmd_judge_benchmark(args: argparse.Namespace) -> None:
     result, records = judge_benchmark(bench["name"], bench["metric"], protocol, samples, chat, described)
     if getattr(chat, "served", None):
         result["judge"]["served"] = sorted(chat.served)
+    if hasattr(chat, "failed"):
+        result["judge"]["failed_requests"] = chat.failed
     record = {**result_record(unjudged["model"], unjudged.get("label"), {bench["name"]: result["accuracy"]},
                               {bench["name"]: result["n"]}),
               "benchmark": bench["name"], "metrics": result["metrics"], "judge": result["judge"]}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -248,7 +249,10 @@ class OpenAIChatBackend:
     GPT-4o / GPT-4 graders of the reference harnesses, or a vLLM / SGLang server. Temperature 0;
     the key from the environment variable ``api_key_env`` (None: a server that takes none);
     ``workers`` requests in flight; the ``openai`` client retries rate limits and errors.
-    ``served`` collects the model versions the endpoint reports (recorded with the scores)."""
+    ``served`` collects the model versions the endpoint reports (recorded with the scores);
+    ``failed`` counts the requests that still failed after the client's retries: each is an empty
+    reply (unreadable, scored as the protocol scores those), so one bad request does not lose the
+    others' replies; every request failing is an error (a wrong key, model or endpoint)."""
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
                  workers: int = 8, max_retries: int = 5, timeout: float = 120.0, client=None):
@@ -264,6 +268,7 @@ class OpenAIChatBackend:
             client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries, timeout=timeout)
         self.client, self.model, self.workers = client, model, max(1, int(workers))
         self.served: set[str] = set()
+        self.failed = 0
 
     def _one(self, messages: list[dict], max_new_tokens: int) -> str:
         reply = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0.0,
@@ -271,12 +276,26 @@ class OpenAIChatBackend:
         self.served.add(str(reply.model))
         return reply.choices[0].message.content or ""
 
+    def _guarded(self, messages: list[dict], max_new_tokens: int) -> str | Exception:
+        try:
+            return self._one(messages, max_new_tokens)
+        except Exception as error:  # noqa: BLE001 (the client's own retries are spent)
+            return error
+
     def generate(self, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(self.workers) as pool:
-            return list(tqdm(pool.map(lambda m: self._one(m, max_new_tokens), prompts), total=len(prompts),
-                             desc="judge requests", mininterval=10))
+            replies = list(tqdm(pool.map(lambda m: self._guarded(m, max_new_tokens), prompts), total=len(prompts),
+                                desc="judge requests", mininterval=10))
+        errors = [r for r in replies if isinstance(r, Exception)]
+        if errors and len(errors) == len(replies):
+            raise RuntimeError(f"all {len(replies)} requests to {self.model} failed; the first: {errors[0]!r}")
+        if errors:
+            print(f"judge: {len(errors)} of {len(replies)} requests failed after retries (empty replies); the first:"
+                  f" {errors[0]!r}", file=sys.stderr)
+        self.failed += len(errors)
+        return ["" if isinstance(r, Exception) else r for r in replies]
 
 
 BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}

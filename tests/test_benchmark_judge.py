@@ -193,6 +193,27 @@ def test_the_endpoint_backend_sends_greedy_chat_requests_with_the_key_from_the_e
         OpenAIChatBackend("grader-1", base_url=url, api_key_env="JUDGE_KEY")
 
 
+def test_a_request_that_keeps_failing_is_an_empty_reply_and_counted_unless_all_fail():
+    """After the client's retries, one failing request does not lose the other replies: it is an
+    empty (unreadable) reply, counted in ``failed``; all of them failing is an error."""
+    from types import SimpleNamespace
+
+    from masters.generation import OpenAIChatBackend
+
+    class Completions:
+        def create(self, model, messages, temperature, max_tokens):
+            if "bad" in messages[0]["content"]:
+                raise ValueError("400: content filter")
+            return SimpleNamespace(model=model, choices=[SimpleNamespace(message=SimpleNamespace(content="1"))])
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=Completions()))
+    chat = OpenAIChatBackend("grader", api_key_env=None, client=client, workers=2)
+    prompts = [[{"role": "user", "content": c}] for c in ("ok", "bad", "ok")]
+    assert chat.generate(prompts, 3) == ["1", "", "1"] and chat.failed == 1
+    with pytest.raises(RuntimeError, match="all 2 requests to grader failed.*content filter"):
+        chat.generate(prompts[1:2] * 2, 3)
+
+
 def test_mmvet_end_to_end_through_lm_eval_and_the_judge(tmp_path, tiny_model, processor, endpoint, monkeypatch):
     """The paper's path: the dataset fetched from a (stand-in) Hub at a commit; the evaluate step
     reads it offline and writes the responses with their docs (NaN score: no rule grades MM-Vet);
