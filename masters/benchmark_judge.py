@@ -27,6 +27,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from masters.judge import checked_replies
+
 PROTOCOL_KEYS = ("request", "read", "score", "prompt", "max_new_tokens", "tries")
 
 
@@ -84,7 +86,7 @@ def ask(protocol: dict, samples: list[dict], chat) -> list[dict]:
         if not requests:
             break
         distinct = list(dict.fromkeys(json.dumps(m, sort_keys=True) for m in requests.values()))
-        replies = dict(zip(distinct, chat.generate([json.loads(d) for d in distinct], protocol["max_new_tokens"])))
+        replies = dict(zip(distinct, checked_replies(chat, [json.loads(d) for d in distinct], protocol["max_new_tokens"])))
         pending = []
         for i, messages in requests.items():
             reply = replies[json.dumps(messages, sort_keys=True)]

@@ -148,7 +148,8 @@ def _item_fields(item: Any) -> tuple[str, str, str]:
     )
 
 
-def _call(backend: JudgeBackend, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
+def checked_replies(backend: JudgeBackend, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
+    """One reply per prompt from ``backend``, in order; a backend that returns another count is an error."""
     if not prompts:
         return []
     out = list(backend.generate(prompts, max_new_tokens))
@@ -161,10 +162,10 @@ def llm_judge(items: Sequence[Any], backend: JudgeBackend, max_new_tokens: int) 
     """Judge ``items`` (each ``{"question", "ground_truth", "generated"}`` or such a
     3-tuple) with the App. D two-step protocol, in two batched backend calls at most."""
     fields = [_item_fields(it) for it in items]
-    first = _call(backend, [eval_messages(*f) for f in fields], max_new_tokens)
+    first = checked_replies(backend, [eval_messages(*f) for f in fields], max_new_tokens)
     scores = [parse_score(o) for o in first]
     retry = [j for j, s in enumerate(scores) if s is None]
-    second = _call(backend, [parse_messages(first[j]) for j in retry], max_new_tokens)
+    second = checked_replies(backend, [parse_messages(first[j]) for j in retry], max_new_tokens)
     results = [JudgeResult(score=s if s is not None else 0, raw_eval=o) for s, o in zip(scores, first)]
     for j, reply in zip(retry, second):
         s = parse_binary(reply)

@@ -52,6 +52,15 @@ def test_mmvet_grader_prompt_is_the_official_one():
                                            "What is x in the equation?")
 
 
+def test_a_judge_that_returns_fewer_replies_than_requests_is_an_error_naming_both_counts():
+    protocol = load_protocol(REPO / "benchmarks/mmvet.yaml", "mmvet.JUDGE")
+    samples = [_sample(0, VET, "x = -1"), _sample(1, VET, "x = -5")]
+    short = ScriptedJudge(lambda text: "1.0")
+    short.generate = lambda prompts, n: ["1.0"] * (len(prompts) - 1)
+    with pytest.raises(RuntimeError, match="returned 1 outputs for 2 prompts"):
+        judge_benchmark("mmvet", "score,none", protocol, samples, short, {})
+
+
 @pytest.mark.parametrize("reply, grade", [("0.5", 0.5), ("1.0\n", 1.0), ("0.0 totally wrong", 0.0), ("0", 0.0),
                                           ("1.5", None), ("-0.1", None), ("Correctness: 0.5", None), ("", None)])
 def test_mmvet_reads_the_first_token_as_a_grade_in_0_1(reply, grade):
