@@ -281,13 +281,28 @@ def test_paper_resources_dry_run_asks_for_the_gpus(tmp_path):
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
     blocks = re.split(r"^\[\w{3} \w{3} .*\d{4}\]$", output, flags=re.M)  # one block per planned job
-    resources = lambda rule: [re.search(r"resources: (.*)", b).group(1) for b in blocks if re.search(rf"^rule {rule}:$", b, re.M)]
+    jobs = lambda rule: [(re.search(r"wildcards: (.*)", b).group(1), re.search(r"resources: (.*)", b).group(1))
+                         for b in blocks if re.search(rf"^rule {rule}:$", b, re.M)]
+
+    def family_of(rule, wildcards):  # the dataset answers need no GPU; a teacher's own evaluation more
+        if rule == "generate" and "source=label" in wildcards:
+            return "default"
+        run = re.search(r"run=([^,]+)", wildcards)
+        if rule == "evaluate" and (run.group(1).startswith("masked/") or re.fullmatch(r"models/(?!S$).+", run.group(1))):
+            return "evaluate_teacher"  # a teacher's own checkpoint, masked or not (the student S is not one)
+        return rule
+
+    seen = set()
     for rule in ("train", "score", "generate", "evaluate"):
-        expected = family(paper, rule, environ={}).resources
-        assert resources(rule), rule
-        for line in resources(rule):
-            assert f"gpu={expected['gpu']}," in line and f"gpu_model={expected['gpu_model']}" in line, (rule, line)
-            assert f"mem_mb={expected['mem_mb']}," in line and f"runtime={expected['runtime']}," in line, (rule, line)
+        assert jobs(rule), rule
+        for wildcards, line in jobs(rule):
+            name = family_of(rule, wildcards)
+            seen.add(name)
+            expected = family(paper, name, environ={}).resources
+            assert f"gpu={expected['gpu']}," in line and f"mem_mb={expected['mem_mb']}," in line, (rule, line)
+            assert f"runtime={expected['runtime']}," in line, (rule, line)
+            assert f"gpu_model={expected['gpu_model']}" in line if expected["gpu"] else "gpu_model" not in line, line
+    assert seen == {"train", "score", "generate", "evaluate", "evaluate_teacher", "default"}, seen
     assert family(paper, "train", environ={}).resources["gpu"] == 8
     judges = [(re.search(r"judge=(\S+?),", b).group(1), re.search(r"resources: (.*)", b).group(1))
               for b in blocks if re.search(r"^rule judge:$", b, re.M)]
