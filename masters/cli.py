@@ -57,14 +57,22 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print(f"saved {args.out}")
 
 
+def _benchmarks(text: str) -> list:
+    """The ``--benchmarks`` JSON as :class:`masters.evaluation.Benchmark` s, each task YAML resolved
+    in this checkout (the rules pass it as configured)."""
+    from masters.evaluation import Benchmark, task_location
+
+    return [Benchmark(**{**b, "task": task_location(b["task"])}) for b in json.loads(text)]
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from masters.evaluation import Benchmark, evaluate, task_location
+    from masters.evaluation import evaluate
     from masters.tables import write_results
 
     if not (args.out or args.out_dir):
         raise SystemExit("masters evaluate: give --out and/or --out-dir")
     device, dtype = _runtime(args)
-    benchmarks = [Benchmark(**{**b, "task": task_location(b["task"])}) for b in json.loads(args.benchmarks)]
+    benchmarks = _benchmarks(args.benchmarks)
     summary = evaluate(args.model, benchmarks, batch_size=args.batch_size, limit=args.limit, device=device,
                        dtype=dtype, trust_remote_code=args.trust_remote_code, samples_path=args.samples)
     written = write_results(summary, args.label, out=args.out, out_dir=args.out_dir)
@@ -111,11 +119,9 @@ def cmd_judge_benchmark(args: argparse.Namespace) -> None:
 
 def cmd_curve(args: argparse.Namespace) -> None:
     from masters.curves import learning_curve
-    from masters.evaluation import Benchmark, task_location
 
     device, dtype = _runtime(args)
-    curve = learning_curve(args.train_dir, [Benchmark(**{**b, "task": task_location(b["task"])})
-                                            for b in json.loads(args.benchmarks)], args.limit,
+    curve = learning_curve(args.train_dir, _benchmarks(args.benchmarks), args.limit,
                            batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
                            device=device, dtype=dtype)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -322,8 +322,7 @@ def label_responses(questions: pd.DataFrame, tokenizer, model_name: str = "datas
 def derived_seed(*parts) -> int:
     """A seed drawn from ``parts`` (JSON-encoded, SHA-256): equal parts give the same seed, any
     other parts an unrelated one."""
-    digest = hashlib.sha256(json.dumps(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 2**62  # vLLM adds the sample index to it
+    return int(fingerprint(parts), 16) % 2**62  # vLLM adds the sample index to it
 
 
 def batch_seed(seed: int, source: str, model_name: str, ratio: float, batch_index: int) -> int:

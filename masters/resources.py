@@ -80,8 +80,8 @@ def family(section: Mapping, name: str, environ: Mapping[str, str] = os.environ)
     if missing:
         raise ResourcesError(f"invalid config: key resources.default: missing {', '.join(missing)}")
     merged = dict(base)
-    for entry in (PARENT.get(name), name):
-        merged.update({k: v for k, v in (section.get(entry) or {}).items() if v is not None} if entry else {})
+    for entry in filter(None, (PARENT.get(name), name)):  # the parent's entry, then the family's own
+        merged.update({k: v for k, v in (section.get(entry) or {}).items() if v is not None})
     for key, variable in ENV_FALLBACK.items():
         if merged.get(key) is None and environ.get(variable):
             merged[key] = environ[variable]

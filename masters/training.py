@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -239,6 +239,13 @@ def _visual_backward(student, teacher, states: torch.Tensor, visual: VisualState
     return {"vis": vis, "rel": rel}
 
 
+def padded_chunks(n: int, chunk_size: int, n_chunks: Callable[[int], int]) -> Iterator[slice]:
+    """Slices of ``chunk_size`` rows over ``n`` rows, ``n_chunks(needed)`` of them: the extra ones
+    (past the last row) are empty."""
+    for start in range(0, n_chunks(math.ceil(n / chunk_size)) * chunk_size, chunk_size):
+        yield slice(min(start, n), min(start + chunk_size, n))
+
+
 def step_loss_checkpointed(student, teacher, s_proc, t_proc, rows: pd.DataFrame, cfg: TrainConfig, vocab: int,
                            denominator: float, prompts: dict | None = None,
                            n_chunks: Callable[[int], int] = lambda n: n,
@@ -263,8 +270,7 @@ def step_loss_checkpointed(student, teacher, s_proc, t_proc, rows: pd.DataFrame,
     t_head = teacher.get_output_embeddings() if (t_hidden is not None or visual is not None) else None
     total, sums = hidden.new_zeros((), dtype=torch.float32), torch.zeros(6)
     n = hidden.shape[0]
-    for start in range(0, n_chunks(math.ceil(n / cfg.chunk_size)) * cfg.chunk_size, cfg.chunk_size):
-        part = slice(min(start, n), min(start + cfg.chunk_size, n))  # empty past the last token
+    for part in padded_chunks(n, cfg.chunk_size, n_chunks):
 
         def chunk(h, part=part):
             t_logits = None
@@ -282,8 +288,7 @@ def step_loss_checkpointed(student, teacher, s_proc, t_proc, rows: pd.DataFrame,
         w, k = cfg.weights, visual.student.shape[0]
         k_den, rows_den = visual_denominators(k, len(visual.counts))
         if w.visual_kl > 0:  # Eq. 3 at the visual tokens, chunked and recomputed as the response terms
-            for start in range(0, n_chunks(math.ceil(k / cfg.chunk_size)) * cfg.chunk_size, cfg.chunk_size):
-                part = slice(min(start, k), min(start + cfg.chunk_size, k))
+            for part in padded_chunks(k, cfg.chunk_size, n_chunks):
 
                 def visual_chunk(h, part=part):
                     with torch.no_grad():
